@@ -1,0 +1,3 @@
+fn main() {
+    println!("ferroconv {}", env!("CARGO_PKG_VERSION"));
+}
