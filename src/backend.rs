@@ -18,6 +18,29 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, OpKind};
 
+/// An elementwise function applied to an op's output in the same pass that
+/// writes it (the "fused epilogue"), after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Activation {
+    /// The output as computed.
+    #[default]
+    Identity,
+    /// `max(0, v)`.
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation to one accumulated value.
+    #[inline]
+    pub fn apply<A: crate::element::Accumulator>(self, v: A) -> A {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu if v > A::ZERO => v,
+            Activation::Relu => A::ZERO,
+        }
+    }
+}
+
 /// A device a backend computes on, with its own buffer type.
 pub trait Backend: Send + Sync {
     /// A buffer of `T` owned by this backend (a `Vec<T>` on the CPU, device memory on a GPU).
@@ -37,25 +60,27 @@ pub trait ConvPrimitives<T: Element>: Backend {
     /// A buffer of `len` elements whose contents the caller will overwrite.
     fn alloc(&self, len: usize) -> Result<Self::Buffer<T>>;
 
-    /// `y[n, o, p] = bias[o] + Σ_{c, t} x[n, g·Cin_g + c, p·stride + t·dilation - padding_lo] · w[o, c, t]`.
+    /// `y[n, o, p] = act(bias[o] + Σ_{c, t} x[n, g·Cin_g + c, p·stride + t·dilation - padding_lo] · w[o, c, t])`.
     fn correlate(
         &self,
         geometry: &ConvGeometry,
         x: &Self::Buffer<T>,
         w: &Self::Buffer<T>,
         bias: Option<&Self::Buffer<T>>,
+        activation: Activation,
         y: &mut Self::Buffer<T>,
     ) -> Result<()>;
 
     /// The adjoint of [`correlate`](Self::correlate) in `x`: every `y[n, o, p] · w[o, c, t]` lands
     /// on `x[n, g·Cin_g + c, p·stride + t·dilation - padding_lo]` when that lies inside `x`;
-    /// then `bias[c]` (indexed by `x`'s channel) is added.
+    /// then `bias[c]` (indexed by `x`'s channel) is added and `activation` applied.
     fn correlate_adjoint(
         &self,
         geometry: &ConvGeometry,
         y: &Self::Buffer<T>,
         w: &Self::Buffer<T>,
         bias: Option<&Self::Buffer<T>>,
+        activation: Activation,
         x: &mut Self::Buffer<T>,
     ) -> Result<()>;
 
@@ -110,21 +135,22 @@ impl Default for GradRequest {
 /// Implemented for every backend that has the [`ConvPrimitives`]; the methods
 /// validate that the geometry is a conv's, then compose the primitives.
 pub trait Conv<T: Element>: ConvPrimitives<T> {
-    /// `output = conv(input, weight) + bias`.
+    /// `output = activation(conv(input, weight) + bias)`, written once.
     fn forward(
         &self,
         geometry: &ConvGeometry,
         input: &Self::Buffer<T>,
         weight: &Self::Buffer<T>,
         bias: Option<&Self::Buffer<T>>,
+        activation: Activation,
         output: &mut Self::Buffer<T>,
     ) -> Result<()> {
         expect_op(geometry, OpKind::Conv)?;
         if geometry.zero_padded() {
-            return self.correlate(geometry, input, weight, bias, output);
+            return self.correlate(geometry, input, weight, bias, activation, output);
         }
         let padded = self.padded_input(geometry, input)?;
-        self.correlate(&geometry.with_materialised_padding(), &padded, weight, bias, output)
+        self.correlate(&geometry.with_materialised_padding(), &padded, weight, bias, activation, output)
     }
 
     /// `grad_input = ∂⟨output, grad_output⟩ / ∂input`: a transposed convolution.
@@ -137,11 +163,11 @@ pub trait Conv<T: Element>: ConvPrimitives<T> {
     ) -> Result<()> {
         expect_op(geometry, OpKind::Conv)?;
         if geometry.zero_padded() {
-            return self.correlate_adjoint(geometry, grad_output, weight, None, grad_input);
+            return self.correlate_adjoint(geometry, grad_output, weight, None, Activation::Identity, grad_input);
         }
         let padded_geometry = geometry.with_materialised_padding();
         let mut grad_padded = self.alloc(padded_len(geometry)?)?;
-        self.correlate_adjoint(&padded_geometry, grad_output, weight, None, &mut grad_padded)?;
+        self.correlate_adjoint(&padded_geometry, grad_output, weight, None, Activation::Identity, &mut grad_padded)?;
         self.fold_padding(geometry, &grad_padded, grad_input)
     }
 
@@ -182,17 +208,18 @@ pub trait Conv<T: Element>: ConvPrimitives<T> {
 
 /// `F.conv_transposeNd` on a backend: forward and the three gradients, by duality.
 pub trait ConvTranspose<T: Element>: ConvPrimitives<T> {
-    /// `output = conv_transpose(input, weight) + bias`.
+    /// `output = activation(conv_transpose(input, weight) + bias)`, written once.
     fn forward(
         &self,
         geometry: &ConvGeometry,
         input: &Self::Buffer<T>,
         weight: &Self::Buffer<T>,
         bias: Option<&Self::Buffer<T>>,
+        activation: Activation,
         output: &mut Self::Buffer<T>,
     ) -> Result<()> {
         expect_op(geometry, OpKind::ConvTranspose)?;
-        self.correlate_adjoint(geometry, input, weight, bias, output)
+        self.correlate_adjoint(geometry, input, weight, bias, activation, output)
     }
 
     /// `grad_input`: a convolution of `grad_output` with the same weight.
@@ -204,7 +231,7 @@ pub trait ConvTranspose<T: Element>: ConvPrimitives<T> {
         grad_input: &mut Self::Buffer<T>,
     ) -> Result<()> {
         expect_op(geometry, OpKind::ConvTranspose)?;
-        self.correlate(geometry, grad_output, weight, None, grad_input)
+        self.correlate(geometry, grad_output, weight, None, Activation::Identity, grad_input)
     }
 
     /// `grad_weight`: the weight correlation with the roles of input and gradient swapped.

@@ -468,10 +468,10 @@ impl ConvGeometry {
 
         let (batch, in_channels) = (input[0], input[1]);
         let out_channels = weight[0];
-        if in_channels % groups != 0 {
+        if !in_channels.is_multiple_of(groups) {
             return Err(Error::ChannelsNotDivisibleByGroups { what: "input channels", channels: in_channels, groups });
         }
-        if out_channels % groups != 0 {
+        if !out_channels.is_multiple_of(groups) {
             return Err(Error::ChannelsNotDivisibleByGroups {
                 what: "output channels (weight.shape[0])",
                 channels: out_channels,
@@ -603,7 +603,7 @@ impl ConvGeometry {
         let groups = to_usize("groups", options.groups)?;
 
         let (batch, op_in_channels) = (input[0], input[1]);
-        if weight[0] % groups != 0 {
+        if !weight[0].is_multiple_of(groups) {
             return Err(Error::ChannelsNotDivisibleByGroups { what: "weight.shape[0]", channels: weight[0], groups });
         }
         if weight[0] != op_in_channels {

@@ -30,7 +30,7 @@ pub mod geometry;
 pub mod ops;
 pub mod tensor;
 
-pub use backend::{Backend, Conv, ConvPrimitives, ConvTranspose, GradRequest};
+pub use backend::{Activation, Backend, Conv, ConvPrimitives, ConvTranspose, GradRequest};
 pub use cpu::CpuBackend;
 pub use device::{Device, DeviceChoice};
 pub use element::{Accumulator, DType, Element};

@@ -1,7 +1,7 @@
 //! The functional API: `conv1d` … `conv_transpose3d` and their backward passes,
 //! on whichever device the tensors live.
 
-use crate::backend::{Conv, ConvPrimitives, ConvTranspose, GradRequest};
+use crate::backend::{Activation, Conv, ConvPrimitives, ConvTranspose, GradRequest};
 use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::element::Element;
@@ -87,14 +87,15 @@ fn forward_with<T: Element, B: TensorBackend<T>>(
     input: &Tensor<T>,
     weight: &Tensor<T>,
     bias: Option<&Tensor<T>>,
+    activation: Activation,
 ) -> Result<Tensor<T>> {
     let shape = g.op_output_shape();
     let mut out = backend.alloc(crate::error::checked_product("output", &shape)?)?;
     let (x, w) = (backend.view("input", input)?, backend.view("weight", weight)?);
     let b = bias.map(|b| backend.view("bias", b)).transpose()?;
     match g.op {
-        OpKind::Conv => Conv::forward(backend, g, x, w, b, &mut out)?,
-        OpKind::ConvTranspose => ConvTranspose::forward(backend, g, x, w, b, &mut out)?,
+        OpKind::Conv => Conv::forward(backend, g, x, w, b, activation, &mut out)?,
+        OpKind::ConvTranspose => ConvTranspose::forward(backend, g, x, w, b, activation, &mut out)?,
     }
     Ok(backend.wrap(shape, out))
 }
@@ -168,12 +169,14 @@ pub fn conv_transpose_geometry<T: Element>(
     ConvGeometry::conv_transpose(spatial_dims, input.shape(), weight.shape(), bias.map(Tensor::shape), options)
 }
 
-/// Runs the forward op of a validated geometry on the tensors' device.
+/// Runs the forward op of a validated geometry on the tensors' device, with
+/// `activation` fused into the pass that writes the output.
 pub fn forward<T: Element>(
     geometry: &ConvGeometry,
     input: &Tensor<T>,
     weight: &Tensor<T>,
     bias: Option<&Tensor<T>>,
+    activation: Activation,
 ) -> Result<Tensor<T>> {
     check_shape("input", input, &geometry.op_input_shape())?;
     check_shape("weight", weight, &geometry.weight_shape())?;
@@ -187,7 +190,7 @@ pub fn forward<T: Element>(
         check_shape("bias", b, &[geometry.op_out_channels()])?;
     }
     let device = common_device(&[("input", Some(input)), ("weight", Some(weight)), ("bias", bias)])?;
-    on_device!(device, |backend| forward_with(backend, geometry, input, weight, bias))
+    on_device!(device, |backend| forward_with(backend, geometry, input, weight, bias, activation))
 }
 
 /// Runs the backward op of a validated geometry: the requested gradients of
@@ -225,7 +228,7 @@ pub fn conv<T: Element>(
     bias: Option<&Tensor<T>>,
     options: &ConvOptions,
 ) -> Result<Tensor<T>> {
-    forward(&conv_geometry(spatial_dims, input, weight, bias, options)?, input, weight, bias)
+    forward(&conv_geometry(spatial_dims, input, weight, bias, options)?, input, weight, bias, Activation::Identity)
 }
 
 /// `F.conv_transposeNd` for `spatial_dims` = 1, 2 or 3.
@@ -246,7 +249,13 @@ pub fn conv_transpose<T: Element>(
     bias: Option<&Tensor<T>>,
     options: &ConvTransposeOptions,
 ) -> Result<Tensor<T>> {
-    forward(&conv_transpose_geometry(spatial_dims, input, weight, bias, options)?, input, weight, bias)
+    forward(
+        &conv_transpose_geometry(spatial_dims, input, weight, bias, options)?,
+        input,
+        weight,
+        bias,
+        Activation::Identity,
+    )
 }
 
 /// The backward pass of [`conv`]: the requested gradients given `grad_output`.

@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
 
@@ -45,8 +46,7 @@ fn taps(g: &ConvGeometry) -> Vec<Tap> {
     taps
 }
 
-/// Calls `f(out_index, in_index, len)` for every contiguous run of output
-/// positions of one tap (runs along the last dim; `in` advances by the stride).
+/// Calls `f(out_index, in_index)` for every output position a tap reaches inside `x`.
 fn for_each_run(g: &ConvGeometry, tap: &Tap, mut f: impl FnMut(usize, usize)) {
     let [od, oh, ow] = g.out_size;
     let [id, ih, iw] = g.in_size;
@@ -71,7 +71,14 @@ fn for_each_run(g: &ConvGeometry, tap: &Tap, mut f: impl FnMut(usize, usize)) {
 }
 
 /// `y = x ⋆ w + bias`, one task per `(n, o)` plane of `y`.
-pub(crate) fn correlate<T: Element>(g: &ConvGeometry, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
+pub(crate) fn correlate<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    activation: Activation,
+    y: &mut [T],
+) {
     let (in_vol, out_vol, kvol) = (g.in_volume(), g.out_volume(), g.kernel_volume());
     let (cin_g, cout_g) = (g.in_channels_per_group(), g.out_channels_per_group());
     if out_vol == 0 {
@@ -92,13 +99,20 @@ pub(crate) fn correlate<T: Element>(g: &ConvGeometry, x: &[T], w: &[T], bias: Op
             }
         }
         for (dst, a) in y_plane.iter_mut().zip(acc) {
-            *dst = T::from_accum(a);
+            *dst = T::from_accum(activation.apply(a));
         }
     });
 }
 
 /// The adjoint in `x` (+ bias per `x` channel), one task per `(n, c)` plane of `x`.
-pub(crate) fn correlate_adjoint<T: Element>(g: &ConvGeometry, y: &[T], w: &[T], bias: Option<&[T]>, x: &mut [T]) {
+pub(crate) fn correlate_adjoint<T: Element>(
+    g: &ConvGeometry,
+    y: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    activation: Activation,
+    x: &mut [T],
+) {
     let (in_vol, out_vol, kvol) = (g.in_volume(), g.out_volume(), g.kernel_volume());
     let (cin_g, cout_g) = (g.in_channels_per_group(), g.out_channels_per_group());
     if in_vol == 0 {
@@ -119,7 +133,7 @@ pub(crate) fn correlate_adjoint<T: Element>(g: &ConvGeometry, y: &[T], w: &[T], 
             }
         }
         for (dst, a) in x_plane.iter_mut().zip(acc) {
-            *dst = T::from_accum(a);
+            *dst = T::from_accum(activation.apply(a));
         }
     });
 }

@@ -5,7 +5,7 @@
 mod direct;
 mod padding;
 
-use crate::backend::{Backend, ConvPrimitives};
+use crate::backend::{Activation, Backend, ConvPrimitives};
 use crate::element::Element;
 use crate::error::{Result, try_filled_vec};
 use crate::geometry::ConvGeometry;
@@ -13,12 +13,12 @@ use crate::geometry::ConvGeometry;
 /// The CPU backend. Runs on rayon's global pool, or on a pool of its own.
 ///
 /// ```
-/// use ferroconv::{Conv, ConvGeometry, ConvOptions, CpuBackend};
+/// use ferroconv::{Activation, Conv, ConvGeometry, ConvOptions, CpuBackend};
 /// # fn main() -> ferroconv::Result<()> {
 /// let cpu = CpuBackend::with_threads(2)?;
 /// let g = ConvGeometry::conv(1, &[1, 1, 4], &[1, 1, 2], None, &ConvOptions::new())?;
 /// let mut y = vec![0f32; 3];
-/// Conv::forward(&cpu, &g, &vec![1., 2., 3., 4.], &vec![1., 1.], None, &mut y)?;
+/// Conv::forward(&cpu, &g, &vec![1., 2., 3., 4.], &vec![1., 1.], None, Activation::Identity, &mut y)?;
 /// assert_eq!(y, vec![3., 5., 7.]);
 /// # Ok(()) }
 /// ```
@@ -82,14 +82,22 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         try_filled_vec("buffer", len, T::default())
     }
 
-    fn correlate(&self, g: &ConvGeometry, x: &Vec<T>, w: &Vec<T>, bias: Option<&Vec<T>>, y: &mut Vec<T>) -> Result<()> {
+    fn correlate(
+        &self,
+        g: &ConvGeometry,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        bias: Option<&Vec<T>>,
+        activation: Activation,
+        y: &mut Vec<T>,
+    ) -> Result<()> {
         check_len("x", x, &g.x_shape())?;
         check_len("weight", w, &g.weight_shape())?;
         check_len("y", y, &g.y_shape())?;
         if let Some(b) = bias {
             check_len("bias", b, &[g.out_channels])?;
         }
-        self.install(|| direct::correlate(g, x, w, bias.map(Vec::as_slice), y));
+        self.install(|| direct::correlate(g, x, w, bias.map(Vec::as_slice), activation, y));
         Ok(())
     }
 
@@ -99,6 +107,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         y: &Vec<T>,
         w: &Vec<T>,
         bias: Option<&Vec<T>>,
+        activation: Activation,
         x: &mut Vec<T>,
     ) -> Result<()> {
         check_len("y", y, &g.y_shape())?;
@@ -107,7 +116,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         if let Some(b) = bias {
             check_len("bias", b, &[g.in_channels])?;
         }
-        self.install(|| direct::correlate_adjoint(g, y, w, bias.map(Vec::as_slice), x));
+        self.install(|| direct::correlate_adjoint(g, y, w, bias.map(Vec::as_slice), activation, x));
         Ok(())
     }
 
