@@ -31,7 +31,7 @@ pub mod ops;
 pub mod tensor;
 
 pub use backend::{Activation, Backend, Conv, ConvPrimitives, ConvTranspose, GradRequest};
-pub use cpu::CpuBackend;
+pub use cpu::{CpuAlgorithm, CpuBackend};
 pub use device::{Device, DeviceChoice};
 pub use element::{Accumulator, DType, Element};
 pub use error::{Error, Result};

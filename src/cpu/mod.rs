@@ -25,12 +25,39 @@ use crate::geometry::ConvGeometry;
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     pool: Option<rayon::ThreadPool>,
+    algorithm: CpuAlgorithm,
+}
+
+/// Which CPU algorithm computes the primitives.
+///
+/// `Auto` picks per problem (see `select_algorithm`); the others force one, for
+/// benchmarks and for tests that check every algorithm against the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum CpuAlgorithm {
+    /// Chosen per problem.
+    #[default]
+    Auto,
+    /// Direct loops over kernel taps.
+    Direct,
+}
+
+impl CpuAlgorithm {
+    /// Every algorithm that can be forced.
+    pub const ALL: &'static [CpuAlgorithm] = &[CpuAlgorithm::Direct];
+
+    /// A short name for tables and benchmark ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuAlgorithm::Auto => "auto",
+            CpuAlgorithm::Direct => "direct",
+        }
+    }
 }
 
 impl CpuBackend {
     /// A backend on rayon's global pool (as many threads as cores, or `RAYON_NUM_THREADS`).
     pub fn new() -> Self {
-        CpuBackend { pool: None }
+        CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto }
     }
 
     /// A backend with a pool of its own of `threads` threads.
@@ -38,12 +65,23 @@ impl CpuBackend {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| {
             crate::Error::InvalidArgument { what: "threads", detail: format!("cannot start {threads} threads: {e}") }
         })?;
-        Ok(CpuBackend { pool: Some(pool) })
+        Ok(CpuBackend { pool: Some(pool), algorithm: CpuAlgorithm::Auto })
+    }
+
+    /// The same backend, forced to use `algorithm`.
+    pub fn with_algorithm(mut self, algorithm: CpuAlgorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// The algorithm this backend was asked to use.
+    pub fn algorithm(&self) -> CpuAlgorithm {
+        self.algorithm
     }
 
     /// The shared backend on the global pool.
     pub fn global() -> &'static CpuBackend {
-        static GLOBAL: CpuBackend = CpuBackend { pool: None };
+        static GLOBAL: CpuBackend = CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto };
         &GLOBAL
     }
 
