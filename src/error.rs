@@ -123,6 +123,24 @@ pub enum Error {
         output_padding: usize,
     },
 
+    /// A pooling kernel size is zero or negative.
+    #[error("kernel_size: every value must be positive, got {kernel_size:?}")]
+    NonPositiveKernelSize { kernel_size: Vec<i64> },
+
+    /// Pooling padding larger than half the kernel.
+    #[error("padding: {padding} in spatial dim {dim} must be at most half the kernel size ({kernel_size})")]
+    PoolPaddingTooLarge { dim: usize, padding: usize, kernel_size: usize },
+
+    /// A pooling window that leaves no output.
+    #[error(
+        "output size: pooling input of size {input} in spatial dim {dim} gives output size {output}, which is too small"
+    )]
+    PoolOutputTooSmall { dim: usize, input: usize, output: i64 },
+
+    /// An input with no channels where the op needs some.
+    #[error("input: the channel count must be positive, got shape {shape:?}")]
+    EmptyChannels { shape: Vec<usize> },
+
     /// A size or index computation overflows `usize` (or the kernels' index type).
     #[error("{what}: size overflows ({detail})")]
     SizeOverflow { what: &'static str, detail: String },
@@ -182,6 +200,10 @@ impl Error {
             Error::OutputSizeOutOfRange { .. } => "output_size_out_of_range",
             Error::OutputPaddingTooLarge { .. } => "output_padding_too_large",
             Error::NonPositiveOutputSize { .. } => "non_positive_output_size",
+            Error::NonPositiveKernelSize { .. } => "non_positive_kernel_size",
+            Error::PoolPaddingTooLarge { .. } => "pool_padding_too_large",
+            Error::PoolOutputTooSmall { .. } => "pool_output_too_small",
+            Error::EmptyChannels { .. } => "empty_channels",
             Error::SizeOverflow { .. } => "size_overflow",
             Error::AllocationFailed { .. } => "allocation_failed",
             Error::ShapeMismatch { .. } => "shape_mismatch",

@@ -367,16 +367,16 @@ pub struct ConvGeometry {
 }
 
 /// A validated `i64` turned into a size.
-fn to_usize(what: &'static str, v: i64) -> Result<usize> {
+pub(crate) fn to_usize(what: &'static str, v: i64) -> Result<usize> {
     usize::try_from(v).map_err(|_| Error::overflow(what, format!("{v} does not fit a size")))
 }
 
-fn to_usizes(what: &'static str, v: &[i64]) -> Result<Vec<usize>> {
+pub(crate) fn to_usizes(what: &'static str, v: &[i64]) -> Result<Vec<usize>> {
     v.iter().map(|&x| to_usize(what, x)).collect()
 }
 
 /// Lifts `values` (one per spatial dim) to three dims, filling leading dims with `fill`.
-fn lift(values: &[usize], fill: usize) -> [usize; 3] {
+pub(crate) fn lift(values: &[usize], fill: usize) -> [usize; 3] {
     let mut out = [fill; 3];
     out[MAX_SPATIAL_DIMS - values.len()..].copy_from_slice(values);
     out
@@ -404,11 +404,11 @@ fn check_ranks(spatial_dims: usize, input: &[usize], weight: &[usize]) -> Result
     Ok(())
 }
 
-fn check_positive(values: &[i64], err: impl FnOnce(Vec<i64>) -> Error) -> Result<()> {
+pub(crate) fn check_positive(values: &[i64], err: impl FnOnce(Vec<i64>) -> Error) -> Result<()> {
     if values.iter().any(|&v| v <= 0) { Err(err(values.to_vec())) } else { Ok(()) }
 }
 
-fn check_non_negative(values: &[i64], err: impl FnOnce(Vec<i64>) -> Error) -> Result<()> {
+pub(crate) fn check_non_negative(values: &[i64], err: impl FnOnce(Vec<i64>) -> Error) -> Result<()> {
     if values.iter().any(|&v| v < 0) { Err(err(values.to_vec())) } else { Ok(()) }
 }
 

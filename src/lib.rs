@@ -21,6 +21,7 @@
 //! ```
 
 pub mod backend;
+pub mod companion;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
@@ -31,6 +32,10 @@ pub mod ops;
 pub mod tensor;
 
 pub use backend::{Activation, Backend, Conv, ConvPrimitives, ConvTranspose, GradRequest};
+pub use companion::{
+    ChannelBlock, CompanionPrimitives, MaxPoolOptions, PoolGeometry, cat_channels, max_pool, max_pool_backward,
+    max_pool2d, relu, relu_backward, split_channels,
+};
 pub use cpu::{CpuAlgorithm, CpuBackend};
 pub use device::{Device, DeviceChoice};
 pub use element::{Accumulator, DType, Element};

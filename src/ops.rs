@@ -44,7 +44,7 @@ pub struct Gradients<T: Element> {
 }
 
 /// The one device all operands live on, or a [`Error::DeviceMismatch`].
-fn common_device<T: Element>(operands: &[(&'static str, Option<&Tensor<T>>)]) -> Result<Device> {
+pub(crate) fn common_device<T: Element>(operands: &[(&'static str, Option<&Tensor<T>>)]) -> Result<Device> {
     let mut present = operands.iter().filter_map(|(what, t)| t.map(|t| (*what, t.device())));
     let (_, device) = present.next().expect("the input is always present");
     for (what, other) in present {
@@ -59,13 +59,13 @@ fn common_device<T: Element>(operands: &[(&'static str, Option<&Tensor<T>>)]) ->
 macro_rules! on_device {
     ($device:expr, |$backend:ident| $body:expr) => {
         match $device {
-            Device::Cpu => {
-                let $backend = CpuBackend::global();
+            $crate::device::Device::Cpu => {
+                let $backend = $crate::cpu::CpuBackend::global();
                 $body
             }
-            Device::Cuda(_) => {
+            $crate::device::Device::Cuda(_) => {
                 $device.ensure_available()?;
-                Err(Error::DeviceUnavailable {
+                Err($crate::error::Error::DeviceUnavailable {
                     device: $device.to_string(),
                     reason: "the CUDA backend is not compiled into this build".into(),
                 })
@@ -73,6 +73,7 @@ macro_rules! on_device {
         }
     };
 }
+pub(crate) use on_device;
 
 fn check_shape<T: Element>(what: &'static str, t: &Tensor<T>, expected: &[usize]) -> Result<()> {
     if t.shape() != expected {
