@@ -79,7 +79,9 @@ pub trait Accumulator:
     const ONE: Self;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
-    /// `self + a * b`, fused where the hardware allows.
+    /// True for NaN.
+    fn is_nan(self) -> bool;
+    /// `self + a * b`, unfused, so scalar paths round alike on every target.
     fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
@@ -95,6 +97,10 @@ macro_rules! accumulator {
             #[inline]
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            #[inline]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
             }
             #[inline]
             fn mul_add(self, a: Self, b: Self) -> Self {

@@ -27,7 +27,8 @@ fn check(case: &str, what: &str, got: &[f64], expected: &Value, tolerance: &Valu
         return Err(format!("{case}: {what} has {} elements, expected {}", got.len(), want.len()));
     }
     for (i, (&a, &e)) in got.iter().zip(&want).enumerate() {
-        if !((a - e).abs() <= atol + rtol * e.abs()) {
+        let within = (a - e).abs() <= atol + rtol * e.abs(); // false for NaN
+        if !within {
             return Err(format!("{case}: {what}[{i}] = {a}, expected {e} (rtol {rtol}, atol {atol})"));
         }
     }

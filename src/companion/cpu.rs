@@ -30,11 +30,9 @@ fn window_argmax<T: Element>(g: &PoolGeometry, x_plane: &[T], out: [usize; 3]) -
                 let Some(i2) = axis(2, c) else { continue };
                 let index = (i0 * g.in_size[1] + i1) * g.in_size[2] + i2;
                 let v = x_plane[index].to_accum();
-                #[allow(clippy::eq_op)] // v != v: NaN, without a Float bound on the accumulator
-                let is_nan = v != v;
+                // PyTorch's rule: a strictly greater value or a NaN takes over.
                 match best {
-                    Some((_, m)) if !(v > m || is_nan) => {}
-                    Some((_, m)) if m != m => {} // a NaN already won
+                    Some((_, m)) if !(v > m || v.is_nan()) => {}
                     _ => best = Some((index, v)),
                 }
             }
