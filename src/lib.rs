@@ -27,6 +27,7 @@ pub mod cuda;
 pub mod device;
 pub mod element;
 pub mod error;
+pub mod fixture;
 pub mod geometry;
 pub mod ops;
 pub mod tensor;
