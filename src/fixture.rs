@@ -50,6 +50,7 @@ use crate::{bf16, f16};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TensorData {
     pub shape: Vec<usize>,
+    /// `prod(shape)` values, the last index varying fastest.
     pub data: Vec<f64>,
 }
 
@@ -65,7 +66,9 @@ impl TensorData {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum IntParam {
+    /// The same value in every spatial dim.
     One(i64),
+    /// One value per spatial dim (when the list has the right length).
     Each(Vec<i64>),
 }
 
@@ -82,7 +85,9 @@ impl From<&IntParam> for Dims {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum PaddingParam {
+    /// The same amount on both sides of each dim.
     Amount(IntParam),
+    /// `"same"` or `"valid"` (any other name is rejected when the options are built).
     Named(String),
 }
 
@@ -91,18 +96,24 @@ pub enum PaddingParam {
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub stride: Option<IntParam>,
+    /// Amounts, or `"same"` / `"valid"`.
     pub padding: Option<PaddingParam>,
     pub dilation: Option<IntParam>,
     pub groups: Option<i64>,
+    /// conv only: `"zeros"`, `"reflect"`, `"replicate"` or `"circular"`.
     pub padding_mode: Option<String>,
+    /// conv_transpose only.
     pub output_padding: Option<IntParam>,
+    /// conv_transpose only: the spatial output size asked of `forward`; overrides `output_padding`.
     pub output_size: Option<IntParam>,
 }
 
 /// The options of either op, built from [`Params`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Options {
+    /// For [`OpKind::Conv`].
     Conv(ConvOptions),
+    /// For [`OpKind::ConvTranspose`].
     ConvTranspose(ConvTransposeOptions),
 }
 
@@ -184,9 +195,13 @@ fn padding_by_name(name: &str) -> Result<Padding> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Checked {
+    /// The forward result.
     Output,
+    /// The gradient with respect to the op's input.
     GradInput,
+    /// The gradient with respect to the weight.
     GradWeight,
+    /// The gradient with respect to the bias.
     GradBias,
 }
 
@@ -270,6 +285,7 @@ pub enum Expected {
 /// One golden case.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fixture {
+    /// The file name without `.json`.
     pub name: String,
     pub op: OpKind,
     /// Spatial dims (1, 2 or 3 in a valid case).
@@ -277,7 +293,9 @@ pub struct Fixture {
     /// The element type to compute in.
     pub dtype: DType,
     pub params: Params,
+    /// `[N, C_in, *spatial]`.
     pub input: TensorData,
+    /// In PyTorch's layout for the op.
     pub weight: TensorData,
     pub bias: Option<TensorData>,
     pub expected: Expected,
@@ -310,10 +328,13 @@ struct RawFixture {
 /// A fixture file that cannot be read or is not a well-formed case.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file (or folder) cannot be read.
     #[error("{}: cannot read: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    /// The text is not JSON in the fixtures' layout (unknown params included).
     #[error("{origin}: not a fixture: {source}")]
     Json { origin: String, source: serde_json::Error },
+    /// The JSON is well-formed but inconsistent (a missing tensor, data not matching a shape, ...).
     #[error("{origin}: {detail}")]
     Invalid { origin: String, detail: String },
 }
@@ -485,7 +506,9 @@ struct Operands<T: Element> {
 /// How one computed tensor compares with the expected one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorComparison {
+    /// Which tensor.
     pub tensor: Checked,
+    /// The tolerance it was held to.
     pub tolerance: Tolerance,
     /// Elements compared.
     pub len: usize,
@@ -591,7 +614,7 @@ pub enum Pass {
 pub enum Fail {
     /// The file could not be loaded.
     Load(LoadError),
-    /// A call that should succeed failed; `stage` says which.
+    /// A step that should succeed failed; `stage` names it (`params`, `input`, `validation`, `forward`, ...).
     Error { stage: &'static str, error: Error },
     /// An error case failed with another kind.
     WrongError { expected: String, error: Error },
@@ -619,6 +642,7 @@ pub type Outcome = std::result::Result<Pass, Fail>;
 /// The verdict on one case, named.
 #[derive(Debug)]
 pub struct CaseReport {
+    /// The case's name (its path, when the file did not load).
     pub name: String,
     pub outcome: Outcome,
 }
@@ -671,7 +695,7 @@ impl fmt::Display for Fail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fail::Load(e) => write!(f, "cannot load: {e}"),
-            Fail::Error { stage, error } => write!(f, "{stage} failed: {error} [{}]", error.kind()),
+            Fail::Error { stage, error } => write!(f, "{stage}: {error} [{}]", error.kind()),
             Fail::WrongError { expected, error } => {
                 write!(f, "expected error kind {expected}, got {}: {error}", error.kind())
             }
