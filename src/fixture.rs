@@ -128,14 +128,9 @@ impl Params {
         {
             return Err(Error::InvalidArgument { what: "params", detail: format!("conv has no parameter {name}") });
         }
-        let padding = match &self.padding {
-            None => Padding::default(),
-            Some(PaddingParam::Amount(p)) => Padding::Explicit(p.into()),
-            Some(PaddingParam::Named(name)) => padding_by_name(name)?,
-        };
         Ok(ConvOptions {
             stride: dims_or(&self.stride, 1),
-            padding,
+            padding: self.padding()?,
             dilation: dims_or(&self.dilation, 1),
             groups: self.groups.unwrap_or(1),
             padding_mode: self.padding_mode.as_deref().map(str::parse).transpose()?.unwrap_or_default(),
@@ -152,14 +147,9 @@ impl Params {
                 detail: format!("conv_transpose supports \"zeros\" only, got {:?}", self.padding_mode),
             });
         }
-        let padding = match &self.padding {
-            None => Padding::default(),
-            Some(PaddingParam::Amount(p)) => Padding::Explicit(p.into()),
-            Some(PaddingParam::Named(name)) => padding_by_name(name)?,
-        };
         Ok(ConvTransposeOptions {
             stride: dims_or(&self.stride, 1),
-            padding,
+            padding: self.padding()?,
             output_padding: dims_or(&self.output_padding, 0),
             output_size: self.output_size.as_ref().map(Dims::from),
             dilation: dims_or(&self.dilation, 1),
@@ -174,21 +164,24 @@ impl Params {
             OpKind::ConvTranspose => self.conv_transpose_options().map(Options::ConvTranspose),
         }
     }
+
+    /// The padding as written: amounts, `"same"` or `"valid"` (for either op).
+    fn padding(&self) -> Result<Padding> {
+        match &self.padding {
+            None => Ok(Padding::default()),
+            Some(PaddingParam::Amount(p)) => Ok(Padding::Explicit(p.into())),
+            Some(PaddingParam::Named(name)) if name == "same" => Ok(Padding::Same),
+            Some(PaddingParam::Named(name)) if name == "valid" => Ok(Padding::Valid),
+            Some(PaddingParam::Named(name)) => Err(Error::InvalidArgument {
+                what: "padding",
+                detail: format!("expected amounts, \"same\" or \"valid\", got {name:?}"),
+            }),
+        }
+    }
 }
 
 fn dims_or(p: &Option<IntParam>, default: i64) -> Dims {
     p.as_ref().map_or(Dims::All(default), Dims::from)
-}
-
-fn padding_by_name(name: &str) -> Result<Padding> {
-    match name {
-        "same" => Ok(Padding::Same),
-        "valid" => Ok(Padding::Valid),
-        _ => Err(Error::InvalidArgument {
-            what: "padding",
-            detail: format!("expected amounts, \"same\" or \"valid\", got {name:?}"),
-        }),
-    }
 }
 
 /// One of the tensors a case checks.
