@@ -1,6 +1,6 @@
 //! The one error type of the crate.
 //!
-//! Every invalid argument is an [`Error`] whose message names the argument and
+//! Every invalid argument is an [`Error`](enum@Error) whose message names the argument and
 //! its values; [`Error::kind`] gives a stable category string. The first twenty
 //! kinds are the rules PyTorch enforces (the fixtures' `error_kind` names); the
 //! rest cover what the library adds: overflow, allocation, devices and CUDA.

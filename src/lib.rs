@@ -49,3 +49,8 @@ pub use ops::{
 pub use tensor::Tensor;
 
 pub use half::{bf16, f16};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
