@@ -25,7 +25,7 @@ pub enum Activation {
     /// The output as computed.
     #[default]
     Identity,
-    /// `max(0, v)`.
+    /// `max(0, v)`, keeping NaN.
     Relu,
 }
 
@@ -34,9 +34,9 @@ impl Activation {
     #[inline]
     pub fn apply<A: crate::element::Accumulator>(self, v: A) -> A {
         match self {
-            Activation::Identity => v,
-            Activation::Relu if v > A::ZERO => v,
-            Activation::Relu => A::ZERO,
+            // Like PyTorch's relu: negatives become zero, NaN stays NaN.
+            Activation::Relu if v < A::ZERO => A::ZERO,
+            _ => v,
         }
     }
 }
