@@ -419,8 +419,21 @@ fn check_kernel_and_input(input: &[usize], weight: &[usize]) -> Result<()> {
             detail: format!("every kernel size must be positive, got shape {weight:?}"),
         });
     }
-    checked_product("input", input)?;
-    checked_product("weight", weight)?;
+    // Bounding both by i64::MAX also keeps the 128-bit size arithmetic below from overflowing.
+    check_index_range("input", input)?;
+    check_index_range("weight", weight)
+}
+
+/// Every index a backend forms along a tensor of `shape` must fit in `i64`
+/// (the kernels' index type). Zeros count as ones: a tensor left empty by a
+/// zero batch or channel count still has its other extents multiplied (a
+/// plane's volume, say).
+fn check_index_range(what: &'static str, shape: &[usize]) -> Result<()> {
+    let extents: Vec<usize> = shape.iter().map(|&d| d.max(1)).collect();
+    let n = checked_product(what, &extents)?;
+    if n > i64::MAX as usize {
+        return Err(Error::overflow(what, format!("shape {shape:?} exceeds the 64-bit index range")));
+    }
     Ok(())
 }
 
@@ -530,8 +543,10 @@ impl ConvGeometry {
                 .checked_add(pad_lo[d])
                 .and_then(|v| v.checked_add(pad_hi[d]))
                 .ok_or_else(|| Error::overflow("padding", format!("input size plus padding in spatial dim {d}")))?;
-            // Cannot overflow: checked as extent_minus_one above.
-            let extent = dilation[d] * (kernel[d] - 1) + 1;
+            // The product was checked as extent_minus_one above; the + 1 can still overflow.
+            let extent = (dilation[d] * (kernel[d] - 1))
+                .checked_add(1)
+                .ok_or_else(|| Error::overflow("weight", "dilation * (kernel_size - 1) + 1"))?;
             if extent > padded {
                 return Err(Error::KernelLargerThanPaddedInput { dim: d, extent, padded });
             }
@@ -706,17 +721,13 @@ impl ConvGeometry {
 
     /// Every tensor and index a backend forms must fit in `i64` (the kernels' index type).
     fn check_sizes(&self) -> Result<()> {
-        let limit = i64::MAX as usize;
         for (what, shape) in [
             ("input", self.op_input_shape()),
             ("output", self.op_output_shape()),
             ("weight", self.weight_shape()),
             ("padded input", self.padded_x_shape()),
         ] {
-            let n = checked_product(what, &shape)?;
-            if n > limit {
-                return Err(Error::overflow(what, format!("{n} elements exceed the 64-bit index range")));
-            }
+            check_index_range(what, &shape)?;
         }
         // The reduction length of one output element, and the im2col row count.
         checked_product("reduction", &[self.in_channels_per_group(), self.kernel_volume()])?;

@@ -13,13 +13,15 @@ use crate::geometry::ConvGeometry;
 /// The output positions `o` in `[0, out)` whose tap lands inside `[0, size)`:
 /// `0 <= o * stride + offset < size`, as a half-open range.
 pub(crate) fn tap_range(size: usize, out: usize, stride: usize, offset: i64) -> std::ops::Range<usize> {
-    let (size, stride) = (size as i64, stride as i64);
+    // In i128: each operand is below 2^64 in magnitude, so no sum here overflows
+    // (a stride may be as large as i64::MAX).
+    let (size, stride, offset) = (size as i128, stride as i128, offset as i128);
     // First o with o*stride + offset >= 0.
     let lo = if offset >= 0 { 0 } else { (-offset + stride - 1) / stride };
     // First o with o*stride + offset >= size.
     let hi = if size - offset <= 0 { 0 } else { (size - offset + stride - 1) / stride };
-    let hi = (hi as usize).min(out);
-    (lo as usize).min(hi)..hi
+    let hi = hi.min(out as i128);
+    lo.min(hi) as usize..hi as usize
 }
 
 /// One kernel tap: its flat index in the kernel and its offset in each dim.
