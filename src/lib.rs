@@ -29,6 +29,7 @@ pub mod element;
 pub mod error;
 pub mod fixture;
 pub mod geometry;
+pub mod layers;
 pub mod ops;
 pub mod tensor;
 
@@ -42,6 +43,10 @@ pub use device::{Device, DeviceChoice};
 pub use element::{Accumulator, DType, Element};
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, ConvOptions, ConvTransposeOptions, Dims, OpKind, Padding, PaddingMode};
+pub use layers::{
+    Conv1d, Conv2d, Conv3d, ConvBuilder, ConvNd, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d,
+    ConvTransposeBuilder, ConvTransposeNd,
+};
 pub use ops::{
     Gradients, backward, conv, conv_backward, conv_transpose, conv_transpose_backward, conv_transpose1d,
     conv_transpose2d, conv_transpose3d, conv1d, conv2d, conv3d, forward,
