@@ -269,7 +269,7 @@ fn finite_differences_agree<P: Problem>(p: &P, seed: u64) -> Result<(), String> 
     const H: f64 = 1e-3;
     let operands = Operands::random(p, seed, uniform);
     let grads = p.run_functional::<f64>(&operands).map_err(|e| e.to_string())?;
-    let pick = common::uniform(seed ^ 0xC0FFEE, 9);
+    let pick = uniform(seed ^ 0xC0FFEE, 9);
     type Field = fn(&mut Operands) -> Option<&mut Vec<f64>>;
     let fields: [(&str, Field, Option<&Vec<f64>>); 3] = [
         ("grad_input", |o| Some(&mut o.input), Some(&grads.grad_input)),
