@@ -30,12 +30,16 @@ use std::marker::PhantomData;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
+use crate::backend::Activation;
 use crate::backend::GradRequest;
 use crate::device::Device;
 use crate::element::Element;
 use crate::error::{Error, Result, checked_product, try_filled_vec};
 use crate::geometry::{ConvOptions, ConvTransposeOptions, Dims, PaddingMode};
-use crate::ops::{Gradients, conv, conv_backward, conv_transpose, conv_transpose_backward};
+use crate::ops::{
+    Gradients, conv, conv_backward, conv_geometry, conv_transpose, conv_transpose_backward, conv_transpose_geometry,
+    forward,
+};
 use crate::tensor::Tensor;
 
 /// `nn.Conv1d`.
@@ -249,6 +253,23 @@ impl<T: Element, const N: usize> ConvNd<T, N> {
         conv(N, input, &self.weight, self.bias.as_ref(), &self.options)
     }
 
+    /// `activation(forward(input))` in one pass: the output is written once.
+    ///
+    /// ```
+    /// use ferroconv::{Activation, Conv1d, Tensor};
+    /// # fn main() -> ferroconv::Result<()> {
+    /// let conv = Conv1d::<f32>::builder(1, 2, 3).build_seeded(0)?;
+    /// let x = Tensor::<f32>::full(&[1, 1, 8], 1.0)?;
+    /// let fused = conv.forward_with(&x, Activation::Relu)?;
+    /// let unfused = ferroconv::relu(&conv.forward(&x)?)?;
+    /// assert_eq!(fused.to_vec()?, unfused.to_vec()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn forward_with(&self, input: &Tensor<T>, activation: Activation) -> Result<Tensor<T>> {
+        let geometry = conv_geometry(N, input, &self.weight, self.bias.as_ref(), &self.options)?;
+        forward(&geometry, input, &self.weight, self.bias.as_ref(), activation)
+    }
+
     /// The requested gradients of `⟨forward(input), grad_output⟩` with respect
     /// to the input, the weight and the bias.
     pub fn backward(&self, input: &Tensor<T>, grad_output: &Tensor<T>, request: GradRequest) -> Result<Gradients<T>> {
@@ -400,6 +421,12 @@ impl<T: Element, const N: usize> ConvTransposeNd<T, N> {
     /// layer's `output_padding`.
     pub fn forward(&self, input: &Tensor<T>) -> Result<Tensor<T>> {
         conv_transpose(N, input, &self.weight, self.bias.as_ref(), &self.options)
+    }
+
+    /// `activation(forward(input))` in one pass: the output is written once.
+    pub fn forward_with(&self, input: &Tensor<T>, activation: Activation) -> Result<Tensor<T>> {
+        let geometry = conv_transpose_geometry(N, input, &self.weight, self.bias.as_ref(), &self.options)?;
+        forward(&geometry, input, &self.weight, self.bias.as_ref(), activation)
     }
 
     /// `nn.ConvTransposeNd.forward(input, output_size)`: the spatial output size

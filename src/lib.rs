@@ -35,7 +35,7 @@ pub mod tensor;
 
 pub use backend::{Activation, Backend, Conv, ConvPrimitives, ConvTranspose, GradRequest};
 pub use companion::{
-    ChannelBlock, CompanionPrimitives, MaxPoolOptions, PoolGeometry, cat_channels, max_pool, max_pool_backward,
+    ChannelBlock, CompanionPrimitives, MaxPoolOptions, PoolGeometry, add, cat_channels, max_pool, max_pool_backward,
     max_pool2d, relu, relu_backward, split_channels,
 };
 pub use cpu::{CpuAlgorithm, CpuBackend};

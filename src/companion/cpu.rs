@@ -114,6 +114,15 @@ impl<T: Element> CompanionPrimitives<T> for CpuBackend {
         Ok(())
     }
 
+    fn add(&self, a: &Vec<T>, b: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
+        check_len("b", b, a.len())?;
+        check_len("output", out, a.len())?;
+        out.par_iter_mut().zip(a.par_iter().zip(b.par_iter())).for_each(|(dst, (&x, &y))| {
+            *dst = T::from_accum(x.to_accum() + y.to_accum());
+        });
+        Ok(())
+    }
+
     fn copy_channels(&self, block: &ChannelBlock, src: &Vec<T>, dst: &mut Vec<T>) -> Result<()> {
         let b = *block;
         check_len("source", src, checked_product("source", &[b.batch, b.src_channels, b.volume])?)?;

@@ -51,6 +51,10 @@ pub trait CompanionPrimitives<T: Element>: ConvPrimitives<T> {
         dx: &mut Self::Buffer<T>,
     ) -> Result<()>;
 
+    /// `out = a + b` elementwise: where the two gradients of a tensor used twice
+    /// (a skip connection) meet.
+    fn add(&self, a: &Self::Buffer<T>, b: &Self::Buffer<T>, out: &mut Self::Buffer<T>) -> Result<()>;
+
     /// Copies a block of channels; the rest of `dst` is left as it was.
     fn copy_channels(&self, block: &ChannelBlock, src: &Self::Buffer<T>, dst: &mut Self::Buffer<T>) -> Result<()>;
 }
@@ -93,6 +97,23 @@ pub fn relu_backward<T: Element>(output: &Tensor<T>, grad_output: &Tensor<T>) ->
     let device = common_device(&[("output", Some(output)), ("grad_output", Some(grad_output))])?;
     on_device!(device, |backend| unary(backend, output.shape().to_vec(), |b, out| {
         b.relu_backward(b.view("output", output)?, b.view("grad_output", grad_output)?, out)
+    }))
+}
+
+/// `a + b`, for tensors of one shape: the sum of a skip connection's two gradients.
+///
+/// ```
+/// use ferroconv::{add, Tensor};
+/// # fn main() -> ferroconv::Result<()> {
+/// let a = Tensor::<f32>::from_vec(&[2], vec![1., 2.])?;
+/// assert_eq!(add(&a, &a)?.to_vec()?, vec![2., 4.]);
+/// # Ok(()) }
+/// ```
+pub fn add<T: Element>(a: &Tensor<T>, b: &Tensor<T>) -> Result<Tensor<T>> {
+    check_same_shape("b", b, a.shape())?;
+    let device = common_device(&[("a", Some(a)), ("b", Some(b))])?;
+    on_device!(device, |backend| unary(backend, a.shape().to_vec(), |be, out| {
+        be.add(be.view("a", a)?, be.view("b", b)?, out)
     }))
 }
 
