@@ -1,3 +1,7 @@
-fn main() {
-    println!("ferroconv {}", env!("CARGO_PKG_VERSION"));
+//! The `ferroconv` tool: see `ferroconv --help`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }
