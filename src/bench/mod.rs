@@ -21,6 +21,7 @@
 //! ```
 
 mod peak;
+mod prepared;
 mod report;
 mod runner;
 mod suite;
@@ -28,6 +29,7 @@ mod target;
 mod timing;
 
 pub use peak::{FmaIsa, PeakProbe};
+pub use prepared::Prepared;
 pub use report::{Failure, Meta, Outcome, PeakInfo, Progress, Quiet, Record, Report, table_header, table_row};
 pub use suite::{Case, Suite, forward_flops};
 pub use target::BenchTarget;

@@ -1,11 +1,9 @@
 //! The loop over cases, directions and algorithms, generic over the backend.
 
-use crate::backend::{Activation, Conv, ConvTranspose};
 use crate::bench::report::{Failure, Outcome, Progress, Record};
-use crate::bench::{BenchConfig, BenchTarget, Direction, Suite, measure};
+use crate::bench::{BenchConfig, BenchTarget, Measurement, Prepared, Suite, measure};
 use crate::element::{DType, Element};
 use crate::error::Result;
-use crate::geometry::{ConvGeometry, OpKind};
 use half::{bf16, f16};
 
 /// One backend configured for one algorithm.
@@ -45,52 +43,17 @@ fn run_typed<T: Element, B: BenchTarget<T>>(
     let mut outcomes = vec![];
     for case in suite.cases() {
         let geometry = case.geometry(config.batch_mult)?;
-        // The values PyTorch's script uses (offsets 0, 12345 and 999), so both see the same data.
-        let input = first.backend.upload(deterministic_fill(&geometry.op_input_shape(), 0))?;
-        let weight = first.backend.upload(deterministic_fill(&geometry.weight_shape(), 12345))?;
         for &direction in &config.directions {
-            let mut work = Work::<T, B>::new(&first.backend, &geometry, direction)?;
+            // Buffers live on the device, so any of its targets can allocate them for all.
+            let mut prepared = Prepared::<T, B>::new(&first.backend, geometry.clone(), direction)?;
             for target in targets {
                 progress.running(&case.name, direction.name(), target.algorithm);
                 let measured = measure(
                     &config.timing,
-                    || work.run(&target.backend, &geometry, &input, &weight),
+                    || prepared.run(&target.backend),
                     || BenchTarget::<T>::synchronize(&target.backend),
                 );
-                let outcome = match measured {
-                    Ok(m) => {
-                        let flops = u64::try_from(direction.flops(&geometry)).unwrap_or(u64::MAX);
-                        let gflops = flops as f64 / (m.median_ms * 1e6);
-                        Outcome::Measured(Record {
-                            name: case.name.clone(),
-                            op: geometry.op.name().to_string(),
-                            device: config.device.to_string(),
-                            dtype: T::DTYPE.name().to_string(),
-                            direction: direction.name().to_string(),
-                            algorithm: target.algorithm.to_string(),
-                            threads: config.threads,
-                            batch: geometry.batch,
-                            out_shape: geometry.op_output_shape(),
-                            flops,
-                            median_ms: m.median_ms,
-                            min_ms: m.min_ms,
-                            p25_ms: m.p25_ms,
-                            p75_ms: m.p75_ms,
-                            reps: m.samples,
-                            inner: m.inner,
-                            gflops,
-                            peak_gflops,
-                            percent_of_peak: peak_gflops.map(|p| 100.0 * gflops / p),
-                            workspace_bytes: target.backend.workspace_bytes(&geometry, direction),
-                        })
-                    }
-                    Err(e) => Outcome::Failed(Failure {
-                        name: case.name.clone(),
-                        direction: direction.name().to_string(),
-                        algorithm: target.algorithm.to_string(),
-                        reason: e.to_string(),
-                    }),
-                };
+                let outcome = outcome(&case.name, target, &prepared, config, peak_gflops, measured);
                 progress.done(&outcome);
                 outcomes.push(outcome);
             }
@@ -99,77 +62,49 @@ fn run_typed<T: Element, B: BenchTarget<T>>(
     Ok(outcomes)
 }
 
-/// The buffers one direction writes (and the gradient it reads), allocated once per case.
-pub(super) enum Work<T: Element, B: BenchTarget<T>> {
-    Fwd { output: B::Buffer<T> },
-    Bwd { grad_output: B::Buffer<T>, grad_input: B::Buffer<T>, grad_weight: B::Buffer<T>, grad_bias: B::Buffer<T> },
-}
-
-impl<T: Element, B: BenchTarget<T>> Work<T, B> {
-    pub(super) fn new(backend: &B, g: &ConvGeometry, direction: Direction) -> Result<Self> {
-        let alloc = |shape: &[usize]| backend.alloc(crate::error::checked_product("buffer", shape)?);
-        Ok(match direction {
-            Direction::Fwd => Work::Fwd { output: alloc(&g.op_output_shape())? },
-            Direction::Bwd => Work::Bwd {
-                grad_output: backend.upload(deterministic_fill(&g.op_output_shape(), 999))?,
-                grad_input: alloc(&g.op_input_shape())?,
-                grad_weight: alloc(&g.weight_shape())?,
-                grad_bias: alloc(&[g.op_out_channels()])?,
-            },
-        })
-    }
-
-    /// One call of the direction's op(s) on `backend`.
-    pub(super) fn run(
-        &mut self,
-        backend: &B,
-        g: &ConvGeometry,
-        input: &B::Buffer<T>,
-        weight: &B::Buffer<T>,
-    ) -> Result<()> {
-        let none = Activation::Identity;
-        match (self, g.op) {
-            (Work::Fwd { output }, OpKind::Conv) => Conv::forward(backend, g, input, weight, None, none, output),
-            (Work::Fwd { output }, OpKind::ConvTranspose) => {
-                ConvTranspose::forward(backend, g, input, weight, None, none, output)
-            }
-            (Work::Bwd { grad_output, grad_input, grad_weight, grad_bias }, OpKind::Conv) => {
-                Conv::backward_data(backend, g, grad_output, weight, grad_input)?;
-                Conv::backward_weight(backend, g, input, grad_output, grad_weight)?;
-                Conv::backward_bias(backend, g, grad_output, grad_bias)
-            }
-            (Work::Bwd { grad_output, grad_input, grad_weight, grad_bias }, OpKind::ConvTranspose) => {
-                ConvTranspose::backward_data(backend, g, grad_output, weight, grad_input)?;
-                ConvTranspose::backward_weight(backend, g, input, grad_output, grad_weight)?;
-                ConvTranspose::backward_bias(backend, g, grad_output, grad_bias)
-            }
+/// The record of one timed run, or its failure.
+fn outcome<T: Element, B: BenchTarget<T>>(
+    name: &str,
+    target: &Target<B>,
+    prepared: &Prepared<T, B>,
+    config: &BenchConfig,
+    peak_gflops: Option<f64>,
+    measured: Result<Measurement>,
+) -> Outcome {
+    let (geometry, direction) = (prepared.geometry(), prepared.direction());
+    let m = match measured {
+        Ok(m) => m,
+        Err(e) => {
+            return Outcome::Failed(Failure {
+                name: name.to_string(),
+                direction: direction.name().to_string(),
+                algorithm: target.algorithm.to_string(),
+                reason: e.to_string(),
+            });
         }
-    }
-}
-
-/// `v[i] = ((i·2654435761 + offset) mod 2³²) / 2³² − 0.5`, PyTorch's script's `det_fill`:
-/// values in [-0.5, 0.5), no zeros to skip, no subnormals.
-pub(super) fn deterministic_fill<T: Element>(shape: &[usize], offset: u64) -> Vec<T> {
-    let len: usize = shape.iter().product();
-    (0..len as u64)
-        .map(|i| {
-            let hash = i.wrapping_mul(2_654_435_761).wrapping_add(offset) & 0xffff_ffff;
-            T::from_f64(hash as f64 / 4_294_967_296.0 - 0.5)
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fill_matches_pytorchs_script() {
-        // det_fill(4, 12345) in torch_suite.py: i*2654435761 + 12345 mod 2^32, / 2^32, - 0.5.
-        let v: Vec<f64> = deterministic_fill(&[2, 2], 12345);
-        let expected: Vec<f64> =
-            (0u64..4).map(|i| ((i * 2654435761 + 12345) % (1 << 32)) as f64 / 4294967296.0 - 0.5).collect();
-        assert_eq!(v, expected);
-        assert!(v.iter().all(|x| (-0.5..0.5).contains(x)));
-    }
+    };
+    let flops = u64::try_from(prepared.flops()).unwrap_or(u64::MAX);
+    let gflops = flops as f64 / (m.median_ms * 1e6);
+    Outcome::Measured(Record {
+        name: name.to_string(),
+        op: geometry.op.name().to_string(),
+        device: config.device.to_string(),
+        dtype: T::DTYPE.name().to_string(),
+        direction: direction.name().to_string(),
+        algorithm: target.algorithm.to_string(),
+        threads: config.threads,
+        batch: geometry.batch,
+        out_shape: geometry.op_output_shape(),
+        flops,
+        median_ms: m.median_ms,
+        min_ms: m.min_ms,
+        p25_ms: m.p25_ms,
+        p75_ms: m.p75_ms,
+        reps: m.samples,
+        inner: m.inner,
+        gflops,
+        peak_gflops,
+        percent_of_peak: peak_gflops.map(|p| 100.0 * gflops / p),
+        workspace_bytes: target.backend.workspace_bytes(geometry, direction),
+    })
 }

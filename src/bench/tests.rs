@@ -121,30 +121,30 @@ fn bad_configurations_are_errors() {
 
 /// The bench computes what the tensor API computes: the buffers are wired to the right arguments.
 #[test]
-fn timed_work_computes_the_ops_results() {
+fn prepared_runs_compute_the_ops_results() {
     let suite = Suite::parse(SMALL).unwrap();
     let cpu = CpuBackend::with_threads(2).unwrap();
     for case in suite.cases() {
         let g = case.geometry(1).unwrap();
-        let input: Vec<f64> = runner::deterministic_fill(&g.op_input_shape(), 0);
-        let weight: Vec<f64> = runner::deterministic_fill(&g.weight_shape(), 12345);
-        let grad_output: Vec<f64> = runner::deterministic_fill(&g.op_output_shape(), 999);
+        let mut fwd = Prepared::<f64, CpuBackend>::new(&cpu, g.clone(), Direction::Fwd).unwrap();
+        let mut bwd = Prepared::<f64, CpuBackend>::new(&cpu, g.clone(), Direction::Bwd).unwrap();
+        fwd.run(&cpu).unwrap();
+        bwd.run(&cpu).unwrap();
+        assert_eq!((fwd.direction(), bwd.direction()), (Direction::Fwd, Direction::Bwd));
+        assert_eq!(bwd.flops(), 2 * fwd.flops());
+
         let tensor = |shape: Vec<usize>, data: &Vec<f64>| Tensor::from_vec(&shape, data.clone()).unwrap();
-        let (x, w) = (tensor(g.op_input_shape(), &input), tensor(g.weight_shape(), &weight));
-
-        let mut fwd = runner::Work::<f64, CpuBackend>::new(&cpu, &g, Direction::Fwd).unwrap();
-        fwd.run(&cpu, &g, &input, &weight).unwrap();
-        let runner::Work::Fwd { output } = fwd else { unreachable!() };
+        let (x, w) = (tensor(g.op_input_shape(), &fwd.input), tensor(g.weight_shape(), &fwd.weight));
+        let prepared::Outputs::Fwd { output } = &fwd.outputs else { unreachable!() };
         let expected = ops::forward(&g, &x, &w, None, crate::Activation::Identity).unwrap();
-        assert_eq!(output, expected.to_vec().unwrap(), "{} fwd", case.name);
+        assert_eq!(output, &expected.to_vec().unwrap(), "{} fwd", case.name);
 
-        let mut bwd = runner::Work::<f64, CpuBackend>::new(&cpu, &g, Direction::Bwd).unwrap();
-        bwd.run(&cpu, &g, &input, &weight).unwrap();
-        let runner::Work::Bwd { grad_input, grad_weight, grad_bias, .. } = bwd else { unreachable!() };
-        let go = tensor(g.op_output_shape(), &grad_output);
-        let grads = ops::backward(&g, &x, &w, &go, GradRequest::ALL).unwrap();
-        assert_eq!(grad_input, grads.input.unwrap().to_vec().unwrap(), "{} grad input", case.name);
-        assert_eq!(grad_weight, grads.weight.unwrap().to_vec().unwrap(), "{} grad weight", case.name);
+        let prepared::Outputs::Bwd { grad_output, grad_input, grad_weight, grad_bias } = &bwd.outputs else {
+            unreachable!()
+        };
+        let grads = ops::backward(&g, &x, &w, &tensor(g.op_output_shape(), grad_output), GradRequest::ALL).unwrap();
+        assert_eq!(grad_input, &grads.input.unwrap().to_vec().unwrap(), "{} grad input", case.name);
+        assert_eq!(grad_weight, &grads.weight.unwrap().to_vec().unwrap(), "{} grad weight", case.name);
         let channels = g.op_out_channels();
         let volume = grad_output.len() / (g.batch * channels);
         let mut sums = vec![0.0; channels];
