@@ -8,6 +8,11 @@ Runs, with MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=4294967296 for both
 then prints  case | ours ms | PyTorch ms | ratio | ours %peak  and the median ratio
 (ratio = ours / PyTorch: below 1 is faster than PyTorch).
 
+--backward also times the backward pass (ferroconv --direction all; torch_suite.py
+without --no-bwd) and adds a table of forward + backward: ferroconv's fwd + bwd
+medians against PyTorch's fwdbwd (forward with bias, then grad input, weight
+and bias).
+
 The Python interpreter needs torch: --python, else $TORCH_PYTHON, else
 .venv-torch/bin/python in the repository. Standard library only otherwise.
 
@@ -48,9 +53,12 @@ def measure(a):
     os.makedirs(a.out_dir, exist_ok=True)
     ours, torch = os.path.join(a.out_dir, "ours.json"), os.path.join(a.out_dir, "torch.json")
 
-    cmd = [ferroconv, "bench", "--device", "cpu", "--threads", str(a.threads), "--direction", "fwd",
-           "--dtype", "f32", "--algorithm", a.algorithm, "--json", ours]
-    tcmd = [python, a.torch_suite, "--threads", str(a.threads), "--no-bwd", "--no-bf16", "--json", torch]
+    cmd = [ferroconv, "bench", "--device", "cpu", "--threads", str(a.threads),
+           "--direction", "all" if a.backward else "fwd", "--dtype", "f32", "--algorithm", a.algorithm,
+           "--json", ours]
+    tcmd = [python, a.torch_suite, "--threads", str(a.threads), "--no-bf16", "--json", torch]
+    if not a.backward:
+        tcmd.append("--no-bwd")
     if a.suite:
         cmd += ["--suite", a.suite]
         tcmd += ["--suite", a.suite]
@@ -65,33 +73,49 @@ def measure(a):
     return ours, torch
 
 
-def join(ours_path, torch_path, threads, algorithm):
-    ours = json.load(open(ours_path))
-    torch = json.load(open(torch_path))
-    mine = {r["name"]: r for r in ours["results"]
-            if r["direction"] == "fwd" and r["dtype"] == "f32" and r["algorithm"] == algorithm
-            and r["threads"] == threads}
-    theirs = {r["name"]: r for r in torch["results"] if r["threads"] == threads and r.get("fwd_ms")}
-    names = [n for n in mine if n in theirs]
-    if not names:
-        sys.exit(f"no case with {threads} threads and algorithm {algorithm!r} in both files")
-
-    peak = ours["meta"].get("peak") or {}
-    print(f"# ferroconv {ours['meta']['version']} vs torch {torch['meta'].get('version')}, "
-          f"{threads} threads, f32 forward; FP32 peak {peak.get('gflops', float('nan')):.1f} GFLOP/s "
-          f"({peak.get('isa', '?')})")
+def table(title, rows):
+    """rows: (case, ours ms, PyTorch ms, ours %peak or None); prints the table and the median ratio."""
+    print(f"\n## {title}")
     print("| case | ours ms | PyTorch ms | ratio | ours %peak |")
     print("|---|---:|---:|---:|---:|")
     ratios = []
-    for n in names:
-        ms, tms = mine[n]["median_ms"], theirs[n]["fwd_ms"]
-        ratio = ms / tms
-        ratios.append(ratio)
-        pct = mine[n].get("percent_of_peak")
-        print(f"| {n} | {ms:.3f} | {tms:.3f} | {ratio:.2f} | {'-' if pct is None else f'{pct:.1f}'} |")
+    for name, ms, tms, pct in rows:
+        ratios.append(ms / tms)
+        print(f"| {name} | {ms:.3f} | {tms:.3f} | {ms / tms:.2f} | {'-' if pct is None else f'{pct:.1f}'} |")
+    worst = max(range(len(ratios)), key=ratios.__getitem__)
     print(f"\nmedian ratio (ours / PyTorch) over {len(ratios)} cases: {statistics.median(ratios):.2f}; "
-          f"max {max(ratios):.2f} ({names[ratios.index(max(ratios))]})")
-    missing = sorted(set(mine) ^ set(theirs))
+          f"max {ratios[worst]:.2f} ({rows[worst][0]})")
+
+
+def join(ours_path, torch_path, threads, algorithm):
+    ours = json.load(open(ours_path))
+    torch = json.load(open(torch_path))
+    mine = {(r["name"], r["direction"]): r for r in ours["results"]
+            if r["dtype"] == "f32" and r["algorithm"] == algorithm and r["threads"] == threads}
+    theirs = {r["name"]: r for r in torch["results"] if r["threads"] == threads}
+    names = [n for (n, d) in mine if d == "fwd" and theirs.get(n, {}).get("fwd_ms")]
+    if not names:
+        sys.exit(f"no forward case with {threads} threads and algorithm {algorithm!r} in both files")
+
+    peak = ours["meta"].get("peak") or {}
+    print(f"# ferroconv {ours['meta']['version']} vs torch {torch['meta'].get('version')}, "
+          f"{threads} threads, f32; FP32 peak {peak.get('gflops', float('nan')):.1f} GFLOP/s "
+          f"({peak.get('isa', '?')})")
+    table("forward", [(n, mine[n, "fwd"]["median_ms"], theirs[n]["fwd_ms"], mine[n, "fwd"].get("percent_of_peak"))
+                      for n in names])
+
+    both = [n for n in names if (n, "bwd") in mine and theirs[n].get("fwdbwd_ms")]
+    if both:
+        rows = []
+        for n in both:
+            fwd, bwd = mine[n, "fwd"], mine[n, "bwd"]
+            ms = fwd["median_ms"] + bwd["median_ms"]
+            pct = None if fwd.get("peak_gflops") is None else \
+                100 * (fwd["flops"] + bwd["flops"]) / (ms * 1e6) / fwd["peak_gflops"]
+            rows.append((n, ms, theirs[n]["fwdbwd_ms"], pct))
+        table("forward + backward (grad input, weight, bias)", rows)
+
+    missing = sorted({n for (n, _) in mine} ^ set(theirs))
     if missing:
         print(f"not in both files: {', '.join(missing)}")
 
@@ -106,6 +130,7 @@ def main():
     ap.add_argument("--min-time", type=float,
                     help="seconds per case for both (ferroconv --min-time, torch --target-secs); "
                          "default: each tool's own")
+    ap.add_argument("--backward", action="store_true", help="also compare forward + backward")
     ap.add_argument("--algorithm", default="auto", help="ferroconv's --algorithm (default auto)")
     ap.add_argument("--ferroconv", help="the ferroconv binary (default: cargo build --release, then "
                                         "target/release/ferroconv)")

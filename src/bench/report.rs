@@ -137,6 +137,20 @@ pub struct Report {
     pub failed: Vec<Failure>,
 }
 
+impl Report {
+    /// The report of `outcomes`, measured and failed runs apart, each in run order.
+    pub fn new(meta: Meta, outcomes: Vec<Outcome>) -> Report {
+        let (mut results, mut failed) = (vec![], vec![]);
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Measured(r) => results.push(r),
+                Outcome::Failed(f) => failed.push(f),
+            }
+        }
+        Report { meta, results, failed }
+    }
+}
+
 /// Follows a run as it goes (a progress bar, a streamed table).
 pub trait Progress {
     /// Before the first run: how many runs there will be.
@@ -291,8 +305,11 @@ mod tests {
 
     #[test]
     fn report_round_trips_through_json() {
-        let report = Report {
-            meta: Meta {
+        let failure =
+            Failure { name: "x".into(), direction: "bwd".into(), algorithm: "direct".into(), reason: "nope".into() };
+        let outcomes = vec![Outcome::Failed(failure.clone()), Outcome::Measured(sample_record())];
+        let report = Report::new(
+            Meta {
                 library: "ferroconv".into(),
                 version: "0.1.0".into(),
                 device: "cpu".into(),
@@ -303,14 +320,9 @@ mod tests {
                 batch_mult: 1,
                 env: Meta::current_env(),
             },
-            results: vec![sample_record()],
-            failed: vec![Failure {
-                name: "x".into(),
-                direction: "bwd".into(),
-                algorithm: "direct".into(),
-                reason: "nope".into(),
-            }],
-        };
+            outcomes,
+        );
+        assert_eq!((report.results.clone(), report.failed.clone()), (vec![sample_record()], vec![failure]));
         let text = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), report);
         assert!(text.starts_with(r#"{"meta":{"library":"ferroconv""#));

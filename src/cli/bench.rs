@@ -1,6 +1,8 @@
 //! `ferroconv bench`: times the suite and prints a table (stdout), a progress
 //! bar (stderr) and, with `--json`, one record per case, direction and algorithm.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,9 +68,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         batch_mult: args.batch_mult as usize,
     };
     bench::check_device(config.device)?;
+    // Opened now, so a path that cannot be written fails before the run, not after it.
+    let json = args
+        .json
+        .as_deref()
+        .map(|path| Ok((path, File::create(path).map_err(|e| json_error(path, e))?)))
+        .transpose()?;
 
-    eprintln!("measuring the FP32 FMA peak on {} threads...", config.threads);
-    let peak = (config.device == Device::Cpu).then(|| PeakProbe::measure(config.threads));
+    let peak = (config.device == Device::Cpu).then(|| {
+        eprintln!("measuring the FP32 FMA peak on {} threads...", config.threads);
+        PeakProbe::measure(config.threads)
+    });
     let meta = Meta {
         library: "ferroconv".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -86,12 +96,14 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     progress.bar.finish_and_clear();
     let outcomes = outcomes?;
 
-    let failed = outcomes.iter().filter(|o| matches!(o, Outcome::Failed(_))).count();
-    if let Some(path) = &args.json {
-        write_json(path, meta, outcomes)?;
+    let report = Report::new(meta, outcomes);
+    if let Some((path, file)) = json {
+        let mut out = BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut out, &report).map_err(|e| json_error(path, e))?;
+        writeln!(out).and_then(|()| out.flush()).map_err(|e| json_error(path, e))?;
     }
-    if failed > 0 {
-        eprintln!("{failed} run(s) failed");
+    if !report.failed.is_empty() {
+        eprintln!("{} run(s) failed", report.failed.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -125,21 +137,8 @@ fn timing(args: &BenchArgs) -> Result<bench::Timing> {
     Ok(bench::Timing { repetitions, ..bench::Timing::default() })
 }
 
-fn write_json(path: &Path, meta: Meta, outcomes: Vec<Outcome>) -> Result<()> {
-    let (mut results, mut failed) = (vec![], vec![]);
-    for outcome in outcomes {
-        match outcome {
-            Outcome::Measured(r) => results.push(r),
-            Outcome::Failed(f) => failed.push(f),
-        }
-    }
-    let report = Report { meta, results, failed };
-    let io_error = |e: &dyn std::fmt::Display| Error::InvalidArgument {
-        what: "json",
-        detail: format!("cannot write {}: {e}", path.display()),
-    };
-    let text = serde_json::to_string_pretty(&report).map_err(|e| io_error(&e))?;
-    std::fs::write(path, text + "\n").map_err(|e| io_error(&e))
+fn json_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument { what: "json", detail: format!("cannot write {}: {e}", path.display()) }
 }
 
 /// A progress bar on stderr; table rows go to stdout above it as runs finish.
@@ -172,5 +171,77 @@ impl bench::Progress for Bar {
     fn done(&mut self, outcome: &Outcome) {
         self.bar.suspend(|| println!("{}", bench::table_row(outcome)));
         self.bar.inc(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<BenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn arguments_parse_and_bad_ones_are_refused() {
+        let args = parse(&["--cases", "a,b", "--dtype", "bf16", "--algorithm", "all", "--threads", "3"]).unwrap();
+        assert_eq!(args.cases, ["a", "b"]);
+        assert_eq!((args.dtype, &args.algorithm, args.threads), (DType::BF16, &AlgorithmSelection::All, Some(3)));
+        assert_eq!(timing(&args).unwrap().repetitions, bench::Timing::default().repetitions);
+        let fixed = parse(&["--reps", "4"]).unwrap();
+        assert_eq!(timing(&fixed).unwrap().repetitions, bench::Repetitions::Fixed(4));
+        let min_time = parse(&["--min-time", "0.25"]).unwrap();
+        assert_eq!(timing(&min_time).unwrap().repetitions, bench::Repetitions::MinTime(Duration::from_millis(250)));
+        assert!(timing(&parse(&["--min-time", "0"]).unwrap()).is_err());
+        assert!(timing(&parse(&["--min-time=-1"]).unwrap()).is_err());
+        for bad in
+            [&["--reps", "2", "--min-time", "1"][..], &["--threads", "0"], &["--direction", "up"], &["--dtype", "f8"]]
+        {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_writes_one_json_record_per_case_and_direction() {
+        let dir = std::env::temp_dir().join(format!("ferroconv-cli-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (suite, json) = (dir.join("suite.json"), dir.join("out.json"));
+        std::fs::write(
+            &suite,
+            r#"{"cases": [{"name": "tiny", "op": "conv_transpose", "x": [1, 2, 4], "w": [2, 3, 3],
+                "stride": [2], "padding": [1], "dilation": [1], "groups": 1}]}"#,
+        )
+        .unwrap();
+        let to_str = |p: &Path| p.to_str().unwrap().to_string();
+        let args = parse(&[
+            "--device",
+            "cpu",
+            "--suite",
+            &to_str(&suite),
+            "--direction",
+            "all",
+            "--reps",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            &to_str(&json),
+        ])
+        .unwrap();
+        assert_eq!(run(&args).unwrap(), ExitCode::SUCCESS);
+        let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let rows: Vec<(&str, &str, usize)> =
+            report.results.iter().map(|r| (r.name.as_str(), r.direction.as_str(), r.reps)).collect();
+        assert_eq!(rows, [("tiny", "fwd", 2), ("tiny", "bwd", 2)]);
+        assert_eq!((report.meta.threads, report.meta.device.as_str()), (1, "cpu"));
+        assert!(report.meta.peak.is_some() && report.failed.is_empty());
     }
 }
