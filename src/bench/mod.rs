@@ -182,15 +182,19 @@ impl Default for BenchConfig {
 pub fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
-        // The CUDA backend joins here once it has a `BenchTarget`, and in `run` below.
-        Device::Cuda(_) => {
-            device.ensure_available()?;
-            Err(Error::DeviceUnavailable {
-                device: device.to_string(),
-                reason: "the CUDA backend cannot be benchmarked in this build yet".into(),
-            })
-        }
+        Device::Cuda(_) => Err(cuda_unavailable(device)),
     }
+}
+
+/// Why the benchmark cannot run on a CUDA device: the probe's reason, or (with a
+/// device present) that the CUDA backend has no [`BenchTarget`] yet. The CUDA
+/// backend joins by implementing it and replacing the `Device::Cuda` arms of
+/// [`check_device`] and [`run`].
+fn cuda_unavailable(device: Device) -> Error {
+    device.ensure_available().err().unwrap_or_else(|| Error::DeviceUnavailable {
+        device: device.to_string(),
+        reason: "the CUDA backend cannot be benchmarked in this build yet".into(),
+    })
 }
 
 /// Runs every case of `suite` in each direction with each algorithm, reporting
@@ -230,7 +234,7 @@ pub fn run(
         }
         // The CUDA backend joins here: build its targets (one per algorithm) and
         // call `runner::run_suite`; its `BenchTarget::synchronize` keeps GPU time inside the clock.
-        Device::Cuda(_) => check_device(config.device).map(|()| vec![]),
+        Device::Cuda(_) => Err(cuda_unavailable(config.device)),
     }
 }
 
