@@ -80,15 +80,15 @@ impl FmaIsa {
 
     /// Runs `iterations` of the chain loop on this thread; returns a sum of the chains so none is dead code.
     fn run(self, iterations: u64) -> f32 {
+        #[cfg(target_arch = "x86_64")]
         match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` returned Avx512 only where the CPU has avx512f.
-            FmaIsa::Avx512 => unsafe { x86::chains_avx512(iterations) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` returned Avx2Fma only where the CPU has avx2 and fma.
-            FmaIsa::Avx2Fma => unsafe { x86::chains_avx2(iterations) },
-            _ => chains_portable(iterations),
+            // SAFETY: `detect` returns Avx512 only where the CPU has avx512f.
+            FmaIsa::Avx512 => return unsafe { x86::chains_avx512(iterations) },
+            // SAFETY: `detect` returns Avx2Fma only where the CPU has avx2 and fma.
+            FmaIsa::Avx2Fma => return unsafe { x86::chains_avx2(iterations) },
+            FmaIsa::Portable => {}
         }
+        chains_portable(iterations)
     }
 }
 
