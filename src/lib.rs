@@ -21,6 +21,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod companion;
 pub mod cpu;
 pub mod cuda;

@@ -1,4 +1,4 @@
-//! `ferroconv`: device information, fixture checks and the article's examples.
+//! `ferroconv`: device information, fixture checks, benchmarks and the article's examples.
 //!
 //! Each subcommand lives in its own module of `cli/`, with its arguments (`Args`)
 //! and a `run(&Args) -> cli::Outcome`; adding one is a variant here and a match arm.
@@ -24,6 +24,8 @@ enum Command {
     Check(cli::check::Args),
     /// The article's examples with their true shapes, on the best device.
     Demo(cli::demo::Args),
+    /// Time the suite of real layer shapes per backend and algorithm: median ms, GFLOP/s, % of peak.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Command::Info(args) => cli::info::run(&args),
         Command::Check(args) => cli::check::run(&args),
         Command::Demo(args) => cli::demo::run(&args),
+        Command::Bench(args) => cli::bench::run(&args).map_err(Into::into),
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("ferroconv: error: {error}");

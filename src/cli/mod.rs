@@ -1,5 +1,6 @@
 //! The subcommands of the `ferroconv` binary, and what they share.
 
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod info;
