@@ -55,6 +55,9 @@ fn probe_uncached(ordinal: usize) -> ProbeAnswer {
     Ok(name)
 }
 
+/// A buffer on a CUDA device, as tensors hold it.
+pub type CudaBuffer<T> = GpuBuffer<T, cudarc::driver::CudaSlice<u8>>;
+
 /// The backend of CUDA device `ordinal`, created once (context, stream,
 /// kernels) and shared by every tensor on that device.
 pub fn device_backend(ordinal: usize) -> Result<Arc<GpuBackend<CudaExecutor>>> {
