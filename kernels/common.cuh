@@ -224,17 +224,24 @@ __device__ __forceinline__ void store_reduced(const KernelArgs& a, const long lo
 }
 
 // The four extern "C" entry points of a kernel template `family<T, Acc>(const KernelArgs&)`, named
-// family_f32, family_f16, family_bf16 and family_f64 as in kernels.def.
-#define FERRO_INSTANTIATE(family)                                                                   \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_f32(const KernelArgs args) { \
-        family<float, float>(args);                                                                 \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_f16(const KernelArgs args) { \
-        family<__half, float>(args);                                                                \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_bf16(const KernelArgs args) { \
-        family<__nv_bfloat16, float>(args);                                                         \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_f64(const KernelArgs args) { \
-        family<double, double>(args);                                                               \
+// family_f32, family_f16, family_bf16 and family_f64 as in kernels.def, with at least `min_blocks` blocks
+// of FERRO_BLOCK_THREADS resident per multiprocessor (which caps registers per thread).
+#define FERRO_INSTANTIATE_WITH_OCCUPANCY(family, min_blocks)                                                  \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_f32(const KernelArgs args) {                                                                \
+        family<float, float>(args);                                                                          \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_f16(const KernelArgs args) {                                                                \
+        family<__half, float>(args);                                                                         \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_bf16(const KernelArgs args) {                                                               \
+        family<__nv_bfloat16, float>(args);                                                                  \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_f64(const KernelArgs args) {                                                                \
+        family<double, double>(args);                                                                        \
     }
+
+#define FERRO_INSTANTIATE(family) FERRO_INSTANTIATE_WITH_OCCUPANCY(family, 1)

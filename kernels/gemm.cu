@@ -235,56 +235,45 @@ __device__ void gemm_correlate(const KernelArgs& a) {
 // x[n, group·Cin_g + c, i] = act(bias + Σ_{o, t} w[o, c, t] · y[n, o, (i + padding - t·dilation) / stride]), over
 // the taps where the division is exact and lands inside y. The x positions of one stride phase (i ≡ first
 // mod stride in each dim) meet the same taps, so each phase is a dense GEMM with no wasted products.
+// The phase lives in shared memory (it is the same for the whole block, and registers are scarce).
 template <typename T, typename Acc>
 struct CorrelateAdjointGemm {
     const KernelArgs& a;
-    long long group, rows, columns, reduction, kernel_volume, in_volume, out_volume, out_channels_g, taps;
-    PhaseDim phase[3];
-    long long phase_count[3];  // x positions of the phase, per dim
-    long long phase_taps[3];
+    const Phase& phase;
+    long long group, rows, columns, reduction, kernel_volume, in_volume, out_volume, out_channels_g, taps, positions;
     const T* a_src;
     const T* b_src;
     long long a_base, a_row_stride;
     long long limit[3];
 
-    __device__ CorrelateAdjointGemm(const KernelArgs& args, const long long g, long long phase_index) : a(args), group(g) {
+    __device__ CorrelateAdjointGemm(const KernelArgs& args, const Phase& ph, const long long g)
+        : a(args), phase(ph), group(g) {
         rows = a.in_channels / a.groups;
         out_channels_g = a.out_channels / a.groups;
         kernel_volume = volume3(a.kernel_size);
         in_volume = volume3(a.in_size);
         out_volume = volume3(a.out_size);
-        long long phases[3];
-        for (int d = 0; d < 3; ++d) {
-            phases[d] = min(a.stride[d], a.in_size[d]);
-        }
-        long long first[3];
-        unflatten3(phase_index, phases, first);
-        taps = 1;
-        long long positions = 1;
-        for (int d = 0; d < 3; ++d) {
-            phase[d] = phase_dim(first[d], a.in_size[d], a.kernel_size[d], a.stride[d], a.dilation[d], a.padding_lo[d]);
-            phase_count[d] = phase[d].count;
-            phase_taps[d] = phase[d].taps;
-            taps *= phase[d].taps;
-            positions *= phase[d].count;
-            limit[d] = a.out_size[d];
-        }
+        taps = volume3(phase.taps);
+        positions = volume3(phase.count);
         columns = a.batch * positions;
         reduction = out_channels_g * taps;
         a_src = static_cast<const T*>(a.w);
         b_src = static_cast<const T*>(a.y);
         a_base = 0;
         a_row_stride = kernel_volume;
+        for (int d = 0; d < 3; ++d) {
+            limit[d] = a.out_size[d];
+        }
     }
 
     __device__ void k_entry(const long long k, KEntry& e) const {
         const long long o = group * out_channels_g + k / taps;  // taps > 0 whenever k is decoded
         long long u[3];
-        unflatten3(k % taps, phase_taps, u);
+        unflatten3(k % taps, phase.taps, u);
         long long tap[3];
         for (int d = 0; d < 3; ++d) {
-            tap[d] = phase[d].tap_first + u[d] * phase[d].tap_step;
-            e.shift[d] = phase[d].q0 - u[d] * phase[d].q_step;
+            tap[d] = phase.tap_first[d] + u[d] * phase.tap_step[d];
+            e.shift[d] = phase.q0[d] - u[d] * phase.q_step[d];
         }
         e.a_offset = o * rows * kernel_volume + flatten3(tap, a.kernel_size);
         e.b_offset = o * out_volume + flatten3(e.shift, a.out_size);
@@ -294,8 +283,7 @@ struct CorrelateAdjointGemm {
         Column col;
         col.valid = n < columns;
         const long long nn = col.valid ? n : 0;
-        const long long positions = columns / a.batch;
-        unflatten3(nn % positions, phase_count, col.position);
+        unflatten3(nn % positions, phase.count, col.position);
         col.base = nn / positions * a.out_channels * out_volume + flatten3(col.position, a.out_size);
         return col;
     }
@@ -305,12 +293,11 @@ struct CorrelateAdjointGemm {
         if (a.bias != nullptr) {
             v += load_acc<T, Acc>(static_cast<const T*>(a.bias), channel);
         }
-        const long long positions = columns / a.batch;
         long long j[3];
-        unflatten3(n % positions, phase_count, j);
+        unflatten3(n % positions, phase.count, j);
         long long position[3];
         for (int d = 0; d < 3; ++d) {
-            position[d] = phase[d].first + j[d] * a.stride[d];
+            position[d] = phase.first[d] + j[d] * a.stride[d];
         }
         const long long i = (n / positions * a.in_channels + channel) * in_volume + flatten3(position, a.in_size);
         store_acc<T, Acc>(static_cast<T*>(a.out), i, activate(a.activation, v));
@@ -319,18 +306,26 @@ struct CorrelateAdjointGemm {
 
 template <typename T, typename Acc>
 __device__ void gemm_correlate_adjoint(const KernelArgs& a) {
+    __shared__ Phase phase;
     const long long rows = a.in_channels / a.groups;
-    long long phases = 1;
+    long long phases[3];
     long long largest_phase = a.batch;
     for (int d = 0; d < 3; ++d) {
-        phases *= min(a.stride[d], a.in_size[d]);
+        phases[d] = min(a.stride[d], a.in_size[d]);
         largest_phase *= ceil_div(a.in_size[d], a.stride[d]);
     }
     const long long tiles =
-        ceil_div(rows, FERRO_GEMM_TILE_M) * ceil_div(largest_phase, FERRO_GEMM_TILE_N) * a.groups * phases;
+        ceil_div(rows, FERRO_GEMM_TILE_M) * ceil_div(largest_phase, FERRO_GEMM_TILE_N) * a.groups * volume3(phases);
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex ti = tile_index(tile, rows, largest_phase);
-        const CorrelateAdjointGemm<T, Acc> p(a, ti.rest % a.groups, ti.rest / a.groups);
+        __syncthreads();  // the previous tile is done with `phase`
+        if (threadIdx.x == 0) {
+            long long first[3];
+            unflatten3(ti.rest / a.groups, phases, first);
+            phase_init(phase, a, first);
+        }
+        __syncthreads();
+        const CorrelateAdjointGemm<T, Acc> p(a, phase, ti.rest % a.groups);
         if (ti.n0 < p.columns) {  // smaller phases have fewer columns (uniform across the block)
             gemm_tile<T, Acc>(p, ti.m0, ti.n0, 0, p.reduction);
         }
@@ -411,6 +406,8 @@ __device__ void gemm_correlate_weight(const KernelArgs& a) {
     }
 }
 
-FERRO_INSTANTIATE(gemm_correlate)
-FERRO_INSTANTIATE(gemm_correlate_adjoint)
-FERRO_INSTANTIATE(gemm_correlate_weight)
+// Two resident blocks per multiprocessor (at most 128 registers a thread) hide more latency than the
+// registers the compiler would otherwise take.
+FERRO_INSTANTIATE_WITH_OCCUPANCY(gemm_correlate, 2)
+FERRO_INSTANTIATE_WITH_OCCUPANCY(gemm_correlate_adjoint, 2)
+FERRO_INSTANTIATE_WITH_OCCUPANCY(gemm_correlate_weight, 2)

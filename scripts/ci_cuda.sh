@@ -52,12 +52,22 @@ CU=(kernels/*.cu)
 # Prints one line per kernel: arch, registers, spill stores/loads, stack, shared memory.
 summarise() {
     awk -v arch="$1" '
-        /Compiling entry function/ { match($0, /function .[A-Za-z0-9_]+/); kernel = substr($0, RSTART + 10, RLENGTH - 10) }
-        /bytes stack frame/ { stack = $5; stores = $9; loads = $13 }
+        # The number just before `label` in `line`.
+        function number(line, label,   at, before, words, n) {
+            at = index(line, label)
+            if (at == 0) return "0"
+            before = substr(line, 1, at - 1)
+            sub(/[ ,:]+$/, "", before)
+            n = split(before, words, /[ ,:]+/)
+            return words[n]
+        }
+        /Compiling entry function/ { split($0, quoted, "\047"); kernel = quoted[2] }
+        /bytes stack frame/ {
+            stack = number($0, "bytes stack frame"); stores = number($0, "bytes spill stores"); loads = number($0, "bytes spill loads")
+        }
         /Used [0-9]+ registers/ {
-            match($0, /Used [0-9]+ registers/); regs = substr($0, RSTART + 5, RLENGTH - 15)
-            smem = "0"; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11)
-            printf "  %-6s %-34s %4s regs  %5s B stack  %4s B spill st  %4s B spill ld  %6s B smem\n", arch, kernel, regs, stack, stores, loads, smem
+            printf "  %-6s %-34s %4s regs  %5s B stack  %4s B spill stores  %4s B spill loads  %6s B smem\n",
+                arch, kernel, number($0, "registers"), stack, stores, loads, number($0, "bytes smem")
         }'
 }
 
