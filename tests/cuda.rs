@@ -43,3 +43,14 @@ fn tensors_move_to_the_gpu_and_back() {
     let mixed = conv2d(&x, &gw, None, &ConvOptions::new()).unwrap_err();
     assert_eq!(mixed.kind(), "device_mismatch");
 }
+
+#[test]
+fn without_a_device_tensors_stay_put_and_say_why() {
+    if gpu().is_some() {
+        return;
+    }
+    let x = Tensor::<f32>::zeros(&[1, 1, 4]).unwrap();
+    let e = x.to_device(Device::Cuda(0)).unwrap_err();
+    assert_eq!(e.kind(), "device_unavailable");
+    assert!(e.to_string().contains("cuda:0"), "{e}");
+}

@@ -71,3 +71,22 @@ pub fn device_backend(ordinal: usize) -> Result<Arc<GpuBackend<CudaExecutor>>> {
     backends.insert(ordinal, Arc::clone(&backend));
     Ok(backend)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_explains_itself_without_panicking() {
+        let answer = probe(0);
+        // SAFETY: as in `probe_uncached`: only tries to dlopen the driver library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            let reason = answer.clone().expect_err("no driver, no device");
+            assert!(reason.contains("no CUDA driver library"), "{reason}");
+            let e = device_backend(0).expect_err("no driver, no backend");
+            assert_eq!(e.kind(), "device_unavailable");
+            assert!(e.to_string().contains("no CUDA driver library"), "{e}");
+        }
+        assert_eq!(probe(0), answer, "decided once");
+    }
+}

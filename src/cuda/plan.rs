@@ -41,7 +41,12 @@ const MAX_WORKSPACE_BYTES: u64 = 256 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Set `bytes` bytes at `address` to zero (every element type's zero is all zero bits).
-    Zero { address: u64, bytes: u64 },
+    Zero {
+        /// The buffer.
+        address: u64,
+        /// Its length in bytes.
+        bytes: u64,
+    },
     /// Launch a kernel (boxed: a launch is large next to a zero step).
     Kernel(Box<Launch>),
 }
@@ -137,24 +142,33 @@ impl GpuAlgorithm {
 /// (the first writes `y`, the second `x`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorrelateBuffers {
+    /// `x [N, in_channels, in_size]`.
     pub x: u64,
+    /// `w [out_channels, in_channels / groups, kernel_size]`.
     pub w: u64,
+    /// The bias: `[out_channels]` for correlate, `[in_channels]` for its adjoint.
     pub bias: Option<u64>,
+    /// `y [N, out_channels, out_size]`.
     pub y: u64,
 }
 
 /// The buffers of [`Planner::correlate_weight`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightBuffers {
+    /// `x [N, in_channels, in_size]`.
     pub x: u64,
+    /// `y [N, out_channels, out_size]`.
     pub y: u64,
+    /// The result, shaped like the weight.
     pub dw: u64,
 }
 
 /// Scratch memory for a plan's partial sums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Workspace {
+    /// Where it starts (0 when there is none).
     pub address: u64,
+    /// Its length in bytes.
     pub bytes: u64,
 }
 
@@ -253,7 +267,7 @@ impl Planner {
     pub fn correlate_weight(&self, g: &ConvGeometry, b: WeightBuffers, workspace: Workspace) -> Result<Plan> {
         let (outputs, split) = self.weight_split(g)?;
         let Some(split) = split else {
-            return Ok(zero_or_empty(b.dw, outputs, self.dtype));
+            return zero_or_empty(b.dw, outputs, self.dtype);
         };
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.y) = (b.x, b.y);
@@ -291,7 +305,7 @@ impl Planner {
         workspace: Workspace,
     ) -> Result<Plan> {
         let Some(split) = sums_split(batch, channels, volume)? else {
-            return Ok(zero_or_empty(sums, channels as u64, self.dtype));
+            return zero_or_empty(sums, channels as u64, self.dtype);
         };
         let args = KernelArgs {
             x: t,
@@ -377,12 +391,12 @@ impl Planner {
         let acc = accumulator(self.dtype);
         let mut first = first;
         first.args.partials = workspace.address;
-        let first = first.writing(workspace.address, split.splits * outputs, acc)?;
+        let first = first.writing(workspace.address, split.splits * outputs, acc)?; // bounded by MAX_WORKSPACE_BYTES
         let args = KernelArgs {
             partials: workspace.address,
             out,
-            splits: to_i64("splits", split.splits as usize)?,
-            length: outputs as i64,
+            splits: arg("splits", split.splits)?,
+            length: arg("outputs", outputs)?,
             ..KernelArgs::default()
         };
         let second = self.elementwise(KernelFamily::SumPartials, outputs, args)?.writing(out, outputs, self.dtype)?;
@@ -465,10 +479,15 @@ fn weight_columns(g: &ConvGeometry) -> Result<u64> {
 }
 
 fn with_split(mut args: KernelArgs, split: Split, outputs: u64) -> Result<KernelArgs> {
-    args.splits = to_i64("splits", split.splits as usize)?;
-    args.split_length = to_i64("split length", split.split_length as usize)?;
-    args.length = to_i64("outputs", outputs as usize)?;
+    args.splits = arg("splits", split.splits)?;
+    args.split_length = arg("split length", split.split_length)?;
+    args.length = arg("outputs", outputs)?;
     Ok(args)
+}
+
+/// A count as a kernel argument (`long long`).
+fn arg(what: &'static str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::overflow(what, format!("{v} exceeds the kernels' 64-bit index range")))
 }
 
 /// Chunks for a reduction of `reduction` elements per result, with `blocks`
@@ -493,11 +512,12 @@ fn sums_split(batch: usize, channels: usize, volume: usize) -> Result<Option<Spl
 
 /// A plan that zeroes `outputs` elements at `address` (an empty sum), or does
 /// nothing when there are none.
-fn zero_or_empty(address: u64, outputs: u64, dtype: DType) -> Plan {
+fn zero_or_empty(address: u64, outputs: u64, dtype: DType) -> Result<Plan> {
     if outputs == 0 {
-        return Plan::default();
+        return Ok(Plan::default());
     }
-    Plan { steps: vec![Step::Zero { address, bytes: outputs * dtype.size_in_bytes() as u64 }] }
+    let bytes = outputs.checked_mul(dtype.size_in_bytes() as u64).ok_or_else(|| overflow("output"))?;
+    Ok(Plan { steps: vec![Step::Zero { address, bytes }] })
 }
 
 #[cfg(test)]
