@@ -75,3 +75,41 @@ __device__ __forceinline__ void phase_init(Phase& p, const KernelArgs& a, const 
         p.q0[d] = any ? (first[d] + a.padding_lo[d] - tap_first * dilation) / stride : 0;
     }
 }
+
+// The taps t < kernel with 0 <= origin + t * dilation < size, as [begin, end).
+__device__ __forceinline__ void tap_range(const long long origin, const long long size, const long long kernel,
+                                          const long long dilation, long long& begin, long long& end) {
+    begin = origin >= 0 ? 0 : (dilation - 1 - origin) / dilation;
+    end = origin > size - 1 ? 0 : min((size - 1 - origin) / dilation + 1, kernel);
+    begin = min(begin, end);
+}
+
+// A position (n, p) in [batch] x `size`, row-major, that moves forward `step` at a time, dividing only
+// when a coordinate wraps (so a loop over a long flat range has no division per element).
+struct Walker {
+    long long n;
+    long long p[3];
+};
+
+__device__ __forceinline__ Walker walker_at(const long long k, const long long size[3]) {
+    Walker w;
+    const long long volume = volume3(size);
+    w.n = k / volume;
+    unflatten3(k % volume, size, w.p);
+    return w;
+}
+
+__device__ __forceinline__ void walker_advance(Walker& w, const long long step, const long long size[3]) {
+    w.p[2] += step;
+    if (w.p[2] < size[2]) {
+        return;
+    }
+    long long carry = w.p[2] / size[2];
+    w.p[2] %= size[2];
+    for (int d = 1; d >= 0 && carry > 0; --d) {
+        w.p[d] += carry;
+        carry = w.p[d] / size[d];
+        w.p[d] %= size[d];
+    }
+    w.n += carry;
+}

@@ -17,8 +17,9 @@ __device__ void channel_sums(const KernelArgs& a) {
     const long long end = min(begin + a.split_length, a.batch * volume);
     for (long long channel = blockIdx.x; channel < a.in_channels; channel += gridDim.x) {
         Acc acc = Acc(0);
-        for (long long k = begin + threadIdx.x; k < end; k += blockDim.x) {
-            acc += load_acc<T, Acc>(x, (k / volume * a.in_channels + channel) * volume + k % volume);
+        Walker at = walker_at(begin + threadIdx.x, a.in_size);
+        for (long long k = begin + threadIdx.x; k < end; k += blockDim.x, walker_advance(at, blockDim.x, a.in_size)) {
+            acc += load_acc<T, Acc>(x, (at.n * a.in_channels + channel) * volume + flatten3(at.p, a.in_size));
         }
         acc = block_sum(acc);
         if (threadIdx.x == 0) {

@@ -43,6 +43,8 @@ pub fn cases() -> Vec<Case> {
         conv("conv2d_multi_tile", 2, &[2, 70, 9, 9], &[66, 70, 3, 3], c().padding(1).stride([1, 2])),
         conv("conv2d_groups2", 2, &[1, 8, 6, 6], &[6, 4, 3, 3], c().groups(2).stride([1, 2])),
         conv("conv2d_depthwise_x2", 2, &[2, 8, 7, 7], &[16, 1, 3, 3], c().groups(8).padding(1)),
+        conv("conv2d_depthwise_split_weight", 2, &[8, 4, 24, 24], &[4, 1, 3, 3], c().groups(4)),
+        conv("conv1d_depthwise_one_position", 1, &[40, 2, 3], &[4, 1, 3], c().groups(2)),
         conv("conv1d_stride3_dilation2", 1, &[3, 4, 20], &[6, 4, 5], c().stride(3).dilation(2).padding(4)),
         conv("conv3d", 3, &[1, 3, 5, 6, 4], &[4, 3, 3, 2, 3], c().padding([1, 0, 1]).stride([2, 1, 1])),
         conv("conv2d_same_even_kernel", 2, &[1, 2, 6, 6], &[2, 2, 4, 4], c().same()),
