@@ -5,6 +5,7 @@
 //! plus a function on tensors that runs where the tensors live.
 
 mod cpu;
+mod cuda;
 mod pool;
 
 pub use pool::{MaxPoolOptions, PoolGeometry};
