@@ -26,3 +26,6 @@ fn probe_uncached(ordinal: usize) -> ProbeAnswer {
         .map_err(|e| format!("the driver loads, but device {ordinal} does not answer: {e}"))?;
     context.name().map_err(|e| format!("device {ordinal}: {e}"))
 }
+
+#[cfg(feature = "emu")]
+pub mod emu;
