@@ -1,13 +1,39 @@
 //! The CUDA backend (cudarc, loaded dynamically: nothing CUDA is needed to build).
+//!
+//! Layers, bottom up:
+//! - [`kernels`]: the kernel ids (from `kernels/kernels.def`) and code (PTX from nvcc, or sources for NVRTC);
+//! - [`KernelArgs`]: the one by-value parameter of every kernel;
+//! - [`plan`]: each primitive call as a list of launches, plain data;
+//! - [`Executor`]: runs plans; [`CudaExecutor`] on a GPU (the emulator is another);
+//! - [`GpuBackend`]: the crate's [`ConvPrimitives`](crate::ConvPrimitives) on any executor;
+//! - [`StreamOps`]: the same primitives on caller-owned `CudaSlice`s and stream, for training libraries.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+mod backend;
+mod executor;
+pub mod kernels;
+mod params;
+pub mod plan;
+mod stream_ops;
+
+pub use backend::{GpuBackend, GpuBuffer};
+pub use executor::{CudaExecutor, Executor, LoadedKernels};
+pub use kernels::{KernelFamily, KernelId};
+pub use params::{KernelArgs, activation_code, padding_mode_code};
+pub use plan::{BufferWrite, CorrelateBuffers, GpuAlgorithm, Launch, Plan, Planner, Step, WeightBuffers, Workspace};
+pub use stream_ops::StreamOps;
+
+use crate::error::Result;
 
 /// A probe's answer: the device's name, or why it cannot be used.
-type ProbeAnswer = Result<String, String>;
+type ProbeAnswer = std::result::Result<String, String>;
 
-/// Whether CUDA device `ordinal` answers, decided once per ordinal: `Ok(name)`
-/// or `Err(reason)`. Never panics when the driver library is absent.
+/// Whether CUDA device `ordinal` can run ops, decided once per ordinal:
+/// `Ok(name)` or `Err(reason)` — no driver, no device, or no kernels (no PTX
+/// in this build and no NVRTC to compile them). Never panics when the driver
+/// library is absent.
 pub fn probe(ordinal: usize) -> ProbeAnswer {
     static PROBED: OnceLock<Mutex<HashMap<usize, ProbeAnswer>>> = OnceLock::new();
     let cache = PROBED.get_or_init(Default::default);
@@ -24,7 +50,23 @@ fn probe_uncached(ordinal: usize) -> ProbeAnswer {
     }
     let context = cudarc::driver::CudaContext::new(ordinal)
         .map_err(|e| format!("the driver loads, but device {ordinal} does not answer: {e}"))?;
-    context.name().map_err(|e| format!("device {ordinal}: {e}"))
+    let name = context.name().map_err(|e| format!("device {ordinal}: {e}"))?;
+    kernels::origin().map_err(|why| format!("device {ordinal} ({name}) answers, but {why}"))?;
+    Ok(name)
+}
+
+/// The backend of CUDA device `ordinal`, created once (context, stream,
+/// kernels) and shared by every tensor on that device.
+pub fn device_backend(ordinal: usize) -> Result<Arc<GpuBackend<CudaExecutor>>> {
+    static BACKENDS: OnceLock<Mutex<HashMap<usize, Arc<GpuBackend<CudaExecutor>>>>> = OnceLock::new();
+    let backends = BACKENDS.get_or_init(Default::default);
+    let mut backends = backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(backend) = backends.get(&ordinal) {
+        return Ok(Arc::clone(backend));
+    }
+    let backend = Arc::new(GpuBackend::new(CudaExecutor::new(ordinal)?));
+    backends.insert(ordinal, Arc::clone(&backend));
+    Ok(backend)
 }
 
 #[cfg(feature = "emu")]
