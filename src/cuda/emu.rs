@@ -10,13 +10,18 @@
 //!   access kills the process with a message naming the kernel, block and thread; an element a
 //!   kernel should write but does not stays NaN.
 //!
+//! [`EmuExecutor`] runs the CUDA backend's plans this way: `GpuBackend<EmuExecutor>` is the
+//! whole CUDA backend, kernels included, on the CPU.
+//!
 //! Seeds: each launch draws a fresh one unless `FERROCONV_EMU_SEED` fixes it; an error names the
 //! seed to replay. `FERROCONV_EMU_THREADS` sets the OS threads per launch.
 
 mod buffer;
+mod executor;
 mod ffi;
 mod launch;
 pub mod selftest;
 
 pub use buffer::{EmuBuffer, GuardSide, PlainData};
+pub use executor::{EmuAllocation, EmuExecutor};
 pub use launch::{EmuKernel, LaunchShape, SEED_VARIABLE, Schedule, THREADS_VARIABLE, launch};
