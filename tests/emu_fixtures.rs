@@ -3,6 +3,7 @@
 //! grad input, grad weight and grad bias, with the automatic algorithm choice and with each
 //! algorithm forced, each run under its own seed (fiber orders forward, reverse and random in
 //! turn) on two OS threads. Error cases (PyTorch rejections) are validation, not kernels: skipped.
+//! `FERROCONV_FIXTURE_FILTER=p03` runs only the fixtures whose file name contains `p03`.
 #![cfg(feature = "emu")]
 
 use std::path::{Path, PathBuf};
@@ -23,12 +24,16 @@ fn fixture_dir() -> PathBuf {
     if shipped.is_dir() { shipped } else { manifest.join("../shared/fixtures") }
 }
 
-fn fixture_files() -> Vec<PathBuf> {
+/// Runs only the fixtures whose file name contains this variable's value (for debugging a kernel).
+const FILTER_VARIABLE: &str = "FERROCONV_FIXTURE_FILTER";
+
+fn fixture_files(filter: Option<&str>) -> Vec<PathBuf> {
     let dir = fixture_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .filter(|path| filter.is_none_or(|f| path.file_name().unwrap().to_string_lossy().contains(f)))
         .collect();
     files.sort();
     files
@@ -154,7 +159,8 @@ where
 
 #[test]
 fn every_fixture_passes_on_the_emulator() {
-    let files = fixture_files();
+    let filter = std::env::var(FILTER_VARIABLE).ok();
+    let files = fixture_files(filter.as_deref());
     let mut valid_cases = 0;
     let mut runs = 0;
     let mut failures = Vec::new();
@@ -185,6 +191,7 @@ fn every_fixture_passes_on_the_emulator() {
             }
         }
     }
-    assert!(valid_cases >= 150, "only {valid_cases} valid fixtures in {}", fixture_dir().display());
+    let expected_cases = if filter.is_some() { 1 } else { 150 };
+    assert!(valid_cases >= expected_cases, "only {valid_cases} valid fixtures in {}", fixture_dir().display());
     assert!(failures.is_empty(), "{} failures in {runs} runs:\n{}", failures.len(), failures.join("\n"));
 }
