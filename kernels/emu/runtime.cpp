@@ -1,5 +1,5 @@
 // The emulator's runtime: guard-paged buffers, and launches that run each CUDA thread of a block
-// as a fiber (makecontext/swapcontext) switching only at __syncthreads and warp collectives.
+// as a fiber (makecontext, then sigsetjmp/siglongjmp) switching only at __syncthreads and warp collectives.
 //
 // A launch hands its blocks out to `os_threads` OS threads (the caller is one of them); each runs
 // whole blocks with a BlockRunner (fiber stacks, dynamic shared memory) borrowed from a pool, so
@@ -9,8 +9,15 @@
 // on a GPU are reported instead: a thread that returns while others wait at a barrier, a warp
 // collective some lanes never join. Out-of-bounds accesses hit guard pages; the SIGSEGV handler
 // names the kernel, block and thread before the process dies.
+//
+// Switching: a fiber is entered the first time with setcontext (makecontext gave it its stack),
+// and from then on the scheduler and the fibers jump to each other with sigsetjmp(.., 0) /
+// siglongjmp, which, unlike swapcontext, make no system call to save the signal mask. glibc's
+// fortified longjmp would mistake a jump to another stack for a bug, hence no _FORTIFY_SOURCE.
+#undef _FORTIFY_SOURCE
 #include "runtime.h"
 
+#include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -182,7 +189,9 @@ struct Launch {
 enum class FiberState : uint8_t { ready, at_block_barrier, at_warp_collective, finished, failed };
 
 struct Fiber {
-    ucontext_t context;
+    ucontext_t context;  // the first entry, into fiber_main
+    sigjmp_buf jump;     // where it waits, once started
+    bool started;
     Coordinates coordinates;
     FiberState state;
     // The warp collective this fiber waits at: its deposit, and its result once the warp meets.
@@ -244,6 +253,7 @@ class BlockRunner {
             f.coordinates = Coordinates{uint3{i % block.x, (i / block.x) % block.y, i / (block.x * block.y)}, block_idx,
                                         launch.block, launch.grid};
             f.state = FiberState::ready;
+            f.started = false;
             makecontext(&f.context, fiber_main, 0);
         }
         memset(shared_data_, 0xFF, shared_bytes_);
@@ -300,25 +310,23 @@ class BlockRunner {
     void* shared_data() const { return shared_data_; }
 
     // Suspends the running fiber until the scheduler resumes it.
-    void yield(FiberState state) {
+    __attribute__((noinline)) void yield(FiberState state) {
         Fiber& f = *running_;
         f.state = state;
-        swapcontext(&f.context, &scheduler_);
+        if (sigsetjmp(f.jump, 0) == 0) siglongjmp(scheduler_, 1);
     }
 
     // Marks the running fiber failed and leaves it for good.
     [[noreturn]] void fail_running(int code, std::string message) {
         fail(code, std::move(message));
         running_->state = FiberState::failed;
-        setcontext(&scheduler_);
-        __builtin_unreachable();
+        siglongjmp(scheduler_, 1);
     }
 
     // Back to the scheduler once the kernel body has returned.
     [[noreturn]] void finish_running() {
         running_->state = FiberState::finished;
-        setcontext(&scheduler_);
-        __builtin_unreachable();
+        siglongjmp(scheduler_, 1);
     }
 
     const Fiber* running_or_null() const { return running_; }
@@ -339,10 +347,15 @@ class BlockRunner {
         return (static_cast<uint64_t>(b.z) * l.grid.y + b.y) * l.grid.x + b.x;
     }
 
-    void resume(Fiber& f) {
+    // Runs `f` until it waits at a barrier, finishes or fails.
+    __attribute__((noinline)) void resume(Fiber& f) {
         running_ = &f;
         current_coordinates = &f.coordinates;
-        swapcontext(&scheduler_, &f.context);
+        if (sigsetjmp(scheduler_, 0) == 0) {
+            if (f.started) siglongjmp(f.jump, 1);
+            f.started = true;
+            setcontext(&f.context);
+        }
         running_ = nullptr;
         current_coordinates = nullptr;
     }
@@ -410,7 +423,7 @@ class BlockRunner {
         return lane;
     }
 
-    ucontext_t scheduler_;
+    sigjmp_buf scheduler_;  // where the scheduler waits while a fiber runs
     Fiber* running_ = nullptr;
     Launch* launch_ = nullptr;
     uint3 block_idx_{0, 0, 0};
