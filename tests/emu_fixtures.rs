@@ -3,7 +3,8 @@
 //! grad input, grad weight and grad bias, with the automatic algorithm choice and with each
 //! algorithm forced, each run under its own seed (fiber orders forward, reverse and random in
 //! turn) on two OS threads. Error cases (PyTorch rejections) are validation, not kernels: skipped.
-//! `FERROCONV_FIXTURE_FILTER=p03` runs only the fixtures whose file name contains `p03`.
+//! `FERROCONV_FIXTURE_FILTER=p03` runs only the fixtures whose file name contains `p03`;
+//! `FERROCONV_FIXTURE_SEEDS=6` runs each (case, algorithm) under 6 seeds instead of 1.
 #![cfg(feature = "emu")]
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ fn fixture_dir() -> PathBuf {
 
 /// Runs only the fixtures whose file name contains this variable's value (for debugging a kernel).
 const FILTER_VARIABLE: &str = "FERROCONV_FIXTURE_FILTER";
+/// How many seeds each (case, algorithm) runs under (default 1), for a deeper search.
+const SEEDS_VARIABLE: &str = "FERROCONV_FIXTURE_SEEDS";
 
 fn fixture_files(filter: Option<&str>) -> Vec<PathBuf> {
     let dir = fixture_dir();
@@ -161,6 +164,7 @@ where
 fn every_fixture_passes_on_the_emulator() {
     let filter = std::env::var(FILTER_VARIABLE).ok();
     let files = fixture_files(filter.as_deref());
+    let seeds: u64 = std::env::var(SEEDS_VARIABLE).map_or(1, |n| n.parse().expect("FERROCONV_FIXTURE_SEEDS: a number"));
     let mut valid_cases = 0;
     let mut runs = 0;
     let mut failures = Vec::new();
@@ -172,9 +176,10 @@ fn every_fixture_passes_on_the_emulator() {
         }
         valid_cases += 1;
         let algorithms = [GpuAlgorithm::Auto, GpuAlgorithm::ImplicitGemm, GpuAlgorithm::Direct];
-        for (a, algorithm) in algorithms.into_iter().enumerate() {
+        let runs_per_case = algorithms.len() as u64 * seeds;
+        for (r, algorithm) in (0..runs_per_case).map(|r| (r, algorithms[(r / seeds) as usize])) {
             // Consecutive seeds, so each case meets every fiber order (seed % 3) across its runs.
-            let schedule = Schedule { seed: (index * algorithms.len() + a) as u64, os_threads: 2 };
+            let schedule = Schedule { seed: index as u64 * runs_per_case + r, os_threads: 2 };
             let emu = GpuBackend::new(EmuExecutor::with_schedule(schedule).unwrap()).with_algorithm(algorithm);
             let result = match case["dtype"].as_str().unwrap() {
                 "f32" => run_case::<f32>(&emu, &case),
