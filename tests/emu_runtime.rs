@@ -297,6 +297,17 @@ fn a_partial_mask_is_reported() {
 }
 
 #[test]
+fn a_shuffle_width_that_is_not_a_power_of_two_is_reported() {
+    let input = EmuBuffer::from_slice(&[0.0f32; 64]).unwrap();
+    let mut output = EmuBuffer::<f32>::new(64).unwrap();
+    let param = 3 << 2; // __shfl_sync, width 3
+    let schedule = Schedule { seed: 2, os_threads: 1 };
+    let err = run(SelfTestKernel::SelftestShuffleProbe, shape(2, 32, 0), &input, &mut output, param, schedule);
+    let message = err.unwrap_err().to_string();
+    assert!(message.contains("width 3 is not a power of two"), "{message}");
+}
+
+#[test]
 fn launches_cuda_would_refuse_are_errors() {
     let none = EmuBuffer::<f32>::new(0).unwrap();
     let mut output = EmuBuffer::<f32>::new(1).unwrap();

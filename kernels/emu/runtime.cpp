@@ -316,9 +316,15 @@ class BlockRunner {
         if (sigsetjmp(f.jump, 0) == 0) siglongjmp(scheduler_, 1);
     }
 
+    // Records why the block fails (a separate statement from `leave_failed`, so the message's
+    // temporaries are destroyed before the fiber is abandoned).
+    void fail(int code, std::string message) {
+        pending_code_ = code;
+        pending_message_ = std::move(message);
+    }
+
     // Marks the running fiber failed and leaves it for good.
-    [[noreturn]] void fail_running(int code, std::string message) {
-        fail(code, std::move(message));
+    [[noreturn]] void leave_failed() {
         running_->state = FiberState::failed;
         siglongjmp(scheduler_, 1);
     }
@@ -358,11 +364,6 @@ class BlockRunner {
         }
         running_ = nullptr;
         current_coordinates = nullptr;
-    }
-
-    void fail(int code, std::string message) {
-        pending_code_ = code;
-        pending_message_ = std::move(message);
     }
 
     bool block_failed() {
@@ -637,12 +638,14 @@ uint64_t warp_shuffle(unsigned int mask, uint64_t bits, int kind, int lane_arg, 
         abort();
     }
     if (mask != 0xFFFFFFFFu) {
-        runner->fail_running(FERRO_EMU_WARP_COLLECTIVE, "thread " + format_dim(threadIdx) + ": warp shuffle with mask " +
-                                                            std::to_string(mask) + "; only the full mask is supported");
+        runner->fail(FERRO_EMU_WARP_COLLECTIVE, "thread " + format_dim(threadIdx) + ": warp shuffle with mask " +
+                                                    std::to_string(mask) + "; only the full mask is supported");
+        runner->leave_failed();
     }
     if (width < 1 || width > warpSize || (width & (width - 1)) != 0) {
-        runner->fail_running(FERRO_EMU_WARP_COLLECTIVE, "thread " + format_dim(threadIdx) + ": warp shuffle width " +
-                                                            std::to_string(width) + " is not a power of two <= 32");
+        runner->fail(FERRO_EMU_WARP_COLLECTIVE, "thread " + format_dim(threadIdx) + ": warp shuffle width " +
+                                                    std::to_string(width) + " is not a power of two <= 32");
+        runner->leave_failed();
     }
     Fiber& f = runner->running();
     f.shuffle_kind = kind;
