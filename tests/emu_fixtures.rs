@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use ferroconv::cuda::emu::{EmuExecutor, Schedule};
 use ferroconv::cuda::{GpuAlgorithm, GpuBackend};
-use ferroconv::{
-    Activation, Conv, ConvGeometry, ConvOptions, ConvPrimitives, ConvTranspose, ConvTransposeOptions, Dims, Element,
-    OpKind, bf16, f16,
-};
+use ferroconv::{ConvGeometry, ConvOptions, ConvPrimitives, ConvTransposeOptions, Dims, Element, bf16, f16};
 use serde_json::Value;
+
+mod emu_support;
+use emu_support::{Inputs, compare, run_directions};
 
 type Emu = GpuBackend<EmuExecutor>;
 
@@ -92,27 +92,10 @@ fn geometry(case: &Value, input: &Data, weight: &Data, bias: Option<&Data>) -> C
 }
 
 /// Checks `actual` against the fixture's `key` tensor with its tolerance; the failure, if any.
-fn compare(case: &Value, key: &str, actual: &[f64]) -> Option<String> {
-    let expected = data(case, key).unwrap();
+fn check(case: &Value, key: &str, actual: &[f64]) -> Option<String> {
     let tolerance = case.get("tolerance_per_tensor").and_then(|t| t.get(key)).unwrap_or(&case["tolerance"]);
     let (rtol, atol) = (tolerance["rtol"].as_f64().unwrap(), tolerance["atol"].as_f64().unwrap());
-    if actual.len() != expected.values.len() {
-        return Some(format!("{key}: {} values, expected {}", actual.len(), expected.values.len()));
-    }
-    let bad: Vec<usize> = (0..actual.len())
-        .filter(|&i| {
-            let error = (actual[i] - expected.values[i]).abs();
-            error.is_nan() || error > atol + rtol * expected.values[i].abs()
-        })
-        .collect();
-    let &first = bad.first()?;
-    Some(format!(
-        "{key}: {} of {} elements off (rtol {rtol}, atol {atol}), first [{first}] = {} expected {}",
-        bad.len(),
-        actual.len(),
-        actual[first],
-        expected.values[first]
-    ))
+    compare(key, actual, &data(case, key).unwrap().values, rtol, atol)
 }
 
 /// Runs the case's forward and backward on `emu` in element type `T`; the failures.
@@ -122,41 +105,24 @@ where
 {
     let (input, weight) = (data(case, "input").unwrap(), data(case, "weight").unwrap());
     let bias = data(case, "bias");
-    let grad_output = data(case, "grad_output").unwrap();
     let g = geometry(case, &input, &weight, bias.as_ref());
-    let upload = |d: &Data| emu.upload(&d.values.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>());
-    let (x, w, dy) = (upload(&input)?, upload(&weight)?, upload(&grad_output)?);
-    let b = bias.as_ref().map(upload).transpose()?;
-    let download =
-        |buffer| -> ferroconv::Result<Vec<f64>> { Ok(emu.download::<T>(buffer)?.into_iter().map(T::to_f64).collect()) };
-
-    let mut failures = Vec::new();
-    let mut output = emu.alloc_buffer::<T>(grad_output.values.len())?;
-    let mut grad_input = emu.alloc_buffer::<T>(input.values.len())?;
-    let mut grad_weight = emu.alloc_buffer::<T>(weight.values.len())?;
-    match g.op {
-        OpKind::Conv => {
-            Conv::forward(emu, &g, &x, &w, b.as_ref(), Activation::Identity, &mut output)?;
-            Conv::backward_data(emu, &g, &dy, &w, &mut grad_input)?;
-            Conv::backward_weight(emu, &g, &x, &dy, &mut grad_weight)?;
-        }
-        OpKind::ConvTranspose => {
-            ConvTranspose::forward(emu, &g, &x, &w, b.as_ref(), Activation::Identity, &mut output)?;
-            ConvTranspose::backward_data(emu, &g, &dy, &w, &mut grad_input)?;
-            ConvTranspose::backward_weight(emu, &g, &x, &dy, &mut grad_weight)?;
-        }
-    }
-    failures.extend(compare(case, "output", &download(&output)?));
-    failures.extend(compare(case, "grad_input", &download(&grad_input)?));
-    failures.extend(compare(case, "grad_weight", &download(&grad_weight)?));
-    if let Some(bias) = &bias {
-        let mut grad_bias = emu.alloc_buffer::<T>(bias.values.len())?;
-        match g.op {
-            OpKind::Conv => Conv::backward_bias(emu, &g, &dy, &mut grad_bias)?,
-            OpKind::ConvTranspose => ConvTranspose::backward_bias(emu, &g, &dy, &mut grad_bias)?,
-        }
-        failures.extend(compare(case, "grad_bias", &download(&grad_bias)?));
-    }
+    let convert = |d: &Data| d.values.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>();
+    let inputs = Inputs {
+        input: convert(&input),
+        weight: convert(&weight),
+        bias: bias.as_ref().map(convert),
+        grad_output: convert(&data(case, "grad_output").unwrap()),
+    };
+    let results = run_directions(emu, &g, &inputs, |s| emu.upload(s), |b| emu.download(b))?;
+    let mut failures: Vec<String> = [
+        check(case, "output", &results.output),
+        check(case, "grad_input", &results.grad_input),
+        check(case, "grad_weight", &results.grad_weight),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    failures.extend(results.grad_bias.and_then(|grad_bias| check(case, "grad_bias", &grad_bias)));
     Ok(failures)
 }
 
