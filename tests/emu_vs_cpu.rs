@@ -8,8 +8,8 @@
 use ferroconv::cuda::emu::{EmuExecutor, Schedule};
 use ferroconv::cuda::{GpuAlgorithm, GpuBackend, Planner};
 use ferroconv::{
-    ConvGeometry, ConvOptions, ConvPrimitives, ConvTransposeOptions, CpuBackend, DType, Element, OpKind, PaddingMode,
-    bf16, f16,
+    Activation, Conv, ConvGeometry, ConvOptions, ConvPrimitives, ConvTranspose, ConvTransposeOptions, CpuBackend,
+    DType, Element, OpKind, PaddingMode, bf16, f16,
 };
 
 mod emu_support;
@@ -159,4 +159,53 @@ fn conv2d_grouped_replicate_uneven_f32() {
     let g = ConvGeometry::conv(2, &[2, 6, 33, 31], &[10, 3, 4, 3], Some(&[10]), &options).unwrap();
     let failures = differential::<f32>("conv2d replicate g2", &g, 500);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The forward of `g` with the fused bias + ReLU epilogue, on `backend`.
+fn forward_relu<T: Element, B: ConvPrimitives<T>>(
+    backend: &B,
+    g: &ConvGeometry,
+    inputs: &Inputs<T>,
+    upload: impl Fn(&[T]) -> ferroconv::Result<B::Buffer<T>>,
+    download: impl Fn(&B::Buffer<T>) -> ferroconv::Result<Vec<T>>,
+) -> Vec<f64> {
+    let (x, w) = (upload(&inputs.input).unwrap(), upload(&inputs.weight).unwrap());
+    let b = upload(inputs.bias.as_deref().unwrap()).unwrap();
+    let mut y = backend.alloc(inputs.grad_output.len()).unwrap();
+    match g.op {
+        OpKind::Conv => Conv::forward(backend, g, &x, &w, Some(&b), Activation::Relu, &mut y).unwrap(),
+        OpKind::ConvTranspose => {
+            ConvTranspose::forward(backend, g, &x, &w, Some(&b), Activation::Relu, &mut y).unwrap()
+        }
+    }
+    download(&y).unwrap().into_iter().map(T::to_f64).collect()
+}
+
+#[test]
+fn the_fused_relu_matches_the_cpu() {
+    let conv =
+        ConvGeometry::conv(2, &[1, 5, 9, 11], &[7, 5, 3, 3], Some(&[7]), &ConvOptions::new().padding(1)).unwrap();
+    let transpose_options = ConvTransposeOptions::new().stride(2);
+    let transpose =
+        ConvGeometry::conv_transpose(2, &[1, 5, 9, 11], &[5, 7, 3, 3], Some(&[7]), &transpose_options).unwrap();
+    for (i, g) in [conv, transpose].iter().enumerate() {
+        let mut values = 77 + i as u64;
+        let inputs = Inputs::<f32> {
+            input: random_values(g.op_input_shape().iter().product(), &mut values),
+            weight: random_values(g.weight_shape().iter().product(), &mut values),
+            bias: Some(random_values(g.op_out_channels(), &mut values)),
+            grad_output: vec![0.0; g.op_output_shape().iter().product()],
+        };
+        let cpu = CpuBackend::global();
+        let expected = forward_relu(cpu, g, &inputs, |s| Ok(s.to_vec()), |b| Ok(b.clone()));
+        assert!(expected.contains(&0.0) && expected.iter().any(|&v| v > 0.0), "ReLU clips some outputs");
+        for algorithm in [GpuAlgorithm::ImplicitGemm, GpuAlgorithm::Direct] {
+            let schedule = Schedule { seed: 9 + i as u64, os_threads: 2 };
+            let emu = GpuBackend::new(EmuExecutor::with_schedule(schedule).unwrap()).with_algorithm(algorithm);
+            let actual = forward_relu(&emu, g, &inputs, |s| emu.upload(s), |b| emu.download(b));
+            let (rtol, atol) = tolerance(DType::F32, g.in_channels_per_group().max(g.out_channels_per_group()) * 9 + 1);
+            let failure = compare("relu output", &actual, &expected, rtol, atol);
+            assert!(failure.is_none(), "{:?} {}: {}", g.op, algorithm.name(), failure.unwrap());
+        }
+    }
 }
