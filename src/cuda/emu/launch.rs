@@ -58,8 +58,11 @@ fn table_entry(table: impl FnOnce(&mut usize) -> *const ffi::KernelEntry, index:
 /// A launch's geometry: grid and block sizes (x, y, z) and dynamic shared memory per block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LaunchShape {
+    /// Blocks in x, y, z.
     pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
     pub block: [u32; 3],
+    /// Dynamic shared memory per block (`FERRO_DYNAMIC_SHARED`), in bytes.
     pub shared_bytes: u32,
 }
 
@@ -68,7 +71,9 @@ pub struct LaunchShape {
 /// of OS threads the blocks are spread over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Schedule {
+    /// Draws the orders; `seed % 3` picks forward, reverse or random.
     pub seed: u64,
+    /// OS threads the blocks run on (at least 1; more than the blocks is no more).
     pub os_threads: u32,
 }
 

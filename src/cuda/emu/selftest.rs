@@ -20,7 +20,9 @@ impl SelfTestKernel {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct SelfTestArgs {
+    /// What the kernel reads.
     pub input: *const c_void,
+    /// What the kernel writes.
     pub output: *mut c_void,
     /// Elements of `input`.
     pub n: i64,
