@@ -326,6 +326,16 @@ fn launches_cuda_would_refuse_are_errors() {
 }
 
 #[test]
+fn each_launch_draws_a_fresh_seed_unless_one_is_fixed() {
+    let seeds: Vec<u64> = (0..8).map(|_| Schedule::next().unwrap().seed).collect();
+    match std::env::var(ferroconv::cuda::emu::SEED_VARIABLE) {
+        Ok(fixed) => assert!(seeds.iter().all(|&s| s == seeds[0]), "{fixed}: {seeds:?}"),
+        Err(_) => assert!(seeds.windows(2).all(|w| w[0] != w[1]), "{seeds:?}"),
+    }
+    assert!(Schedule::next().unwrap().os_threads >= 1);
+}
+
+#[test]
 fn buffers_start_poisoned_and_hold_what_is_written() {
     let mut buffer = EmuBuffer::<f32>::new(1000).unwrap();
     assert!(buffer.as_slice().iter().all(|v| v.to_bits() == u32::MAX));
