@@ -111,7 +111,7 @@ fn reference_source_lane(kind: i64, lane: i64, width: i64, arg: i64, lanes_in_wa
     let segment = lane / width * width;
     let source = match kind {
         0 => segment + arg.rem_euclid(width),
-        1 if lane - segment + arg < width => lane + arg,
+        1 if arg >= 0 && lane - segment + arg < width => lane + arg,
         1 => lane,
         _ if (0..segment + width).contains(&(lane ^ arg)) => lane ^ arg,
         _ => lane,
@@ -128,10 +128,8 @@ fn shuffles_read_the_lanes_cuda_defines() {
         let input = EmuBuffer::from_slice(&values).unwrap();
         for kind in 0..3i64 {
             for width in [32i64, 16, 4, 1] {
+                // For __shfl_down_sync, -1 is the unsigned delta 2^32 - 1: past every lane.
                 for arg in [0i64, 1, 3, 5, 16, 31, 37, -1] {
-                    if kind == 1 && arg < 0 {
-                        continue; // the delta of __shfl_down_sync is unsigned
-                    }
                     let param = kind | width << 2 | arg << 8;
                     let mut output = EmuBuffer::<f32>::new(values.len()).unwrap();
                     let schedule = Schedule { seed: (kind * 7 + arg).unsigned_abs(), os_threads: 2 };

@@ -30,7 +30,6 @@
 #include <mutex>
 #include <new>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -398,7 +397,7 @@ class BlockRunner {
             }
             for (uint32_t l = 0; l < lanes; ++l) {
                 const int src = source_lane(warp[l], static_cast<int>(l));
-                warp[l].result = src < static_cast<int>(lanes) ? warp[src].deposit : kShufflePoison;
+                warp[l].result = src >= 0 && src < static_cast<int>(lanes) ? warp[src].deposit : kShufflePoison;
             }
             for (uint32_t l = 0; l < lanes; ++l) warp[l].state = FiberState::ready;
             ++opened;
@@ -413,8 +412,8 @@ class BlockRunner {
         switch (f.shuffle_kind) {
             case shuffle_index: return segment | (f.lane_arg & (width - 1));
             case shuffle_down: {
-                const int delta = f.lane_arg;  // non-negative: passed as unsigned by __shfl_down_sync
-                return (lane - segment) + delta < width ? lane + delta : lane;
+                const int delta = f.lane_arg;  // an unsigned delta of 2^31 or more arrives negative
+                return delta >= 0 && delta < width - (lane - segment) ? lane + delta : lane;
             }
             case shuffle_xor: {
                 const int src = lane ^ f.lane_arg;
