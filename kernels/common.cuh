@@ -122,8 +122,9 @@ struct KernelArgs {
 #define FERRO_ACTIVATION_IDENTITY 0
 #define FERRO_ACTIVATION_RELU 1
 
-// Threads per block of every kernel (src/cuda/plan.rs: BLOCK_THREADS).
+// Threads per block of every kernel, and warps (src/cuda/plan.rs: BLOCK_THREADS, WARPS_PER_BLOCK).
 #define FERRO_BLOCK_THREADS 256
+#define FERRO_WARPS_PER_BLOCK (FERRO_BLOCK_THREADS / 32)
 
 // Element <-> accumulator. T is float, double, __half or __nv_bfloat16; Acc is float or double.
 template <typename T, typename Acc>
@@ -177,6 +178,15 @@ __device__ __forceinline__ long long grid_stride() {
     return (long long)gridDim.x * blockDim.x;
 }
 
+// The sum of `v` over the warp, in a fixed order; valid in lane 0. Every lane of the warp must call it.
+template <typename Acc>
+__device__ __forceinline__ Acc warp_sum(Acc v) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        v += __shfl_down_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
 // The sum of `v` over the block, in a fixed order (so results are reproducible run to run); valid in
 // thread 0. Every thread of the block must call it; blockDim.x must be a multiple of 32.
 template <typename Acc>
@@ -184,18 +194,13 @@ __device__ Acc block_sum(Acc v) {
     __shared__ Acc warp_sums[32];
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
-    for (int offset = 16; offset > 0; offset /= 2) {
-        v += __shfl_down_sync(0xffffffffu, v, offset);
-    }
+    v = warp_sum(v);
     if (lane == 0) {
         warp_sums[warp] = v;
     }
     __syncthreads();
     if (warp == 0) {
-        v = lane < (int)(blockDim.x / 32) ? warp_sums[lane] : Acc(0);
-        for (int offset = 16; offset > 0; offset /= 2) {
-            v += __shfl_down_sync(0xffffffffu, v, offset);
-        }
+        v = warp_sum(lane < (int)(blockDim.x / 32) ? warp_sums[lane] : Acc(0));
     }
     __syncthreads();  // warp_sums may be reused by the caller's next call
     return v;
@@ -219,17 +224,24 @@ __device__ __forceinline__ void store_reduced(const KernelArgs& a, const long lo
 }
 
 // The four extern "C" entry points of a kernel template `family<T, Acc>(const KernelArgs&)`, named
-// family_f32, family_f16, family_bf16 and family_f64 as in kernels.def.
-#define FERRO_INSTANTIATE(family)                                                                   \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_f32(const KernelArgs args) { \
-        family<float, float>(args);                                                                 \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_f16(const KernelArgs args) { \
-        family<__half, float>(args);                                                                \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_bf16(const KernelArgs args) { \
-        family<__nv_bfloat16, float>(args);                                                         \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS) family##_f64(const KernelArgs args) { \
-        family<double, double>(args);                                                               \
+// family_f32, family_f16, family_bf16 and family_f64 as in kernels.def, with at least `min_blocks` blocks
+// of FERRO_BLOCK_THREADS resident per multiprocessor (which caps registers per thread).
+#define FERRO_INSTANTIATE_WITH_OCCUPANCY(family, min_blocks)                                                  \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_f32(const KernelArgs args) {                                                                \
+        family<float, float>(args);                                                                          \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_f16(const KernelArgs args) {                                                                \
+        family<__half, float>(args);                                                                         \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_bf16(const KernelArgs args) {                                                               \
+        family<__nv_bfloat16, float>(args);                                                                  \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FERRO_BLOCK_THREADS, min_blocks)                            \
+        family##_f64(const KernelArgs args) {                                                                \
+        family<double, double>(args);                                                                        \
     }
+
+#define FERRO_INSTANTIATE(family) FERRO_INSTANTIATE_WITH_OCCUPANCY(family, 1)

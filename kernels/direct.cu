@@ -5,8 +5,9 @@
 //       reads x, w, bias; writes out (= y)
 //   direct_correlate_adjoint  one thread per x element [batch, in_channels, in_size] (grid-stride)
 //       reads y, w, bias; writes out (= x)
-//   direct_correlate_weight   one block per (dw element [out_channels, in_channels/groups, kernel_size] in x,
-//                             chunk of the batch·out_volume reduction in y); blocks stride over elements
+//   direct_correlate_weight   one warp per (dw element [out_channels, in_channels/groups, kernel_size], chunk
+//                             of the batch·out_volume reduction): elements in x (8 per block, striding by the
+//                             grid), chunks in y
 //       reads x, y; writes out (= dw), or with splits > 1 the partials of its chunk
 #include "common.cuh"
 #include "geometry.cuh"
@@ -91,7 +92,7 @@ __device__ void direct_correlate_adjoint(const KernelArgs& a) {
 }
 
 // dw[o, c, t] = Σ_{n, p} y[n, o, p] · x[n, group·Cin_g + c, p·stride + t·dilation - padding], over chunk
-// blockIdx.y of the (n, p) reduction, summed in a fixed order.
+// blockIdx.y of the (n, p) reduction, summed by one warp in a fixed order.
 template <typename T, typename Acc>
 __device__ void direct_correlate_weight(const KernelArgs& a) {
     const T* x = static_cast<const T*>(a.x);
@@ -103,14 +104,16 @@ __device__ void direct_correlate_weight(const KernelArgs& a) {
     const long long split = blockIdx.y;
     const long long begin = split_begin(a, split);
     const long long end = min(begin + a.split_length, a.batch * out_volume);
-    for (long long element = blockIdx.x; element < a.length; element += gridDim.x) {
+    const int lane = threadIdx.x % 32;
+    const long long first = (long long)blockIdx.x * FERRO_WARPS_PER_BLOCK + threadIdx.x / 32;
+    for (long long element = first; element < a.length; element += (long long)gridDim.x * FERRO_WARPS_PER_BLOCK) {
         const long long o = element / kernel_volume / channels;
         const long long c = element / kernel_volume % channels;
         long long t[3];
         unflatten3(element % kernel_volume, a.kernel_size, t);
         const long long x_channel = o / (a.out_channels / a.groups) * channels + c;
         Acc acc = Acc(0);
-        for (long long k = begin + threadIdx.x; k < end; k += blockDim.x) {
+        for (long long k = begin + lane; k < end; k += 32) {
             const long long n = k / out_volume;
             long long p[3];
             unflatten3(k % out_volume, a.out_size, p);
@@ -123,8 +126,8 @@ __device__ void direct_correlate_weight(const KernelArgs& a) {
                        load_acc<T, Acc>(x, (n * a.in_channels + x_channel) * in_volume + flatten3(position, a.in_size));
             }
         }
-        acc = block_sum(acc);
-        if (threadIdx.x == 0) {
+        acc = warp_sum(acc);
+        if (lane == 0) {
             store_reduced<T, Acc>(a, split, element, acc);
         }
     }

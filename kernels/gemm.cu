@@ -11,7 +11,8 @@
 //
 // Each block computes 64x64 tiles of C (looping over tiles with the grid's stride: tile index = n-tile
 // fastest, then m-tile, then group / phase / split), stepping through K 16 at a time via shared memory,
-// each of its 256 threads accumulating a 4x4 micro-tile in registers. The next K step's operands are
+// each of its 256 threads accumulating a 4x4 micro-tile in registers from one vector load of A and one
+// of B per step of k. The next K step's operands are
 // fetched into registers while the current one is multiplied.
 //
 // A problem describes where its operands live. A[m][k] is a_src[a_base + row_offset(k) + m · a_row_stride];
@@ -40,11 +41,18 @@ struct Column {
     bool valid;             // n < columns
 };
 
+// Four consecutive values, aligned so that a thread reads them from shared memory in one vector load.
+template <typename Acc>
+struct alignas(4 * sizeof(Acc)) Quad {
+    Acc v[4];
+};
+
 template <typename T, typename Acc, typename Problem>
 __device__ void gemm_tile(const Problem& p, const long long m0, const long long n0, const long long k_begin,
                           const long long k_end) {
-    __shared__ Acc a_tile[FERRO_GEMM_TILE_K][FERRO_GEMM_TILE_M + 1];  // +1: conflict-free column stores
-    __shared__ Acc b_tile[FERRO_GEMM_TILE_K][FERRO_GEMM_TILE_N];
+    // a_tile rows are padded by one quad (68 values), which halves the bank conflicts of the column stores.
+    __shared__ Quad<Acc> a_tile[FERRO_GEMM_TILE_K][FERRO_GEMM_TILE_M / 4 + 1];
+    __shared__ Quad<Acc> b_tile[FERRO_GEMM_TILE_K][FERRO_GEMM_TILE_N / 4];
     __shared__ KEntry k_table[2][FERRO_GEMM_TILE_K];  // double-buffered: the step loaded next
 
     const int t = threadIdx.x;
@@ -53,7 +61,7 @@ __device__ void gemm_tile(const Problem& p, const long long m0, const long long 
     const int a_m = t / FERRO_GEMM_TILE_K;
     const int b_n = t % FERRO_GEMM_TILE_N;
     const int b_k = t / FERRO_GEMM_TILE_N;
-    // Results: rows ty + 16i, columns tx + 16j (i, j < 4), so a warp reads shared memory without conflicts.
+    // Results: rows 4ty + i, columns 4tx + j (i, j < 4): one quad of A and one of B per step of k.
     const int tx = t % 16;
     const int ty = t / 16;
 
@@ -107,8 +115,8 @@ __device__ void gemm_tile(const Problem& p, const long long m0, const long long 
     int slot = 1;  // the table of the step fetched next
     for (long long k0 = k_begin; k0 < k_end; k0 += FERRO_GEMM_TILE_K) {
         for (int r = 0; r < 4; ++r) {
-            a_tile[a_k][a_m + 16 * r] = a_next[r];
-            b_tile[b_k + 4 * r][b_n] = b_next[r];
+            a_tile[a_k][a_m / 4 + 4 * r].v[a_m % 4] = a_next[r];  // row a_m + 16r
+            b_tile[b_k + 4 * r][b_n / 4].v[b_n % 4] = b_next[r];
         }
         __syncthreads();  // tiles stored; table `slot` decoded
         if (k0 + FERRO_GEMM_TILE_K < k_end) {
@@ -116,15 +124,11 @@ __device__ void gemm_tile(const Problem& p, const long long m0, const long long 
             decode_step(k0 + 2 * FERRO_GEMM_TILE_K, slot ^ 1);  // nobody reads that table before the next barrier
         }
         for (int kk = 0; kk < FERRO_GEMM_TILE_K; ++kk) {
-            Acc a[4];
-            Acc b[4];
-            for (int i = 0; i < 4; ++i) {
-                a[i] = a_tile[kk][ty + 16 * i];
-                b[i] = b_tile[kk][tx + 16 * i];
-            }
+            const Quad<Acc> a = a_tile[kk][ty];
+            const Quad<Acc> b = b_tile[kk][tx];
             for (int i = 0; i < 4; ++i) {
                 for (int j = 0; j < 4; ++j) {
-                    c[i][j] += a[i] * b[j];
+                    c[i][j] += a.v[i] * b.v[j];
                 }
             }
         }
@@ -134,8 +138,8 @@ __device__ void gemm_tile(const Problem& p, const long long m0, const long long 
 
     for (int i = 0; i < 4; ++i) {
         for (int j = 0; j < 4; ++j) {
-            const long long m = m0 + ty + 16 * i;
-            const long long n = n0 + tx + 16 * j;
+            const long long m = m0 + 4 * ty + i;
+            const long long n = n0 + 4 * tx + j;
             if (m < p.rows && n < p.columns) {
                 p.store(m, n, c[i][j]);
             }
@@ -235,56 +239,45 @@ __device__ void gemm_correlate(const KernelArgs& a) {
 // x[n, group·Cin_g + c, i] = act(bias + Σ_{o, t} w[o, c, t] · y[n, o, (i + padding - t·dilation) / stride]), over
 // the taps where the division is exact and lands inside y. The x positions of one stride phase (i ≡ first
 // mod stride in each dim) meet the same taps, so each phase is a dense GEMM with no wasted products.
+// The phase lives in shared memory (it is the same for the whole block, and registers are scarce).
 template <typename T, typename Acc>
 struct CorrelateAdjointGemm {
     const KernelArgs& a;
-    long long group, rows, columns, reduction, kernel_volume, in_volume, out_volume, out_channels_g, taps;
-    PhaseDim phase[3];
-    long long phase_count[3];  // x positions of the phase, per dim
-    long long phase_taps[3];
+    const Phase& phase;
+    long long group, rows, columns, reduction, kernel_volume, in_volume, out_volume, out_channels_g, taps, positions;
     const T* a_src;
     const T* b_src;
     long long a_base, a_row_stride;
     long long limit[3];
 
-    __device__ CorrelateAdjointGemm(const KernelArgs& args, const long long g, long long phase_index) : a(args), group(g) {
+    __device__ CorrelateAdjointGemm(const KernelArgs& args, const Phase& ph, const long long g)
+        : a(args), phase(ph), group(g) {
         rows = a.in_channels / a.groups;
         out_channels_g = a.out_channels / a.groups;
         kernel_volume = volume3(a.kernel_size);
         in_volume = volume3(a.in_size);
         out_volume = volume3(a.out_size);
-        long long phases[3];
-        for (int d = 0; d < 3; ++d) {
-            phases[d] = min(a.stride[d], a.in_size[d]);
-        }
-        long long first[3];
-        unflatten3(phase_index, phases, first);
-        taps = 1;
-        long long positions = 1;
-        for (int d = 0; d < 3; ++d) {
-            phase[d] = phase_dim(first[d], a.in_size[d], a.kernel_size[d], a.stride[d], a.dilation[d], a.padding_lo[d]);
-            phase_count[d] = phase[d].count;
-            phase_taps[d] = phase[d].taps;
-            taps *= phase[d].taps;
-            positions *= phase[d].count;
-            limit[d] = a.out_size[d];
-        }
+        taps = volume3(phase.taps);
+        positions = volume3(phase.count);
         columns = a.batch * positions;
         reduction = out_channels_g * taps;
         a_src = static_cast<const T*>(a.w);
         b_src = static_cast<const T*>(a.y);
         a_base = 0;
         a_row_stride = kernel_volume;
+        for (int d = 0; d < 3; ++d) {
+            limit[d] = a.out_size[d];
+        }
     }
 
     __device__ void k_entry(const long long k, KEntry& e) const {
         const long long o = group * out_channels_g + k / taps;  // taps > 0 whenever k is decoded
         long long u[3];
-        unflatten3(k % taps, phase_taps, u);
+        unflatten3(k % taps, phase.taps, u);
         long long tap[3];
         for (int d = 0; d < 3; ++d) {
-            tap[d] = phase[d].tap_first + u[d] * phase[d].tap_step;
-            e.shift[d] = phase[d].q0 - u[d] * phase[d].q_step;
+            tap[d] = phase.tap_first[d] + u[d] * phase.tap_step[d];
+            e.shift[d] = phase.q0[d] - u[d] * phase.q_step[d];
         }
         e.a_offset = o * rows * kernel_volume + flatten3(tap, a.kernel_size);
         e.b_offset = o * out_volume + flatten3(e.shift, a.out_size);
@@ -294,8 +287,7 @@ struct CorrelateAdjointGemm {
         Column col;
         col.valid = n < columns;
         const long long nn = col.valid ? n : 0;
-        const long long positions = columns / a.batch;
-        unflatten3(nn % positions, phase_count, col.position);
+        unflatten3(nn % positions, phase.count, col.position);
         col.base = nn / positions * a.out_channels * out_volume + flatten3(col.position, a.out_size);
         return col;
     }
@@ -305,12 +297,11 @@ struct CorrelateAdjointGemm {
         if (a.bias != nullptr) {
             v += load_acc<T, Acc>(static_cast<const T*>(a.bias), channel);
         }
-        const long long positions = columns / a.batch;
         long long j[3];
-        unflatten3(n % positions, phase_count, j);
+        unflatten3(n % positions, phase.count, j);
         long long position[3];
         for (int d = 0; d < 3; ++d) {
-            position[d] = phase[d].first + j[d] * a.stride[d];
+            position[d] = phase.first[d] + j[d] * a.stride[d];
         }
         const long long i = (n / positions * a.in_channels + channel) * in_volume + flatten3(position, a.in_size);
         store_acc<T, Acc>(static_cast<T*>(a.out), i, activate(a.activation, v));
@@ -319,18 +310,26 @@ struct CorrelateAdjointGemm {
 
 template <typename T, typename Acc>
 __device__ void gemm_correlate_adjoint(const KernelArgs& a) {
+    __shared__ Phase phase;
     const long long rows = a.in_channels / a.groups;
-    long long phases = 1;
+    long long phases[3];
     long long largest_phase = a.batch;
     for (int d = 0; d < 3; ++d) {
-        phases *= min(a.stride[d], a.in_size[d]);
+        phases[d] = min(a.stride[d], a.in_size[d]);
         largest_phase *= ceil_div(a.in_size[d], a.stride[d]);
     }
     const long long tiles =
-        ceil_div(rows, FERRO_GEMM_TILE_M) * ceil_div(largest_phase, FERRO_GEMM_TILE_N) * a.groups * phases;
+        ceil_div(rows, FERRO_GEMM_TILE_M) * ceil_div(largest_phase, FERRO_GEMM_TILE_N) * a.groups * volume3(phases);
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex ti = tile_index(tile, rows, largest_phase);
-        const CorrelateAdjointGemm<T, Acc> p(a, ti.rest % a.groups, ti.rest / a.groups);
+        __syncthreads();  // the previous tile is done with `phase`
+        if (threadIdx.x == 0) {
+            long long first[3];
+            unflatten3(ti.rest / a.groups, phases, first);
+            phase_init(phase, a, first);
+        }
+        __syncthreads();
+        const CorrelateAdjointGemm<T, Acc> p(a, phase, ti.rest % a.groups);
         if (ti.n0 < p.columns) {  // smaller phases have fewer columns (uniform across the block)
             gemm_tile<T, Acc>(p, ti.m0, ti.n0, 0, p.reduction);
         }
@@ -411,6 +410,8 @@ __device__ void gemm_correlate_weight(const KernelArgs& a) {
     }
 }
 
-FERRO_INSTANTIATE(gemm_correlate)
-FERRO_INSTANTIATE(gemm_correlate_adjoint)
-FERRO_INSTANTIATE(gemm_correlate_weight)
+// Two resident blocks per multiprocessor (at most 128 registers a thread) hide more latency than the
+// registers the compiler would otherwise take.
+FERRO_INSTANTIATE_WITH_OCCUPANCY(gemm_correlate, 2)
+FERRO_INSTANTIATE_WITH_OCCUPANCY(gemm_correlate_adjoint, 2)
+FERRO_INSTANTIATE_WITH_OCCUPANCY(gemm_correlate_weight, 2)

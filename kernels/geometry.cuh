@@ -39,38 +39,39 @@ __device__ __forceinline__ long long gcd(long long a, long long b) {
     return a;
 }
 
-// One stride phase of the adjoint along one dim: the x positions i = first + j * stride (j < count)
-// all meet the same taps t = tap_first + u * tap_step (u < taps), reading y at
-// p = j + q0 - u * q_step (exact: (i + padding - t * dilation) / stride).
-struct PhaseDim {
-    long long first;
-    long long count;
-    long long tap_first;
-    long long tap_step;
-    long long taps;
-    long long q0;
-    long long q_step;
+// One stride phase of the adjoint: the x positions i = first + j * stride (j < count), per dim, all meet
+// the same taps t = tap_first + u * tap_step (u < taps), reading y at p = j + q0 - u * q_step
+// (exactly (i + padding - t * dilation) / stride). A phase is given by its first position in each dim.
+struct Phase {
+    long long first[3];
+    long long count[3];
+    long long taps[3];
+    long long tap_first[3];
+    long long tap_step[3];
+    long long q0[3];
+    long long q_step[3];
 };
 
-__device__ __forceinline__ PhaseDim phase_dim(const long long first, const long long in_size, const long long kernel,
-                                              const long long stride, const long long dilation,
-                                              const long long padding) {
-    PhaseDim p;
-    p.first = first;
-    p.count = ceil_div(in_size - first, stride);
-    const long long residue = (first + padding) % stride;
-    const long long g = gcd(stride, dilation);
-    p.tap_step = stride / g;
-    p.q_step = dilation / g;
-    // The taps with t * dilation ≡ residue (mod stride) are t ≡ tap_first (mod tap_step).
-    p.tap_first = -1;
-    for (long long t = 0; t < p.tap_step; ++t) {
-        if ((t * dilation) % stride == residue) {
-            p.tap_first = t;
-            break;
+__device__ __forceinline__ void phase_init(Phase& p, const KernelArgs& a, const long long first[3]) {
+    for (int d = 0; d < 3; ++d) {
+        const long long stride = a.stride[d];
+        const long long dilation = a.dilation[d];
+        p.first[d] = first[d];
+        p.count[d] = ceil_div(a.in_size[d] - first[d], stride);
+        const long long residue = (first[d] + a.padding_lo[d]) % stride;
+        const long long g = gcd(stride, dilation);
+        p.tap_step[d] = stride / g;
+        p.q_step[d] = dilation / g;
+        // The taps with t * dilation ≡ residue (mod stride) are t ≡ tap_first (mod tap_step), if any.
+        long long tap_first = -1;
+        for (long long t = 0; t < p.tap_step[d] && tap_first < 0; ++t) {
+            if ((t * dilation) % stride == residue) {
+                tap_first = t;
+            }
         }
+        const bool any = tap_first >= 0 && tap_first < a.kernel_size[d];
+        p.tap_first[d] = any ? tap_first : 0;
+        p.taps[d] = any ? ceil_div(a.kernel_size[d] - tap_first, p.tap_step[d]) : 0;
+        p.q0[d] = any ? (first[d] + a.padding_lo[d] - tap_first * dilation) / stride : 0;
     }
-    p.taps = (p.tap_first >= 0 && p.tap_first < kernel) ? ceil_div(kernel - p.tap_first, p.tap_step) : 0;
-    p.q0 = p.tap_first >= 0 ? (first + padding - p.tap_first * dilation) / stride : 0;
-    return p;
 }

@@ -3,6 +3,7 @@
 
 use crate::backend::{Activation, Conv, ConvPrimitives, ConvTranspose, GradRequest};
 use crate::cpu::CpuBackend;
+use crate::cuda::{CudaExecutor, GpuBackend};
 use crate::device::Device;
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -21,13 +22,31 @@ impl<T: Element> TensorBackend<T> for CpuBackend {
     fn view<'t>(&self, what: &'static str, tensor: &'t Tensor<T>) -> Result<&'t Vec<T>> {
         match tensor.storage() {
             Storage::Cpu(v) => Ok(v),
-            #[allow(unreachable_patterns)]
             _ => Err(Error::DeviceMismatch { what, expected: "cpu".into(), got: tensor.device().to_string() }),
         }
     }
 
     fn wrap(&self, shape: Vec<usize>, buffer: Vec<T>) -> Tensor<T> {
         Tensor::from_storage(shape, Storage::Cpu(buffer))
+    }
+}
+
+impl<T: Element> TensorBackend<T> for GpuBackend<CudaExecutor> {
+    fn view<'t>(&self, what: &'static str, tensor: &'t Tensor<T>) -> Result<&'t Self::Buffer<T>> {
+        let ordinal = self.executor().ordinal();
+        match tensor.storage() {
+            Storage::Cuda { ordinal: o, buffer } if *o == ordinal => Ok(buffer),
+            _ => Err(Error::DeviceMismatch {
+                what,
+                expected: Device::Cuda(ordinal).to_string(),
+                got: tensor.device().to_string(),
+            }),
+        }
+    }
+
+    fn wrap(&self, shape: Vec<usize>, buffer: Self::Buffer<T>) -> Tensor<T> {
+        let ordinal = self.executor().ordinal();
+        Tensor::from_storage(shape, Storage::Cuda { ordinal, buffer: std::sync::Arc::new(buffer) })
     }
 }
 
@@ -63,12 +82,11 @@ macro_rules! on_device {
                 let $backend = CpuBackend::global();
                 $body
             }
-            Device::Cuda(_) => {
+            Device::Cuda(ordinal) => {
                 $device.ensure_available()?;
-                Err(Error::DeviceUnavailable {
-                    device: $device.to_string(),
-                    reason: "the CUDA backend is not compiled into this build".into(),
-                })
+                let backend = crate::cuda::device_backend(ordinal)?;
+                let $backend = &*backend;
+                $body
             }
         }
     };

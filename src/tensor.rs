@@ -1,5 +1,8 @@
 //! A dense, contiguous tensor: a shape and a buffer on one device.
 
+use std::sync::Arc;
+
+use crate::cuda::{CudaBuffer, device_backend};
 use crate::device::Device;
 use crate::element::Element;
 use crate::error::{Error, Result, checked_product, try_filled_vec};
@@ -8,6 +11,11 @@ use crate::error::{Error, Result, checked_product, try_filled_vec};
 #[derive(Debug, Clone)]
 pub(crate) enum Storage<T: Element> {
     Cpu(Vec<T>),
+    /// Device memory of CUDA device `ordinal`, shared by clones (tensors are never mutated in place).
+    Cuda {
+        ordinal: usize,
+        buffer: Arc<CudaBuffer<T>>,
+    },
 }
 
 /// A contiguous, row-major tensor (PyTorch's N, C, (D,) (H,) W layout) on one device.
@@ -67,6 +75,7 @@ impl<T: Element> Tensor<T> {
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda { ordinal, .. } => Device::Cuda(*ordinal),
         }
     }
 
@@ -74,13 +83,19 @@ impl<T: Element> Tensor<T> {
     pub fn as_slice(&self) -> Result<&[T]> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda { .. } => Err(Error::DeviceMismatch {
+                what: "tensor",
+                expected: Device::Cpu.to_string(),
+                got: self.device().to_string(),
+            }),
         }
     }
 
-    /// A copy of the elements on the host, from any device.
+    /// A copy of the elements on the host, from any device (waiting for the device's queued work).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cuda { ordinal, buffer } => device_backend(*ordinal)?.download(buffer),
         }
     }
 
@@ -91,16 +106,15 @@ impl<T: Element> Tensor<T> {
 
     /// A copy on `device` (an explicit copy: ops never move tensors themselves).
     pub fn to_device(&self, device: Device) -> Result<Self> {
-        match device {
-            Device::Cpu => Ok(Tensor { shape: self.shape.clone(), storage: Storage::Cpu(self.to_vec()?) }),
-            Device::Cuda(_) => {
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(self.to_vec()?),
+            Device::Cuda(ordinal) => {
                 device.ensure_available()?;
-                Err(Error::DeviceUnavailable {
-                    device: device.to_string(),
-                    reason: "the CUDA backend is not compiled into this build".into(),
-                })
+                let buffer = device_backend(ordinal)?.upload(&self.to_vec()?)?;
+                Storage::Cuda { ordinal, buffer: Arc::new(buffer) }
             }
-        }
+        };
+        Ok(Tensor { shape: self.shape.clone(), storage })
     }
 
     pub(crate) fn storage(&self) -> &Storage<T> {

@@ -284,3 +284,124 @@ fn as_bytes_mut<T: Element>(data: &mut [T]) -> Result<&mut [u8]> {
     // valid value, so any bytes written through the view leave valid elements.
     Ok(unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(data)) })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::cuda::plan::Step;
+    use crate::element::DType;
+    use crate::geometry::ConvOptions;
+
+    /// Host memory for allocations; records the plans instead of running them.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        plans: Mutex<Vec<Plan>>,
+        allocations: Mutex<Vec<usize>>,
+    }
+
+    impl Executor for Recorder {
+        type Allocation = Vec<u8>;
+
+        fn name(&self) -> String {
+            "recorder".into()
+        }
+
+        fn alloc(&self, bytes: usize) -> Result<Vec<u8>> {
+            self.allocations.lock().unwrap().push(bytes);
+            Ok(vec![0xAA; bytes.max(1)])
+        }
+
+        fn address(&self, allocation: &Vec<u8>) -> u64 {
+            allocation.as_ptr() as u64
+        }
+
+        fn upload(&self, src: &[u8], dst: &mut Vec<u8>) -> Result<()> {
+            dst[..src.len()].copy_from_slice(src);
+            Ok(())
+        }
+
+        fn download(&self, src: &Vec<u8>, dst: &mut [u8]) -> Result<()> {
+            dst.copy_from_slice(&src[..dst.len()]);
+            Ok(())
+        }
+
+        fn execute(&self, plan: &Plan) -> Result<()> {
+            self.plans.lock().unwrap().push(plan.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn uploads_come_back_bit_for_bit() {
+        let gpu = GpuBackend::new(Recorder::default());
+        let values = [f16::from_f32(1.5), f16::NAN, f16::from_f32(-0.0), f16::MAX];
+        let buffer = gpu.upload(&values).unwrap();
+        assert_eq!(buffer.len(), 4);
+        let back = gpu.download(&buffer).unwrap();
+        assert_eq!(back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), values.map(|v| v.to_bits()));
+    }
+
+    #[test]
+    fn buffers_of_the_wrong_length_are_refused_before_anything_runs() {
+        let gpu = GpuBackend::new(Recorder::default());
+        let g = ConvGeometry::conv(1, &[2, 3, 8], &[4, 3, 3], None, &ConvOptions::new()).unwrap();
+        let x = gpu.alloc_buffer::<f32>(2 * 3 * 8).unwrap();
+        let w = gpu.alloc_buffer::<f32>(4 * 3 * 3 + 1).unwrap();
+        let mut y = gpu.alloc_buffer::<f32>(2 * 4 * 6).unwrap();
+        let e = gpu.correlate(&g, &x, &w, None, Activation::Identity, &mut y).unwrap_err();
+        assert_eq!(e.kind(), "data_length");
+        assert!(e.to_string().contains("weight"), "{e}");
+        assert!(gpu.executor().plans.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_workspace_is_allocated_once_and_reused() {
+        let gpu = GpuBackend::new(Recorder::default());
+        let g = ConvGeometry::conv(2, &[16, 16, 64, 64], &[16, 16, 3, 3], None, &ConvOptions::new()).unwrap();
+        let x = gpu.alloc_buffer::<f32>(16 * 16 * 64 * 64).unwrap();
+        let y = gpu.alloc_buffer::<f32>(16 * 16 * 62 * 62).unwrap();
+        let mut dw = gpu.alloc_buffer::<f32>(16 * 16 * 9).unwrap();
+        let allocations_before = gpu.executor().allocations.lock().unwrap().len();
+        gpu.correlate_weight(&g, &x, &y, &mut dw).unwrap();
+        gpu.correlate_weight(&g, &x, &y, &mut dw).unwrap();
+        let allocations = gpu.executor().allocations.lock().unwrap()[allocations_before..].to_vec();
+        let planner = Planner::new(DType::F32, GpuAlgorithm::Auto);
+        assert_eq!(allocations, vec![planner.correlate_weight_workspace(&g).unwrap() as usize]);
+
+        let plans = gpu.executor().plans.lock().unwrap();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[0], plans[1]);
+        let Step::Kernel(first) = &plans[0].steps[0] else { panic!("{:?}", plans[0]) };
+        assert_eq!((first.args.x, first.args.y), (gpu.address(&x), gpu.address(&y)));
+    }
+
+    #[test]
+    fn only_the_four_kernel_types_reach_a_device() {
+        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        struct Fixed(f32);
+        impl Element for Fixed {
+            type Accum = f32;
+            const DTYPE: DType = DType::F32;
+            fn to_accum(self) -> f32 {
+                self.0
+            }
+            fn from_accum(v: f32) -> Self {
+                Fixed(v)
+            }
+            fn to_f64(self) -> f64 {
+                self.0 as f64
+            }
+            fn from_f64(v: f64) -> Self {
+                Fixed(v as f32)
+            }
+            fn nan() -> Self {
+                Fixed(f32::NAN)
+            }
+        }
+        let gpu = GpuBackend::new(Recorder::default());
+        assert_eq!(gpu.alloc_buffer::<Fixed>(4).unwrap_err().kind(), "invalid_argument");
+        assert_eq!(gpu.upload(&[Fixed(1.0)]).unwrap_err().kind(), "invalid_argument");
+    }
+}

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod backend;
+#[cfg(feature = "emu")]
+pub mod emu;
 mod executor;
 pub mod kernels;
 mod params;
@@ -55,6 +57,9 @@ fn probe_uncached(ordinal: usize) -> ProbeAnswer {
     Ok(name)
 }
 
+/// A buffer on a CUDA device, as tensors hold it.
+pub type CudaBuffer<T> = GpuBuffer<T, cudarc::driver::CudaSlice<u8>>;
+
 /// The backend of CUDA device `ordinal`, created once (context, stream,
 /// kernels) and shared by every tensor on that device.
 pub fn device_backend(ordinal: usize) -> Result<Arc<GpuBackend<CudaExecutor>>> {
@@ -69,5 +74,21 @@ pub fn device_backend(ordinal: usize) -> Result<Arc<GpuBackend<CudaExecutor>>> {
     Ok(backend)
 }
 
-#[cfg(feature = "emu")]
-pub mod emu;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_explains_itself_without_panicking() {
+        let answer = probe(0);
+        // SAFETY: as in `probe_uncached`: only tries to dlopen the driver library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            let reason = answer.clone().expect_err("no driver, no device");
+            assert!(reason.contains("no CUDA driver library"), "{reason}");
+            let e = device_backend(0).expect_err("no driver, no backend");
+            assert_eq!(e.kind(), "device_unavailable");
+            assert!(e.to_string().contains("no CUDA driver library"), "{e}");
+        }
+        assert_eq!(probe(0), answer, "decided once");
+    }
+}

@@ -32,16 +32,27 @@ pub struct KernelArgs {
     pub out: u64,
     /// Per-split partial sums (in the accumulator type) of a split reduction.
     pub partials: u64,
+    /// `N`.
     pub batch: i64,
+    /// Groups of channels.
     pub groups: i64,
+    /// Channels of `x`.
     pub in_channels: i64,
+    /// Channels of `y`.
     pub out_channels: i64,
+    /// Spatial size of `x` (D, H, W).
     pub in_size: [i64; 3],
+    /// Spatial size of `y`.
     pub out_size: [i64; 3],
+    /// Spatial size of `w`.
     pub kernel_size: [i64; 3],
+    /// `y[p]` reads `x[p·stride + t·dilation - padding_lo]`.
     pub stride: [i64; 3],
+    /// Spacing of the kernel taps.
     pub dilation: [i64; 3],
+    /// Padding before the start of `x` (zero for the correlations unless the mode is zeros).
     pub padding_lo: [i64; 3],
+    /// Padding after the end of `x` (used by pad and fold_padding).
     pub padding_hi: [i64; 3],
     /// `FERRO_PADDING_*`: see [`padding_mode_code`].
     pub padding_mode: i64,

@@ -17,6 +17,8 @@ use super::params::{KernelArgs, activation_code, to_i64};
 
 /// Threads per block of every kernel (`FERRO_BLOCK_THREADS` in common.cuh).
 pub const BLOCK_THREADS: u32 = 256;
+/// Warps per block (`FERRO_WARPS_PER_BLOCK`): kernels working a warp per output fit this many in a block.
+pub const WARPS_PER_BLOCK: u64 = BLOCK_THREADS as u64 / 32;
 /// The implicit GEMM's output tile: rows (`FERRO_GEMM_TILE_M` in gemm.cu).
 pub const GEMM_TILE_M: u64 = 64;
 /// The implicit GEMM's output tile: columns (`FERRO_GEMM_TILE_N`).
@@ -39,9 +41,14 @@ const MAX_WORKSPACE_BYTES: u64 = 256 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Set `bytes` bytes at `address` to zero (every element type's zero is all zero bits).
-    Zero { address: u64, bytes: u64 },
-    /// Launch a kernel.
-    Kernel(Launch),
+    Zero {
+        /// The buffer.
+        address: u64,
+        /// Its length in bytes.
+        bytes: u64,
+    },
+    /// Launch a kernel (boxed: a launch is large next to a zero step).
+    Kernel(Box<Launch>),
 }
 
 /// One kernel launch, as data.
@@ -85,7 +92,7 @@ impl Plan {
     /// The kernel launches, in order.
     pub fn launches(&self) -> impl Iterator<Item = &Launch> {
         self.steps.iter().filter_map(|s| match s {
-            Step::Kernel(launch) => Some(launch),
+            Step::Kernel(launch) => Some(&**launch),
             Step::Zero { .. } => None,
         })
     }
@@ -99,7 +106,7 @@ pub enum GpuAlgorithm {
     Auto,
     /// Shared-memory tiled implicit GEMM.
     ImplicitGemm,
-    /// One thread per output element (one block per weight element for the weight gradient).
+    /// One thread per output element (one warp per weight element for the weight gradient).
     Direct,
 }
 
@@ -135,24 +142,33 @@ impl GpuAlgorithm {
 /// (the first writes `y`, the second `x`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorrelateBuffers {
+    /// `x [N, in_channels, in_size]`.
     pub x: u64,
+    /// `w [out_channels, in_channels / groups, kernel_size]`.
     pub w: u64,
+    /// The bias: `[out_channels]` for correlate, `[in_channels]` for its adjoint.
     pub bias: Option<u64>,
+    /// `y [N, out_channels, out_size]`.
     pub y: u64,
 }
 
 /// The buffers of [`Planner::correlate_weight`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightBuffers {
+    /// `x [N, in_channels, in_size]`.
     pub x: u64,
+    /// `y [N, out_channels, out_size]`.
     pub y: u64,
+    /// The result, shaped like the weight.
     pub dw: u64,
 }
 
 /// Scratch memory for a plan's partial sums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Workspace {
+    /// Where it starts (0 when there is none).
     pub address: u64,
+    /// Its length in bytes.
     pub bytes: u64,
 }
 
@@ -212,7 +228,7 @@ impl Planner {
                 self.tiled(KernelFamily::GemmCorrelate, tiles, args)?
             }
         };
-        Ok(Plan { steps: vec![Step::Kernel(launch.writing(b.y, outputs, self.dtype)?)] })
+        Ok(Plan { steps: vec![Step::Kernel(Box::new(launch.writing(b.y, outputs, self.dtype)?))] })
     }
 
     /// `x = act(yᵀ ⋆ w + bias)`, the adjoint of [`correlate`](Self::correlate), on a zero-padded geometry.
@@ -237,7 +253,7 @@ impl Planner {
                 self.tiled(KernelFamily::GemmCorrelateAdjoint, tiles, args)?
             }
         };
-        Ok(Plan { steps: vec![Step::Kernel(launch.writing(b.x, outputs, self.dtype)?)] })
+        Ok(Plan { steps: vec![Step::Kernel(Box::new(launch.writing(b.x, outputs, self.dtype)?))] })
     }
 
     /// Bytes of workspace [`correlate_weight`](Self::correlate_weight) needs for `g`.
@@ -251,13 +267,18 @@ impl Planner {
     pub fn correlate_weight(&self, g: &ConvGeometry, b: WeightBuffers, workspace: Workspace) -> Result<Plan> {
         let (outputs, split) = self.weight_split(g)?;
         let Some(split) = split else {
-            return Ok(zero_or_empty(b.dw, outputs, self.dtype));
+            return zero_or_empty(b.dw, outputs, self.dtype);
         };
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.y) = (b.x, b.y);
         let first = match self.algorithm.resolve(g) {
             GpuAlgorithm::Direct => {
-                self.per_output_blocks(KernelFamily::DirectCorrelateWeight, outputs, split, args)?
+                let blocks = outputs.div_ceil(WARPS_PER_BLOCK);
+                self.launch(
+                    KernelFamily::DirectCorrelateWeight,
+                    [blocks, split.splits, 1],
+                    with_split(args, split, outputs)?,
+                )?
             }
             _ => {
                 let tiles = gemm_tiles(g.out_channels_per_group(), weight_columns(g)?, g.groups)?;
@@ -284,7 +305,7 @@ impl Planner {
         workspace: Workspace,
     ) -> Result<Plan> {
         let Some(split) = sums_split(batch, channels, volume)? else {
-            return Ok(zero_or_empty(sums, channels as u64, self.dtype));
+            return zero_or_empty(sums, channels as u64, self.dtype);
         };
         let args = KernelArgs {
             x: t,
@@ -305,7 +326,7 @@ impl Planner {
         }
         let args = KernelArgs { x, out: padded, ..KernelArgs::for_geometry(g)? };
         let launch = self.elementwise(KernelFamily::Pad, outputs, args)?;
-        Ok(Plan { steps: vec![Step::Kernel(launch.writing(padded, outputs, self.dtype)?)] })
+        Ok(Plan { steps: vec![Step::Kernel(Box::new(launch.writing(padded, outputs, self.dtype)?))] })
     }
 
     /// `x = padᵀ(padded)`: each x element gathers the padded positions copied from it.
@@ -316,7 +337,7 @@ impl Planner {
         }
         let args = KernelArgs { x: padded, out: x, ..KernelArgs::for_geometry(g)? };
         let launch = self.elementwise(KernelFamily::FoldPadding, outputs, args)?;
-        Ok(Plan { steps: vec![Step::Kernel(launch.writing(x, outputs, self.dtype)?)] })
+        Ok(Plan { steps: vec![Step::Kernel(Box::new(launch.writing(x, outputs, self.dtype)?))] })
     }
 
     /// The weight gradient's element count and its split (`None`: nothing to reduce).
@@ -324,7 +345,7 @@ impl Planner {
         let outputs = elements("grad_weight", &g.weight_shape())?;
         let reduction = product("reduction", &[g.batch, g.out_volume()])?;
         let split = match self.algorithm.resolve(g) {
-            GpuAlgorithm::Direct => choose_split(outputs, reduction, 1, outputs)?,
+            GpuAlgorithm::Direct => choose_split(outputs.div_ceil(WARPS_PER_BLOCK), reduction, 1, outputs)?,
             _ => {
                 let tiles = gemm_tiles(g.out_channels_per_group(), weight_columns(g)?, g.groups)?;
                 choose_split(tiles, reduction, GEMM_TILE_K, outputs)?
@@ -358,7 +379,7 @@ impl Planner {
         if split.splits == 1 {
             let mut first = first;
             first.args.out = out;
-            return Ok(Plan { steps: vec![Step::Kernel(first.writing(out, outputs, self.dtype)?)] });
+            return Ok(Plan { steps: vec![Step::Kernel(Box::new(first.writing(out, outputs, self.dtype)?))] });
         }
         let needed = self.partials_bytes(outputs, Some(split))?;
         if workspace.bytes < needed || workspace.address == 0 {
@@ -370,16 +391,16 @@ impl Planner {
         let acc = accumulator(self.dtype);
         let mut first = first;
         first.args.partials = workspace.address;
-        let first = first.writing(workspace.address, split.splits * outputs, acc)?;
+        let first = first.writing(workspace.address, split.splits * outputs, acc)?; // bounded by MAX_WORKSPACE_BYTES
         let args = KernelArgs {
             partials: workspace.address,
             out,
-            splits: to_i64("splits", split.splits as usize)?,
-            length: outputs as i64,
+            splits: arg("splits", split.splits)?,
+            length: arg("outputs", outputs)?,
             ..KernelArgs::default()
         };
         let second = self.elementwise(KernelFamily::SumPartials, outputs, args)?.writing(out, outputs, self.dtype)?;
-        Ok(Plan { steps: vec![Step::Kernel(first), Step::Kernel(second)] })
+        Ok(Plan { steps: vec![Step::Kernel(Box::new(first)), Step::Kernel(Box::new(second))] })
     }
 
     /// A launch with one thread per output element (grid-stride beyond the cap).
@@ -458,10 +479,15 @@ fn weight_columns(g: &ConvGeometry) -> Result<u64> {
 }
 
 fn with_split(mut args: KernelArgs, split: Split, outputs: u64) -> Result<KernelArgs> {
-    args.splits = to_i64("splits", split.splits as usize)?;
-    args.split_length = to_i64("split length", split.split_length as usize)?;
-    args.length = to_i64("outputs", outputs as usize)?;
+    args.splits = arg("splits", split.splits)?;
+    args.split_length = arg("split length", split.split_length)?;
+    args.length = arg("outputs", outputs)?;
     Ok(args)
+}
+
+/// A count as a kernel argument (`long long`).
+fn arg(what: &'static str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::overflow(what, format!("{v} exceeds the kernels' 64-bit index range")))
 }
 
 /// Chunks for a reduction of `reduction` elements per result, with `blocks`
@@ -475,7 +501,7 @@ fn choose_split(blocks: u64, reduction: u64, granule: u64, outputs: u64) -> Resu
     let by_length = (reduction / MIN_CHUNK).max(1);
     // f64 partials are the largest; the same count serves every type.
     let by_memory = (MAX_WORKSPACE_BYTES / outputs.saturating_mul(8)).max(1);
-    let splits = wanted.min(by_length).min(by_memory).min(MAX_SPLITS).max(1);
+    let splits = wanted.min(by_length).min(by_memory).clamp(1, MAX_SPLITS);
     let split_length = reduction.div_ceil(splits).next_multiple_of(granule);
     Ok(Some(Split { splits: reduction.div_ceil(split_length), split_length }))
 }
@@ -486,9 +512,188 @@ fn sums_split(batch: usize, channels: usize, volume: usize) -> Result<Option<Spl
 
 /// A plan that zeroes `outputs` elements at `address` (an empty sum), or does
 /// nothing when there are none.
-fn zero_or_empty(address: u64, outputs: u64, dtype: DType) -> Plan {
+fn zero_or_empty(address: u64, outputs: u64, dtype: DType) -> Result<Plan> {
     if outputs == 0 {
-        return Plan::default();
+        return Ok(Plan::default());
     }
-    Plan { steps: vec![Step::Zero { address, bytes: outputs * dtype.size_in_bytes() as u64 }] }
+    let bytes = outputs.checked_mul(dtype.size_in_bytes() as u64).ok_or_else(|| overflow("output"))?;
+    Ok(Plan { steps: vec![Step::Zero { address, bytes }] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::{ConvOptions, ConvTransposeOptions};
+
+    const X: u64 = 0x1000;
+    const W: u64 = 0x2000;
+    const B: u64 = 0x3000;
+    const Y: u64 = 0x4000;
+    const WS: u64 = 0x5000;
+
+    fn conv2d(x: &[usize], w: &[usize], options: ConvOptions) -> ConvGeometry {
+        ConvGeometry::conv(2, x, w, Some(&[w[0]]), &options).unwrap()
+    }
+
+    fn only_launch(plan: &Plan) -> &Launch {
+        assert_eq!(plan.steps.len(), 1, "{plan:#?}");
+        plan.launches().next().unwrap()
+    }
+
+    #[test]
+    fn resnet_conv_is_one_gemm_launch_with_its_arguments_in_place() {
+        let g = conv2d(&[8, 64, 56, 56], &[64, 64, 3, 3], ConvOptions::new().padding(1));
+        let planner = Planner::new(DType::F32, GpuAlgorithm::Auto);
+        let plan =
+            planner.correlate(&g, CorrelateBuffers { x: X, w: W, bias: Some(B), y: Y }, Activation::Relu).unwrap();
+        let launch = only_launch(&plan);
+        assert_eq!(launch.kernel, KernelId::GemmCorrelateF32);
+        // One 64-row tile of output channels, 8·56·56 / 64 column tiles.
+        assert_eq!(launch.grid, [392, 1, 1]);
+        assert_eq!(launch.block, [BLOCK_THREADS, 1, 1]);
+        assert_eq!(launch.shared_bytes, 0);
+        let a = &launch.args;
+        assert_eq!((a.x, a.w, a.bias, a.out, a.y, a.partials), (X, W, B, Y, 0, 0));
+        assert_eq!((a.batch, a.in_channels, a.out_channels, a.groups), (8, 64, 64, 1));
+        assert_eq!((a.in_size, a.out_size, a.kernel_size), ([1, 56, 56], [1, 56, 56], [1, 3, 3]));
+        assert_eq!((a.padding_lo, a.stride, a.dilation), ([0, 1, 1], [1; 3], [1; 3]));
+        assert_eq!(a.activation, activation_code(Activation::Relu));
+        assert_eq!(launch.writes, vec![BufferWrite { address: Y, bytes: 8 * 64 * 56 * 56 * 4, dtype: DType::F32 }]);
+    }
+
+    #[test]
+    fn depthwise_goes_direct_and_the_dtype_picks_the_instantiation() {
+        let g = conv2d(&[2, 32, 10, 10], &[32, 1, 3, 3], ConvOptions::new().groups(32).padding(1));
+        let planner = Planner::new(DType::BF16, GpuAlgorithm::Auto);
+        let plan =
+            planner.correlate(&g, CorrelateBuffers { x: X, w: W, bias: None, y: Y }, Activation::Identity).unwrap();
+        let launch = only_launch(&plan);
+        assert_eq!(launch.kernel, KernelId::DirectCorrelateBf16);
+        assert_eq!(launch.grid, [(2 * 32 * 100u32).div_ceil(BLOCK_THREADS), 1, 1]);
+        assert_eq!(launch.args.bias, 0);
+        assert_eq!(launch.writes[0].bytes, 2 * 32 * 100 * 2);
+        // Forcing the GEMM is honoured.
+        let gemm = Planner::new(DType::BF16, GpuAlgorithm::ImplicitGemm);
+        let plan = gemm.correlate(&g, CorrelateBuffers { x: X, w: W, bias: None, y: Y }, Activation::Identity).unwrap();
+        assert_eq!(only_launch(&plan).kernel, KernelId::GemmCorrelateBf16);
+    }
+
+    #[test]
+    fn the_adjoint_tiles_cover_every_stride_phase() {
+        // ConvTranspose2d(16, 3, 3, stride=2, padding=1, output_padding=1) on 16x16 -> 32x32.
+        let options = ConvTransposeOptions::new().stride(2).padding(1).output_padding(1);
+        let g = ConvGeometry::conv_transpose(2, &[4, 16, 16, 16], &[16, 3, 3, 3], None, &options).unwrap();
+        let planner = Planner::new(DType::F16, GpuAlgorithm::ImplicitGemm);
+        let plan = planner
+            .correlate_adjoint(&g, CorrelateBuffers { x: X, w: W, bias: None, y: Y }, Activation::Identity)
+            .unwrap();
+        let launch = only_launch(&plan);
+        assert_eq!(launch.kernel, KernelId::GemmCorrelateAdjointF16);
+        // 4 phases (2x2), each 4·16·16 x positions = 16 column tiles, one row tile.
+        assert_eq!(launch.grid, [4 * 16, 1, 1]);
+        assert_eq!((launch.args.y, launch.args.out, launch.args.x), (Y, X, 0));
+        assert_eq!(launch.writes, vec![BufferWrite { address: X, bytes: 4 * 3 * 32 * 32 * 2, dtype: DType::F16 }]);
+    }
+
+    #[test]
+    fn a_long_weight_reduction_is_split_in_two_deterministic_passes() {
+        let g = conv2d(&[32, 64, 56, 56], &[64, 64, 3, 3], ConvOptions::new().padding(1));
+        let planner = Planner::new(DType::F16, GpuAlgorithm::Auto);
+        let bytes = planner.correlate_weight_workspace(&g).unwrap();
+        let outputs = 64 * 64 * 9;
+        assert!(bytes > 0 && bytes.is_multiple_of(outputs * 4), "{bytes}: f32 partials of whole chunks");
+        let splits = bytes / (outputs * 4);
+
+        let buffers = WeightBuffers { x: X, y: Y, dw: W };
+        let plan = planner.correlate_weight(&g, buffers, Workspace { address: WS, bytes }).unwrap();
+        let launches: Vec<&Launch> = plan.launches().collect();
+        assert_eq!(launches.len(), 2);
+        let (first, second) = (launches[0], launches[1]);
+        assert_eq!(first.kernel, KernelId::GemmCorrelateWeightF16);
+        assert_eq!(first.args.splits as u64, splits);
+        assert_eq!(first.args.split_length as u64 % GEMM_TILE_K, 0);
+        assert!(first.args.split_length as u64 * splits >= 32 * 56 * 56);
+        assert_eq!(first.args.partials, WS);
+        assert_eq!(first.writes, vec![BufferWrite { address: WS, bytes, dtype: DType::F32 }]);
+        // 1 row tile x 9 column tiles per chunk.
+        assert_eq!(first.grid, [9 * splits as u32, 1, 1]);
+        assert_eq!(second.kernel, KernelId::SumPartialsF16);
+        assert_eq!((second.args.partials, second.args.out, second.args.length), (WS, W, outputs as i64));
+        assert_eq!(second.writes, vec![BufferWrite { address: W, bytes: outputs * 2, dtype: DType::F16 }]);
+
+        let short = planner.correlate_weight(&g, buffers, Workspace { address: WS, bytes: bytes - 1 }).unwrap_err();
+        assert_eq!(short.kind(), "invalid_argument");
+    }
+
+    #[test]
+    fn a_short_reduction_writes_its_result_directly() {
+        let g = conv2d(&[1, 8, 6, 6], &[8, 8, 3, 3], ConvOptions::new());
+        let planner = Planner::new(DType::F64, GpuAlgorithm::Direct);
+        assert_eq!(planner.correlate_weight_workspace(&g).unwrap(), 0);
+        let plan = planner.correlate_weight(&g, WeightBuffers { x: X, y: Y, dw: W }, Workspace::default()).unwrap();
+        let launch = only_launch(&plan);
+        assert_eq!(launch.kernel, KernelId::DirectCorrelateWeightF64);
+        assert_eq!(launch.grid, [8 * 8 * 9 / WARPS_PER_BLOCK as u32, 1, 1]);
+        assert_eq!((launch.args.splits, launch.args.out, launch.args.length), (1, W, 8 * 8 * 9));
+    }
+
+    #[test]
+    fn an_empty_batch_zeroes_the_sums_and_launches_nothing_else() {
+        let g = conv2d(&[0, 3, 5, 5], &[4, 3, 3, 3], ConvOptions::new());
+        let planner = Planner::new(DType::F32, GpuAlgorithm::Auto);
+        let correlate =
+            planner.correlate(&g, CorrelateBuffers { x: X, w: W, bias: None, y: Y }, Activation::Identity).unwrap();
+        assert!(correlate.steps.is_empty());
+        let weight = planner.correlate_weight(&g, WeightBuffers { x: X, y: Y, dw: W }, Workspace::default()).unwrap();
+        assert_eq!(weight.steps, vec![Step::Zero { address: W, bytes: 4 * 3 * 9 * 4 }]);
+        let sums = planner.channel_sums(0, 4, 9, Y, B, Workspace::default()).unwrap();
+        assert_eq!(sums.steps, vec![Step::Zero { address: B, bytes: 16 }]);
+    }
+
+    #[test]
+    fn channel_sums_split_over_blocks_in_y() {
+        let planner = Planner::new(DType::F32, GpuAlgorithm::Auto);
+        let (batch, channels, volume) = (16, 8, 64 * 64);
+        let bytes = planner.channel_sums_workspace(batch, channels, volume).unwrap();
+        let plan = planner.channel_sums(batch, channels, volume, Y, B, Workspace { address: WS, bytes }).unwrap();
+        let launches: Vec<&Launch> = plan.launches().collect();
+        assert_eq!(launches.len(), 2);
+        assert_eq!(launches[0].kernel, KernelId::ChannelSumsF32);
+        assert_eq!(launches[0].grid[0], 8);
+        assert_eq!(launches[0].grid[1] as u64 * 8 * 4, bytes);
+        assert_eq!((launches[0].args.x, launches[0].args.in_channels, launches[0].args.in_size), (Y, 8, [1, 1, 4096]));
+        assert_eq!(launches[1].kernel, KernelId::SumPartialsF32);
+    }
+
+    #[test]
+    fn huge_problems_cap_the_grid_instead_of_overflowing() {
+        // 2^40 output elements: far beyond a u32 grid of 256-thread blocks.
+        let g = ConvGeometry::conv(1, &[1 << 20, 1, 1 << 20], &[1, 1, 1], None, &ConvOptions::new()).unwrap();
+        for algorithm in GpuAlgorithm::ALL {
+            let planner = Planner::new(DType::F32, *algorithm);
+            let plan =
+                planner.correlate(&g, CorrelateBuffers { x: X, w: W, bias: None, y: Y }, Activation::Identity).unwrap();
+            assert_eq!(only_launch(&plan).grid, [MAX_GRID_BLOCKS as u32, 1, 1]);
+            assert_eq!(only_launch(&plan).writes[0].bytes, 4 << 40);
+        }
+        let pad = Planner::new(DType::F64, GpuAlgorithm::Auto).fold_padding(&g, X, Y).unwrap();
+        assert_eq!(only_launch(&pad).grid, [MAX_GRID_BLOCKS as u32, 1, 1]);
+    }
+
+    #[test]
+    fn pad_and_fold_read_and_write_the_right_buffers() {
+        let options = ConvOptions::new().padding(2).padding_mode(crate::geometry::PaddingMode::Reflect);
+        let g = conv2d(&[2, 3, 5, 6], &[4, 3, 3, 3], options);
+        let planner = Planner::new(DType::F32, GpuAlgorithm::Auto);
+        let pad = planner.pad(&g, X, Y).unwrap();
+        let launch = only_launch(&pad);
+        assert_eq!((launch.kernel, launch.args.x, launch.args.out), (KernelId::PadF32, X, Y));
+        assert_eq!(launch.args.padding_mode, 1);
+        assert_eq!((launch.args.padding_lo, launch.args.padding_hi), ([0, 2, 2], [0, 2, 2]));
+        assert_eq!(launch.writes[0].bytes, 2 * 3 * 9 * 10 * 4);
+        let fold = planner.fold_padding(&g, Y, X).unwrap();
+        let launch = only_launch(&fold);
+        assert_eq!((launch.kernel, launch.args.x, launch.args.out), (KernelId::FoldPaddingF32, Y, X));
+        assert_eq!(launch.writes[0].bytes, 2 * 3 * 5 * 6 * 4);
+    }
 }
