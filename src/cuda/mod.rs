@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod backend;
+#[cfg(feature = "emu")]
+pub mod emu;
 mod executor;
 pub mod kernels;
 mod params;
