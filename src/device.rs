@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
 /// assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
 /// assert_eq!(Device::Cuda(0).to_string(), "cuda:0");
+/// assert_eq!("emu".parse::<Device>().unwrap(), Device::Emu);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
@@ -18,6 +19,9 @@ pub enum Device {
     Cpu,
     /// The CUDA device of this ordinal.
     Cuda(usize),
+    /// The CUDA backend's kernels on the host's kernel emulator (builds with the `emu` feature;
+    /// for tests and `ferroconv check --device emu`, never chosen by [`Device::best`]).
+    Emu,
 }
 
 impl std::fmt::Display for Device {
@@ -25,6 +29,7 @@ impl std::fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Emu => f.write_str("emu"),
         }
     }
 }
@@ -32,12 +37,15 @@ impl std::fmt::Display for Device {
 impl std::str::FromStr for Device {
     type Err = Error;
 
-    /// Parses `cpu`, `cuda` (ordinal 0) or `cuda:N`.
+    /// Parses `cpu`, `cuda` (ordinal 0), `cuda:N` or `emu`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad =
-            || Error::InvalidArgument { what: "device", detail: format!("expected cpu, cuda or cuda:N, got {s:?}") };
+        let bad = || Error::InvalidArgument {
+            what: "device",
+            detail: format!("expected cpu, cuda, cuda:N or emu, got {s:?}"),
+        };
         match s {
             "cpu" => Ok(Device::Cpu),
+            "emu" => Ok(Device::Emu),
             "cuda" => Ok(Device::Cuda(0)),
             _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(bad),
         }
@@ -81,7 +89,17 @@ impl Device {
             Device::Cuda(ordinal) => crate::cuda::probe(ordinal)
                 .map(|_| ())
                 .map_err(|reason| Error::DeviceUnavailable { device: self.to_string(), reason }),
+            Device::Emu if cfg!(feature = "emu") => Ok(()),
+            Device::Emu => Err(emulator_not_built()),
         }
+    }
+}
+
+/// Why [`Device::Emu`] cannot be used in a build without the `emu` feature.
+pub(crate) fn emulator_not_built() -> Error {
+    Error::DeviceUnavailable {
+        device: Device::Emu.to_string(),
+        reason: "this build lacks the `emu` feature, which the kernel emulator needs".into(),
     }
 }
 

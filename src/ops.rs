@@ -50,6 +50,22 @@ impl<T: Element> TensorBackend<T> for GpuBackend<CudaExecutor> {
     }
 }
 
+#[cfg(feature = "emu")]
+impl<T: Element> TensorBackend<T> for GpuBackend<crate::cuda::emu::EmuExecutor> {
+    fn view<'t>(&self, what: &'static str, tensor: &'t Tensor<T>) -> Result<&'t Self::Buffer<T>> {
+        match tensor.storage() {
+            Storage::Emu(buffer) => Ok(buffer),
+            _ => {
+                Err(Error::DeviceMismatch { what, expected: Device::Emu.to_string(), got: tensor.device().to_string() })
+            }
+        }
+    }
+
+    fn wrap(&self, shape: Vec<usize>, buffer: Self::Buffer<T>) -> Tensor<T> {
+        Tensor::from_storage(shape, Storage::Emu(std::sync::Arc::new(buffer)))
+    }
+}
+
 /// The gradients a backward pass returns; each is `None` when not requested
 /// (or, for the bias, when there is no bias).
 #[derive(Debug, Clone)]
@@ -88,6 +104,14 @@ macro_rules! on_device {
                 let $backend = &*backend;
                 $body
             }
+            #[cfg(feature = "emu")]
+            $crate::device::Device::Emu => {
+                let backend = $crate::cuda::emu::device_backend()?;
+                let $backend = &*backend;
+                $body
+            }
+            #[cfg(not(feature = "emu"))]
+            $crate::device::Device::Emu => Err($crate::device::emulator_not_built()),
         }
     };
 }

@@ -16,6 +16,9 @@ pub(crate) enum Storage<T: Element> {
         ordinal: usize,
         buffer: Arc<CudaBuffer<T>>,
     },
+    /// The kernel emulator's memory (guard-paged host allocations).
+    #[cfg(feature = "emu")]
+    Emu(Arc<crate::cuda::emu::EmuDeviceBuffer<T>>),
 }
 
 /// A contiguous, row-major tensor (PyTorch's N, C, (D,) (H,) W layout) on one device.
@@ -76,6 +79,8 @@ impl<T: Element> Tensor<T> {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
             Storage::Cuda { ordinal, .. } => Device::Cuda(*ordinal),
+            #[cfg(feature = "emu")]
+            Storage::Emu(_) => Device::Emu,
         }
     }
 
@@ -83,7 +88,7 @@ impl<T: Element> Tensor<T> {
     pub fn as_slice(&self) -> Result<&[T]> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v),
-            Storage::Cuda { .. } => Err(Error::DeviceMismatch {
+            _ => Err(Error::DeviceMismatch {
                 what: "tensor",
                 expected: Device::Cpu.to_string(),
                 got: self.device().to_string(),
@@ -96,6 +101,8 @@ impl<T: Element> Tensor<T> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
             Storage::Cuda { ordinal, buffer } => device_backend(*ordinal)?.download(buffer),
+            #[cfg(feature = "emu")]
+            Storage::Emu(buffer) => crate::cuda::emu::device_backend()?.download(buffer),
         }
     }
 
@@ -113,6 +120,10 @@ impl<T: Element> Tensor<T> {
                 let buffer = device_backend(ordinal)?.upload(&self.to_vec()?)?;
                 Storage::Cuda { ordinal, buffer: Arc::new(buffer) }
             }
+            #[cfg(feature = "emu")]
+            Device::Emu => Storage::Emu(Arc::new(crate::cuda::emu::device_backend()?.upload(&self.to_vec()?)?)),
+            #[cfg(not(feature = "emu"))]
+            Device::Emu => return Err(crate::device::emulator_not_built()),
         };
         Ok(Tensor { shape: self.shape.clone(), storage })
     }

@@ -1,6 +1,6 @@
 //! The companion ops (ReLU, max pooling, cat/split) against PyTorch's fixtures in tests/companion_fixtures.
 
-use ferroconv::{DType, Element, MaxPoolOptions, Tensor, bf16, f16};
+use ferroconv::{DType, Device, Element, MaxPoolOptions, Tensor, bf16, f16};
 use serde_json::Value;
 
 fn dims(v: &Value) -> Vec<i64> {
@@ -15,8 +15,8 @@ fn data(t: &Value) -> Vec<f64> {
     t["data"].as_array().expect("data").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
-fn load<T: Element>(t: &Value) -> Tensor<T> {
-    Tensor::from_f64(&shape(t), &data(t)).expect("fixture tensor")
+fn load<T: Element>(t: &Value, device: Device) -> Tensor<T> {
+    Tensor::from_f64(&shape(t), &data(t)).and_then(|t| t.to_device(device)).expect("fixture tensor")
 }
 
 /// `|a - e| <= atol + rtol |e|` elementwise; NaN never passes.
@@ -43,7 +43,7 @@ fn pool_options(params: &Value) -> MaxPoolOptions {
         .ceil_mode(params["ceil_mode"].as_bool().unwrap())
 }
 
-fn run_case<T: Element>(case: &Value) -> Result<(), String> {
+fn run_case<T: Element>(case: &Value, device: Device) -> Result<(), String> {
     let name = case["name"].as_str().unwrap();
     let tol = &case["tolerance_per_tensor"];
     let f64s = |t: &Tensor<T>| t.to_f64_vec().map_err(|e| format!("{name}: {e}"));
@@ -52,7 +52,7 @@ fn run_case<T: Element>(case: &Value) -> Result<(), String> {
         "max_pool" => {
             let spatial = case["dims"].as_u64().unwrap() as usize;
             let opts = pool_options(&case["params"]);
-            let x = load::<T>(&case["input"]);
+            let x = load::<T>(&case["input"], device);
             let result = ferroconv::max_pool(spatial, &x, &opts);
             if case["expect_error"].as_bool().unwrap() {
                 let kind = case["error_kind"].as_str().unwrap();
@@ -64,23 +64,24 @@ fn run_case<T: Element>(case: &Value) -> Result<(), String> {
             }
             let y = result.map_err(fail)?;
             check(name, "output", &f64s(&y)?, &case["output"], &tol["output"])?;
-            let dy = load::<T>(&case["grad_output"]);
+            let dy = load::<T>(&case["grad_output"], device);
             let dx = ferroconv::max_pool_backward(spatial, &x, &dy, &opts).map_err(fail)?;
             check(name, "grad_input", &f64s(&dx)?, &case["grad_input"], &tol["grad_input"])
         }
         "relu" => {
-            let y = ferroconv::relu(&load::<T>(&case["input"])).map_err(fail)?;
+            let y = ferroconv::relu(&load::<T>(&case["input"], device)).map_err(fail)?;
             check(name, "output", &f64s(&y)?, &case["output"], &tol["output"])?;
-            let dx = ferroconv::relu_backward(&y, &load::<T>(&case["grad_output"])).map_err(fail)?;
+            let dx = ferroconv::relu_backward(&y, &load::<T>(&case["grad_output"], device)).map_err(fail)?;
             check(name, "grad_input", &f64s(&dx)?, &case["grad_input"], &tol["grad_input"])
         }
         "cat" => {
-            let parts: Vec<Tensor<T>> = case["inputs"].as_array().unwrap().iter().map(load::<T>).collect();
+            let parts: Vec<Tensor<T>> =
+                case["inputs"].as_array().unwrap().iter().map(|t| load::<T>(t, device)).collect();
             let refs: Vec<&Tensor<T>> = parts.iter().collect();
             let y = ferroconv::cat_channels(&refs).map_err(fail)?;
             check(name, "output", &f64s(&y)?, &case["output"], &tol["output"])?;
             let sizes: Vec<usize> = parts.iter().map(|p| p.shape()[1]).collect();
-            let grads = ferroconv::split_channels(&load::<T>(&case["grad_output"]), &sizes).map_err(fail)?;
+            let grads = ferroconv::split_channels(&load::<T>(&case["grad_output"], device), &sizes).map_err(fail)?;
             for (i, (g, want)) in grads.iter().zip(case["grad_inputs"].as_array().unwrap()).enumerate() {
                 check(name, &format!("grad_inputs[{i}]"), &f64s(g)?, want, &tol["grad_input"])?;
             }
@@ -90,8 +91,7 @@ fn run_case<T: Element>(case: &Value) -> Result<(), String> {
     }
 }
 
-#[test]
-fn companion_ops_match_pytorch() {
+fn run_all(device: Device) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/companion_fixtures");
     let mut paths: Vec<_> = std::fs::read_dir(dir)
         .expect("fixture folder")
@@ -106,16 +106,33 @@ fn companion_ops_match_pytorch() {
             let case: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
             let dtype: DType = case["dtype"].as_str().unwrap().parse().unwrap();
             match dtype {
-                DType::F32 => run_case::<f32>(&case),
-                DType::F64 => run_case::<f64>(&case),
-                DType::F16 => run_case::<f16>(&case),
-                DType::BF16 => run_case::<bf16>(&case),
+                DType::F32 => run_case::<f32>(&case, device),
+                DType::F64 => run_case::<f64>(&case, device),
+                DType::F16 => run_case::<f16>(&case, device),
+                DType::BF16 => run_case::<bf16>(&case, device),
             }
             .err()
         })
         .collect();
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), paths.len(), failures.join("\n"));
-    println!("{} passed, 0 failed", paths.len());
+    assert!(
+        failures.is_empty(),
+        "{device}: {} of {} cases failed:\n{}",
+        failures.len(),
+        paths.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn companion_ops_match_pytorch_on_the_cpu() {
+    run_all(Device::Cpu);
+}
+
+/// The CUDA kernels of the companion ops (kernels/companion.cu), on the emulator.
+#[cfg(feature = "emu")]
+#[test]
+fn companion_ops_match_pytorch_on_the_emulator() {
+    run_all(Device::Emu);
 }
 
 #[test]

@@ -183,6 +183,15 @@ pub fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
         Device::Cuda(_) => Err(cuda_unavailable(device)),
+        Device::Emu => Err(emulator_not_timed()),
+    }
+}
+
+/// The emulator checks kernels; its times say nothing about a GPU's.
+fn emulator_not_timed() -> Error {
+    Error::DeviceUnavailable {
+        device: Device::Emu.to_string(),
+        reason: "the kernel emulator checks correctness; it is not benchmarked".into(),
     }
 }
 
@@ -235,6 +244,7 @@ pub fn run(
         // The CUDA backend joins here: build its targets (one per algorithm) and
         // call `runner::run_suite`; its `BenchTarget::synchronize` keeps GPU time inside the clock.
         Device::Cuda(_) => Err(cuda_unavailable(config.device)),
+        Device::Emu => Err(emulator_not_timed()),
     }
 }
 

@@ -8,7 +8,7 @@ pub mod info;
 use std::process::ExitCode;
 use std::str::FromStr;
 
-use ferroconv::{Device, Error};
+use ferroconv::Device;
 
 /// What a subcommand returns: its exit status, or an error that stops it
 /// (printed by `main`, exit status [`EXIT_USAGE`]).
@@ -17,13 +17,12 @@ pub type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
 /// The exit status of a command that could not run (bad arguments, no such device).
 pub const EXIT_USAGE: u8 = 2;
 
-/// A `--device` argument: `auto` (the dispatcher's choice), a device (`cpu`,
-/// `cuda`, `cuda:N`), or `emu` (the CUDA kernels on the host emulator).
+/// A `--device` argument: `auto` (the dispatcher's choice) or a device (`cpu`,
+/// `cuda`, `cuda:N`, or `emu`: the CUDA kernels on the host emulator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
     Auto,
     Device(Device),
-    Emu,
 }
 
 impl FromStr for DeviceArg {
@@ -32,7 +31,6 @@ impl FromStr for DeviceArg {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(DeviceArg::Auto),
-            "emu" => Ok(DeviceArg::Emu),
             _ => s
                 .parse()
                 .map(DeviceArg::Device)
@@ -47,10 +45,6 @@ impl DeviceArg {
         match self {
             DeviceArg::Auto => Ok(Device::best()),
             DeviceArg::Device(device) => device.ensure_available().map(|()| device),
-            DeviceArg::Emu => Err(Error::DeviceUnavailable {
-                device: "emu".into(),
-                reason: "this build lacks the `emu` feature, which the kernel emulator needs".into(),
-            }),
         }
     }
 }
@@ -64,14 +58,18 @@ mod tests {
         assert_eq!("auto".parse(), Ok(DeviceArg::Auto));
         assert_eq!("cpu".parse(), Ok(DeviceArg::Device(Device::Cpu)));
         assert_eq!("cuda:2".parse(), Ok(DeviceArg::Device(Device::Cuda(2))));
-        assert_eq!("emu".parse(), Ok(DeviceArg::Emu));
+        assert_eq!("emu".parse(), Ok(DeviceArg::Device(Device::Emu)));
         assert!("gpu".parse::<DeviceArg>().is_err());
     }
 
     #[test]
     fn cpu_resolves_and_emu_explains_itself() {
         assert_eq!(DeviceArg::Device(Device::Cpu).resolve(), Ok(Device::Cpu));
-        let error = DeviceArg::Emu.resolve().unwrap_err();
-        assert!(error.to_string().contains("`emu` feature"), "{error}");
+        let emu = DeviceArg::Device(Device::Emu).resolve();
+        if cfg!(feature = "emu") {
+            assert_eq!(emu, Ok(Device::Emu));
+        } else {
+            assert!(emu.unwrap_err().to_string().contains("`emu` feature"));
+        }
     }
 }

@@ -24,4 +24,23 @@ pub mod selftest;
 
 pub use buffer::{EmuBuffer, GuardSide, PlainData};
 pub use executor::{EmuAllocation, EmuExecutor};
+
+use std::sync::{Arc, OnceLock};
+
+use crate::cuda::{GpuBackend, GpuBuffer};
+use crate::error::Result;
+
+/// A buffer in the emulator's memory, as tensors on [`Device::Emu`](crate::Device::Emu) hold it.
+pub type EmuDeviceBuffer<T> = GpuBuffer<T, EmuAllocation>;
+
+/// The backend of [`Device::Emu`](crate::Device::Emu): the whole CUDA backend on the emulator,
+/// created once and shared by every tensor on it.
+pub fn device_backend() -> Result<Arc<GpuBackend<EmuExecutor>>> {
+    static BACKEND: OnceLock<Arc<GpuBackend<EmuExecutor>>> = OnceLock::new();
+    if let Some(backend) = BACKEND.get() {
+        return Ok(Arc::clone(backend));
+    }
+    let backend = Arc::new(GpuBackend::new(EmuExecutor::new()?));
+    Ok(Arc::clone(BACKEND.get_or_init(|| backend)))
+}
 pub use launch::{EmuKernel, LaunchShape, SEED_VARIABLE, Schedule, THREADS_VARIABLE, launch};
