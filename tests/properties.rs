@@ -4,11 +4,13 @@
 //! none, N in 0..3):
 //!
 //! - f64 results equal the f64 reference of `common` (values chosen so every
-//!   sum is exact), through the functional API and every forced CPU algorithm;
+//!   sum is exact), through the functional API and every forced CPU algorithm,
+//!   and (with the `emu` feature) through the CUDA kernels on the emulator;
 //! - the adjoint identity ⟨conv(x), y⟩ = ⟨x, conv_transpose(y)⟩;
 //! - central finite differences of the forward agree with every gradient;
 //! - every thread count gives bitwise the same result, for every algorithm;
-//! - f32, f16 and bf16 results lie within the fixtures README's tolerances.
+//! - f32, f16 and bf16 results lie within the fixtures README's tolerances, on
+//!   the CPU and (with the `emu` feature) on the emulator.
 //!
 //! Case counts are moderate so the suite stays quick in a debug build.
 
@@ -20,7 +22,7 @@ use common::{
     ConvProblem, ConvTransposeProblem, Operands, Pad, Problem, Results, check_bitwise, check_close, check_results,
     dyadic, tolerance, uniform,
 };
-use ferroconv::{CpuAlgorithm, CpuBackend, Element, PaddingMode, bf16, f16};
+use ferroconv::{CpuAlgorithm, CpuBackend, Device, Element, PaddingMode, bf16, f16};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
@@ -206,6 +208,12 @@ fn algorithm_backends() -> impl Iterator<Item = (CpuAlgorithm, &'static CpuBacke
     backends().iter().filter(|(k, _, _)| *k == 2).map(|(_, a, b)| (*a, b))
 }
 
+/// The devices the functional API is checked on: the CPU, and the CUDA kernels
+/// on the emulator when the build has it.
+fn devices() -> &'static [Device] {
+    if cfg!(feature = "emu") { &[Device::Cpu, Device::Emu] } else { &[Device::Cpu] }
+}
+
 // ---------------------------------------------------------------------------
 // Checks
 
@@ -214,8 +222,10 @@ fn matches_reference<P: Problem>(p: &P, seed: u64) -> Result<(), String> {
     let operands = Operands::random(p, seed, dyadic);
     let expected = p.reference(&operands);
     let exact = |name: &str, _, a: &[f64], e: &[f64]| check_close(name, a, e, 0.0, 0.0);
-    let got = p.run_functional::<f64>(&operands).map_err(|e| format!("functional API: {e}"))?;
-    check_results(&got, &expected, exact).map_err(|e| format!("functional API: {e}"))?;
+    for &device in devices() {
+        let got = p.run_functional::<f64>(&operands, device).map_err(|e| format!("{device}: {e}"))?;
+        check_results(&got, &expected, exact).map_err(|e| format!("{device}: {e}"))?;
+    }
     for (algorithm, backend) in algorithm_backends() {
         let got = p.run_backend::<f64>(backend, &operands).map_err(|e| format!("{algorithm:?}: {e}"))?;
         check_results(&got, &expected, exact).map_err(|e| format!("{algorithm:?}: {e}"))?;
@@ -232,8 +242,10 @@ fn within_tolerance<T: Element, P: Problem>(p: &P, seed: u64) -> Result<(), Stri
         let (rtol, atol) = tolerance(T::DTYPE, lens[k]);
         check_close(name, a, e, rtol, atol)
     };
-    let got = p.run_functional::<T>(&operands).map_err(|e| format!("{}: functional API: {e}", T::DTYPE))?;
-    check_results(&got, &expected, close).map_err(|e| format!("{}: functional API: {e}", T::DTYPE))?;
+    for &device in devices() {
+        let got = p.run_functional::<T>(&operands, device).map_err(|e| format!("{}: {device}: {e}", T::DTYPE))?;
+        check_results(&got, &expected, close).map_err(|e| format!("{}: {device}: {e}", T::DTYPE))?;
+    }
     for (algorithm, backend) in algorithm_backends() {
         let got = p.run_backend::<T>(backend, &operands).map_err(|e| format!("{}: {algorithm:?}: {e}", T::DTYPE))?;
         check_results(&got, &expected, close).map_err(|e| format!("{}: {algorithm:?}: {e}", T::DTYPE))?;
@@ -259,7 +271,7 @@ fn thread_count_invariant<T: Element, P: Problem>(p: &P, seed: u64) -> Result<()
 
 /// `Σ output * grad_output` for the problem's operands, through the functional API in f64.
 fn loss<P: Problem>(p: &P, operands: &Operands) -> f64 {
-    let out = p.run_functional::<f64>(operands).expect("a valid problem runs").output;
+    let out = p.run_functional::<f64>(operands, Device::Cpu).expect("a valid problem runs").output;
     out.iter().zip(&operands.grad_output).map(|(y, g)| y * g).sum()
 }
 
@@ -268,7 +280,7 @@ fn loss<P: Problem>(p: &P, operands: &Operands) -> f64 {
 fn finite_differences_agree<P: Problem>(p: &P, seed: u64) -> Result<(), String> {
     const H: f64 = 1e-3;
     let operands = Operands::random(p, seed, uniform);
-    let grads = p.run_functional::<f64>(&operands).map_err(|e| e.to_string())?;
+    let grads = p.run_functional::<f64>(&operands, Device::Cpu).map_err(|e| e.to_string())?;
     let pick = uniform(seed ^ 0xC0FFEE, 9);
     type Field = fn(&mut Operands) -> Option<&mut Vec<f64>>;
     let fields: [(&str, Field, Option<&Vec<f64>>); 3] = [

@@ -15,8 +15,8 @@
 #![allow(dead_code)] // each test crate uses a different part
 
 use ferroconv::{
-    Activation, Conv, ConvGeometry, ConvOptions, ConvTranspose, ConvTransposeOptions, CpuBackend, Element, GradRequest,
-    PaddingMode, Tensor,
+    Activation, Conv, ConvGeometry, ConvOptions, ConvTranspose, ConvTransposeOptions, CpuBackend, Device, Element,
+    GradRequest, PaddingMode, Tensor,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -296,7 +296,7 @@ pub trait Problem: std::fmt::Debug {
     fn geometry(&self) -> ferroconv::Result<ConvGeometry>;
 
     /// Forward and every gradient through the functional API, computed in `T`.
-    fn run_functional<T: Element>(&self, operands: &Operands) -> ferroconv::Result<Results>;
+    fn run_functional<T: Element>(&self, operands: &Operands, device: Device) -> ferroconv::Result<Results>;
 
     /// Forward and every gradient on `backend` through the `Conv` / `ConvTranspose` traits, in `T`.
     fn run_backend<T: Element>(&self, backend: &CpuBackend, operands: &Operands) -> ferroconv::Result<Results>;
@@ -331,8 +331,8 @@ pub trait Problem: std::fmt::Debug {
     }
 }
 
-fn tensor<T: Element>(shape: &[usize], data: &[f64]) -> Tensor<T> {
-    Tensor::from_f64(shape, data).expect("operand shapes match their data")
+fn tensor<T: Element>(shape: &[usize], data: &[f64], device: Device) -> Tensor<T> {
+    Tensor::from_f64(shape, data).and_then(|t| t.to_device(device)).expect("operand shapes match their data")
 }
 
 fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
@@ -440,11 +440,11 @@ impl Problem for ConvProblem {
         ConvGeometry::conv(self.spatial_dims(), &self.input_shape(), &self.weight_shape(), bias, &self.options())
     }
 
-    fn run_functional<T: Element>(&self, o: &Operands) -> ferroconv::Result<Results> {
-        let x = tensor::<T>(&self.input_shape(), &o.input);
-        let w = tensor::<T>(&self.weight_shape(), &o.weight);
-        let b = o.bias.as_ref().map(|b| tensor::<T>(&[b.len()], b));
-        let gy = tensor::<T>(&self.output_shape(), &o.grad_output);
+    fn run_functional<T: Element>(&self, o: &Operands, device: Device) -> ferroconv::Result<Results> {
+        let x = tensor::<T>(&self.input_shape(), &o.input, device);
+        let w = tensor::<T>(&self.weight_shape(), &o.weight, device);
+        let b = o.bias.as_ref().map(|b| tensor::<T>(&[b.len()], b, device));
+        let gy = tensor::<T>(&self.output_shape(), &o.grad_output, device);
         let opts = self.options();
         let y = ferroconv::conv(self.spatial_dims(), &x, &w, b.as_ref(), &opts)?;
         let grads = ferroconv::conv_backward(self.spatial_dims(), &x, &w, b.as_ref(), &gy, &opts, GradRequest::ALL)?;
@@ -549,11 +549,11 @@ impl Problem for ConvTransposeProblem {
         )
     }
 
-    fn run_functional<T: Element>(&self, o: &Operands) -> ferroconv::Result<Results> {
-        let x = tensor::<T>(&self.input_shape(), &o.input);
-        let w = tensor::<T>(&self.weight_shape(), &o.weight);
-        let b = o.bias.as_ref().map(|b| tensor::<T>(&[b.len()], b));
-        let gy = tensor::<T>(&self.output_shape(), &o.grad_output);
+    fn run_functional<T: Element>(&self, o: &Operands, device: Device) -> ferroconv::Result<Results> {
+        let x = tensor::<T>(&self.input_shape(), &o.input, device);
+        let w = tensor::<T>(&self.weight_shape(), &o.weight, device);
+        let b = o.bias.as_ref().map(|b| tensor::<T>(&[b.len()], b, device));
+        let gy = tensor::<T>(&self.output_shape(), &o.grad_output, device);
         let opts = self.options();
         let y = ferroconv::conv_transpose(self.spatial_dims(), &x, &w, b.as_ref(), &opts)?;
         let grads =
