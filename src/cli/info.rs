@@ -1,4 +1,4 @@
-//! `ferroconv info`: version, the device ops run on and why, CPU threads and features, CUDA.
+//! `ferroconv info`: version, the device ops run on and why, CPU threads and features, CUDA and its kernels.
 
 use std::process::ExitCode;
 
@@ -19,6 +19,11 @@ pub fn run(_: &Args) -> Outcome {
         Err(reason) => format!("not usable: {reason}"),
     };
     println!("cuda: {cuda}");
+    println!("cuda kernels: {}", ferroconv::cuda::kernels::summary());
+    println!(
+        "kernel emulator: {}",
+        if cfg!(feature = "emu") { "built in (--device emu)" } else { "not built (feature emu)" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
