@@ -36,6 +36,7 @@ pub use target::BenchTarget;
 pub use timing::{Measurement, Repetitions, Timing, measure, median};
 
 use crate::cpu::{CpuAlgorithm, CpuBackend};
+use crate::cuda::{CudaExecutor, GpuAlgorithm, GpuBackend};
 use crate::device::Device;
 use crate::element::DType;
 use crate::error::{Error, Result};
@@ -121,18 +122,32 @@ impl AlgorithmSelection {
     /// assert!(AlgorithmSelection::Named("winograd-9000".into()).cpu_algorithms().is_err());
     /// ```
     pub fn cpu_algorithms(&self) -> Result<Vec<CpuAlgorithm>> {
+        self.pick("CPU", CpuAlgorithm::Auto, CpuAlgorithm::ALL, CpuAlgorithm::name)
+    }
+
+    /// The GPU algorithms this selection names.
+    ///
+    /// ```
+    /// use ferroconv::{bench::AlgorithmSelection, cuda::GpuAlgorithm};
+    /// assert_eq!(AlgorithmSelection::Named("direct".into()).gpu_algorithms().unwrap(), [GpuAlgorithm::Direct]);
+    /// ```
+    pub fn gpu_algorithms(&self) -> Result<Vec<GpuAlgorithm>> {
+        self.pick("GPU", GpuAlgorithm::Auto, GpuAlgorithm::ALL, GpuAlgorithm::name)
+    }
+
+    fn pick<A: Copy>(&self, device: &str, auto: A, all: &[A], name: fn(A) -> &'static str) -> Result<Vec<A>> {
         match self {
-            AlgorithmSelection::Auto => Ok(vec![CpuAlgorithm::Auto]),
-            AlgorithmSelection::All => Ok(CpuAlgorithm::ALL.to_vec()),
-            AlgorithmSelection::Named(name) => std::iter::once(CpuAlgorithm::Auto)
-                .chain(CpuAlgorithm::ALL.iter().copied())
-                .find(|a| a.name() == name)
+            AlgorithmSelection::Auto => Ok(vec![auto]),
+            AlgorithmSelection::All => Ok(all.to_vec()),
+            AlgorithmSelection::Named(wanted) => std::iter::once(auto)
+                .chain(all.iter().copied())
+                .find(|&a| name(a) == wanted)
                 .map(|a| vec![a])
                 .ok_or_else(|| {
-                    let known: Vec<&str> = CpuAlgorithm::ALL.iter().map(|a| a.name()).collect();
+                    let known: Vec<&str> = all.iter().map(|&a| name(a)).collect();
                     Error::InvalidArgument {
                         what: "algorithm",
-                        detail: format!("unknown CPU algorithm {name:?} (auto, all, {})", known.join(", ")),
+                        detail: format!("unknown {device} algorithm {wanted:?} (auto, all, {})", known.join(", ")),
                     }
                 }),
         }
@@ -182,7 +197,7 @@ impl Default for BenchConfig {
 pub fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(cuda_unavailable(device)),
+        Device::Cuda(_) => device.ensure_available(),
         Device::Emu => Err(emulator_not_timed()),
     }
 }
@@ -193,17 +208,6 @@ fn emulator_not_timed() -> Error {
         device: Device::Emu.to_string(),
         reason: "the kernel emulator checks correctness; it is not benchmarked".into(),
     }
-}
-
-/// Why the benchmark cannot run on a CUDA device: the probe's reason, or (with a
-/// device present) that the CUDA backend has no [`BenchTarget`] yet. The CUDA
-/// backend joins by implementing it and replacing the `Device::Cuda` arms of
-/// [`check_device`] and [`run`].
-fn cuda_unavailable(device: Device) -> Error {
-    device.ensure_available().err().unwrap_or_else(|| Error::DeviceUnavailable {
-        device: device.to_string(),
-        reason: "the CUDA backend cannot be benchmarked in this build yet".into(),
-    })
 }
 
 /// Runs every case of `suite` in each direction with each algorithm, reporting
@@ -241,9 +245,21 @@ pub fn run(
                 .collect::<Result<Vec<_>>>()?;
             runner::run_suite(&targets, config, suite, peak_gflops, progress)
         }
-        // The CUDA backend joins here: build its targets (one per algorithm) and
-        // call `runner::run_suite`; its `BenchTarget::synchronize` keeps GPU time inside the clock.
-        Device::Cuda(_) => Err(cuda_unavailable(config.device)),
+        Device::Cuda(ordinal) => {
+            config.device.ensure_available()?;
+            let targets = config
+                .algorithms
+                .gpu_algorithms()?
+                .into_iter()
+                .map(|a| {
+                    Ok(runner::Target {
+                        algorithm: a.name(),
+                        backend: GpuBackend::new(CudaExecutor::new(ordinal)?).with_algorithm(a),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            runner::run_suite(&targets, config, suite, peak_gflops, progress)
+        }
         Device::Emu => Err(emulator_not_timed()),
     }
 }

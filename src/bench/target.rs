@@ -1,10 +1,11 @@
 //! What the benchmark needs from a backend beyond the ops themselves, and the
-//! CPU backend's answer. A GPU backend joins by implementing [`BenchTarget`]
-//! (its `synchronize` waits for the stream) and by one arm in `bench::run`.
+//! answers of the CPU backend and of the CUDA backend (whose `synchronize` waits
+//! for its stream, so GPU time stays inside the clock).
 
 use crate::backend::{Conv, ConvTranspose};
 use crate::bench::Direction;
 use crate::cpu::CpuBackend;
+use crate::cuda::{CudaExecutor, GpuBackend, Planner};
 use crate::element::Element;
 use crate::error::Result;
 use crate::geometry::ConvGeometry;
@@ -35,6 +36,34 @@ impl<T: Element> BenchTarget<T> for CpuBackend {
     fn workspace_bytes(&self, geometry: &ConvGeometry, direction: Direction) -> u64 {
         cpu_workspace_estimate(geometry, direction, size_of::<T>())
     }
+}
+
+impl<T: Element> BenchTarget<T> for GpuBackend<CudaExecutor> {
+    fn upload(&self, data: Vec<T>) -> Result<Self::Buffer<T>> {
+        GpuBackend::upload(self, &data)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.executor().synchronize()
+    }
+
+    fn workspace_bytes(&self, geometry: &ConvGeometry, direction: Direction) -> u64 {
+        gpu_workspace(&self.planner::<T>(), geometry, direction, size_of::<T>()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The CUDA backend's scratch memory in one op: the split reductions' partial sums
+/// (weight and bias gradients) and, for a padding mode other than zeros, a padded input.
+fn gpu_workspace(planner: &Planner, g: &ConvGeometry, direction: Direction, element_bytes: usize) -> Result<u64> {
+    let padded = cpu_workspace_estimate(g, direction, element_bytes);
+    let partials = match direction {
+        Direction::Fwd => 0,
+        Direction::Bwd => {
+            let (channels, volume) = (g.op_out_channels(), g.op_output_shape()[2..].iter().product());
+            planner.correlate_weight_workspace(g)?.max(planner.channel_sums_workspace(g.batch, channels, volume)?)
+        }
+    };
+    Ok(padded + partials)
 }
 
 /// What the CPU backend allocates inside an op, read off its code until it
