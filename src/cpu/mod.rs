@@ -3,7 +3,11 @@
 //! any number of threads.
 
 mod direct;
+mod isa;
+mod kernels;
 mod padding;
+
+pub use isa::CpuIsa;
 
 use crate::backend::{Activation, Backend, ConvPrimitives};
 use crate::element::Element;

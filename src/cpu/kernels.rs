@@ -1,0 +1,461 @@
+//! The SIMD kernels, written once over [`Lanes`] and instantiated per
+//! instruction set, and the table ([`Kernels`]) an op looks them up in.
+//!
+//! - `nn`: the GEMM micro-kernel `C[MR×NR] (+)= Σ_k a[k][MR] ⊗ b[k][NR]`
+//!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint.
+//! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
+//!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
+//! - `axpy`, `dot`, `sum`: rows, for the direct (depthwise) path and bias gradients.
+//!
+//! Each output element is one chain of multiply-adds in a fixed order, so a
+//! result depends on the data and the instruction set only, never on tiling
+//! or threads.
+
+use std::any::Any;
+
+#[cfg(target_arch = "x86_64")]
+use super::isa::{Avx2, Avx512};
+use super::isa::{CpuIsa, Lanes, Portable};
+
+/// The operands of one `nn` micro-tile.
+pub(crate) struct NnTile<A> {
+    /// Reduction length.
+    pub k: usize,
+    /// `k` rows of `MR` values.
+    pub a: *const A,
+    /// `k` rows of `NR` values, `ldb` apart.
+    pub b: *const A,
+    pub ldb: usize,
+    /// `MR` rows of `NR` values, `ldc` apart.
+    pub c: *mut A,
+    pub ldc: usize,
+    /// Add to `c` rather than overwrite it.
+    pub accumulate: bool,
+}
+
+/// The operands of one `nt` micro-tile.
+pub(crate) struct NtTile<A> {
+    /// Reduction length, a multiple of the lane count.
+    pub k: usize,
+    /// `MR` rows of `k` values, `lda` apart.
+    pub a: *const A,
+    pub lda: usize,
+    /// `NR` rows of `k` values, `ldb` apart.
+    pub b: *const A,
+    pub ldb: usize,
+    /// `MR` rows of `NR` values, `ldc` apart; always accumulated into.
+    pub c: *mut A,
+    pub ldc: usize,
+}
+
+#[inline(always)]
+unsafe fn nn<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
+    let l = S::LANES;
+    // SAFETY (whole body): `Kernels::nn` checked the operand lengths against the tile.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        if t.accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = S::load(t.c.add(i * t.ldc + v * l));
+                }
+            }
+        }
+        let (mut a, mut b) = (t.a, t.b);
+        for _ in 0..t.k {
+            let bv: [S::V; NV] = std::array::from_fn(|v| S::load(b.add(v * l)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = S::splat(*a.add(i));
+                for (r, &bv) in row.iter_mut().zip(&bv) {
+                    *r = S::mul_add(av, bv, *r);
+                }
+            }
+            a = a.add(MR);
+            b = b.add(t.ldb);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &r) in row.iter().enumerate() {
+                S::store(t.c.add(i * t.ldc + v * l), r);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn nt<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(t: &NtTile<A>) {
+    // SAFETY (whole body): `Kernels::nt` checked the operand lengths against the tile.
+    unsafe {
+        let mut acc = [[S::zero(); NR]; MR];
+        let mut r = 0;
+        while r < t.k {
+            let av: [S::V; MR] = std::array::from_fn(|i| S::load(t.a.add(i * t.lda + r)));
+            for j in 0..NR {
+                let bv = S::load(t.b.add(j * t.ldb + r));
+                for (row, &av) in acc.iter_mut().zip(&av) {
+                    row[j] = S::mul_add(av, bv, row[j]);
+                }
+            }
+            r += S::LANES;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let c = t.c.add(i * t.ldc + j);
+                *c = *c + S::reduce_sum(v);
+            }
+        }
+    }
+}
+
+/// `dst[i] += w * src[i]`.
+#[inline(always)]
+unsafe fn axpy<S: Lanes<A>, A: Copy>(n: usize, w: A, src: *const A, dst: *mut A) {
+    // SAFETY (whole body): `Kernels::axpy` checked both lengths are `n`.
+    unsafe {
+        let (l, wv) = (S::LANES, S::splat(w));
+        let mut i = 0;
+        while i + l <= n {
+            S::store(dst.add(i), S::mul_add(wv, S::load(src.add(i)), S::load(dst.add(i))));
+            i += l;
+        }
+        for i in i..n {
+            *dst.add(i) = S::mul_add_scalar(w, *src.add(i), *dst.add(i));
+        }
+    }
+}
+
+/// `Σ a[i] * b[i]`: four vector chains, combined in a fixed order, then the tail.
+#[inline(always)]
+unsafe fn dot<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A, b: *const A) -> A {
+    // SAFETY (whole body): `Kernels::dot` checked both lengths are `n`.
+    unsafe {
+        let l = S::LANES;
+        let mut acc = [S::zero(); 4];
+        let mut i = 0;
+        while i + 4 * l <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = S::mul_add(S::load(a.add(i + j * l)), S::load(b.add(i + j * l)), *acc);
+            }
+            i += 4 * l;
+        }
+        while i + l <= n {
+            acc[0] = S::mul_add(S::load(a.add(i)), S::load(b.add(i)), acc[0]);
+            i += l;
+        }
+        let mut s = S::reduce_sum(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])));
+        for i in i..n {
+            s = S::mul_add_scalar(*a.add(i), *b.add(i), s);
+        }
+        s
+    }
+}
+
+/// `Σ a[i]`, in the same fixed order as [`dot`].
+#[inline(always)]
+unsafe fn sum<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A {
+    // SAFETY (whole body): `Kernels::sum` checked the length is `n`.
+    unsafe {
+        let l = S::LANES;
+        let mut acc = [S::zero(); 4];
+        let mut i = 0;
+        while i + 4 * l <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = S::add(S::load(a.add(i + j * l)), *acc);
+            }
+            i += 4 * l;
+        }
+        let mut s = S::reduce_sum(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])));
+        for i in i..n {
+            s = s + *a.add(i);
+        }
+        s
+    }
+}
+
+/// The kernels of one instruction set for accumulator `A`, as function pointers.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels<A: 'static> {
+    pub isa: CpuIsa,
+    /// Lanes per register.
+    pub lanes: usize,
+    /// `nn` tile rows (MR) and columns (NR).
+    pub nn_rows: usize,
+    pub nn_cols: usize,
+    /// `nt` tile rows and columns.
+    pub nt_rows: usize,
+    pub nt_cols: usize,
+    nn: unsafe fn(&NnTile<A>),
+    nt: unsafe fn(&NtTile<A>),
+    axpy: unsafe fn(usize, A, *const A, *mut A),
+    dot: unsafe fn(usize, *const A, *const A) -> A,
+    sum: unsafe fn(usize, *const A) -> A,
+}
+
+/// Instantiates the generic kernels for one instruction set inside
+/// `#[target_feature]` wrappers, and builds its table for `f32` and `f64`.
+macro_rules! isa_kernels {
+    ($module:ident, $isa:ty, $variant:expr, $features:literal, f32: ($mr:literal, $nv:literal, $tr:literal, $tc:literal),
+     f64: ($mr64:literal, $nv64:literal, $tr64:literal, $tc64:literal)) => {
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn nn_k<A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller (a supported ISA, valid operands).
+                unsafe { nn::<$isa, A, MR, NV>(t) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn nt_k<A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+                t: &NtTile<A>,
+            ) where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { nt::<$isa, A, MR, NR>(t) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn axpy_k<A: Copy>(n: usize, w: A, src: *const A, dst: *mut A)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { axpy::<$isa, A>(n, w, src, dst) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn dot_k<A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A, b: *const A) -> A
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { dot::<$isa, A>(n, a, b) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn sum_k<A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { sum::<$isa, A>(n, a) }
+            }
+
+            pub(super) static F32: Kernels<f32> = Kernels {
+                isa: $variant,
+                lanes: <$isa as Lanes<f32>>::LANES,
+                nn_rows: $mr,
+                nn_cols: $nv * <$isa as Lanes<f32>>::LANES,
+                nt_rows: $tr,
+                nt_cols: $tc,
+                nn: nn_k::<f32, $mr, $nv>,
+                nt: nt_k::<f32, $tr, $tc>,
+                axpy: axpy_k::<f32>,
+                dot: dot_k::<f32>,
+                sum: sum_k::<f32>,
+            };
+
+            pub(super) static F64: Kernels<f64> = Kernels {
+                isa: $variant,
+                lanes: <$isa as Lanes<f64>>::LANES,
+                nn_rows: $mr64,
+                nn_cols: $nv64 * <$isa as Lanes<f64>>::LANES,
+                nt_rows: $tr64,
+                nt_cols: $tc64,
+                nn: nn_k::<f64, $mr64, $nv64>,
+                nt: nt_k::<f64, $tr64, $tc64>,
+                axpy: axpy_k::<f64>,
+                dot: dot_k::<f64>,
+                sum: sum_k::<f64>,
+            };
+        }
+    };
+}
+
+// Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
+// a broadcast; nt: 4×6 + 4 + 1), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
+#[cfg(target_arch = "x86_64")]
+isa_kernels!(avx512, Avx512, CpuIsa::Avx512, "avx512f,avx2,fma", f32: (12, 2, 4, 6), f64: (12, 2, 4, 6));
+#[cfg(target_arch = "x86_64")]
+isa_kernels!(avx2, Avx2, CpuIsa::Avx2, "avx2,fma", f32: (6, 2, 3, 4), f64: (6, 2, 3, 4));
+
+mod portable {
+    use super::*;
+
+    pub(super) fn table<A>() -> Kernels<A>
+    where
+        A: Copy + std::ops::Add<Output = A>,
+        Portable: Lanes<A>,
+    {
+        // SAFETY (each wrapper): forwarded from the caller (valid operands); portable code runs anywhere.
+        unsafe fn nn_k<A: Copy>(t: &NnTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nn::<Portable, A, 4, 2>(t) }
+        }
+        unsafe fn nt_k<A: Copy + std::ops::Add<Output = A>>(t: &NtTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nt::<Portable, A, 2, 2>(t) }
+        }
+        Kernels {
+            isa: CpuIsa::Portable,
+            lanes: <Portable as Lanes<A>>::LANES,
+            nn_rows: 4,
+            nn_cols: 2 * <Portable as Lanes<A>>::LANES,
+            nt_rows: 2,
+            nt_cols: 2,
+            nn: nn_k::<A>,
+            nt: nt_k::<A>,
+            axpy: axpy::<Portable, A>,
+            dot: dot::<Portable, A>,
+            sum: sum::<Portable, A>,
+        }
+    }
+}
+
+/// The kernel table for accumulator `A` on `isa`; `None` when the CPU does not
+/// support `isa` or there are no kernels for `A` (only `f32` and `f64` have them).
+pub(crate) fn kernels<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
+    if !isa.is_supported() {
+        return None;
+    }
+    let (f32_table, f64_table): (Kernels<f32>, Kernels<f64>) = match isa {
+        CpuIsa::Portable => (portable::table(), portable::table()),
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx2 => (avx2::F32, avx2::F64),
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx512 => (avx512::F32, avx512::F64),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => return None,
+    };
+    let f32_any: &dyn Any = &f32_table;
+    let f64_any: &dyn Any = &f64_table;
+    f32_any.downcast_ref::<Kernels<A>>().or_else(|| f64_any.downcast_ref::<Kernels<A>>()).copied()
+}
+
+impl<A: Copy + 'static> Kernels<A> {
+    /// Runs one `nn` micro-tile on slices, checking every operand holds the tile.
+    pub fn nn(&self, k: usize, a: &[A], b: &[A], ldb: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+        let (mr, nr) = (self.nn_rows, self.nn_cols);
+        assert!(a.len() >= k * mr, "nn: a holds {} < {k}×{mr}", a.len());
+        assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
+        let tile = NnTile { k, a: a.as_ptr(), b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
+        unsafe { (self.nn)(&tile) }
+    }
+
+    /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).
+    #[allow(clippy::too_many_arguments)]
+    pub fn nt(&self, k: usize, a: &[A], lda: usize, b: &[A], ldb: usize, c: &mut [A], ldc: usize) {
+        let (mr, nr) = (self.nt_rows, self.nt_cols);
+        assert!(k % self.lanes == 0, "nt: k = {k} is not a multiple of {}", self.lanes);
+        assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt: a too short");
+        assert!(k == 0 || (ldb >= k && b.len() >= (nr - 1) * ldb + k), "nt: b too short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt: c too short");
+        let tile = NtTile { k, a: a.as_ptr(), lda, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
+        // SAFETY: as in `nn`.
+        unsafe { (self.nt)(&tile) }
+    }
+
+    /// `dst[i] += w * src[i]`.
+    pub fn axpy(&self, w: A, src: &[A], dst: &mut [A]) {
+        assert_eq!(src.len(), dst.len(), "axpy: lengths differ");
+        // SAFETY: as in `nn`; both slices hold `dst.len()` elements.
+        unsafe { (self.axpy)(dst.len(), w, src.as_ptr(), dst.as_mut_ptr()) }
+    }
+
+    /// `Σ a[i] * b[i]` in a fixed order.
+    pub fn dot(&self, a: &[A], b: &[A]) -> A {
+        assert_eq!(a.len(), b.len(), "dot: lengths differ");
+        // SAFETY: as in `axpy`.
+        unsafe { (self.dot)(a.len(), a.as_ptr(), b.as_ptr()) }
+    }
+
+    /// `Σ a[i]` in a fixed order.
+    pub fn sum(&self, a: &[A]) -> A {
+        // SAFETY: as in `axpy`.
+        unsafe { (self.sum)(a.len(), a.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        (0..n).map(|i| (((i as u64 * 2654435761 + seed * 40503) % 1000) as f64 - 500.0) / 250.0).collect()
+    }
+
+    fn check_isa<A>(isa: CpuIsa)
+    where
+        A: Copy + 'static + crate::element::Accumulator,
+    {
+        let ks = kernels::<A>(isa).expect("supported isa has kernels");
+        let (mr, nr) = (ks.nn_rows, ks.nn_cols);
+        let tol = if std::mem::size_of::<A>() == 4 { 1e-4 } else { 1e-12 };
+        let close = |got: A, want: f64, what: &str| {
+            assert!((got.to_f64() - want).abs() <= tol * (1.0 + want.abs()), "{isa:?} {what}: {got:?} vs {want}")
+        };
+        // nn: c = a·b, then accumulated once more.
+        let k = 7;
+        let a: Vec<A> = values(k * mr, 1).into_iter().map(A::from_f64).collect();
+        let ldb = nr + 3;
+        let b: Vec<A> = values(k * ldb, 2).into_iter().map(A::from_f64).collect();
+        let ldc = nr + 1;
+        let mut c = vec![A::ZERO; mr * ldc];
+        ks.nn(k, &a, &b, ldb, &mut c, ldc, false);
+        ks.nn(k, &a, &b, ldb, &mut c, ldc, true);
+        for i in 0..mr {
+            for j in 0..nr {
+                let want: f64 = (0..k).map(|kk| a[kk * mr + i].to_f64() * b[kk * ldb + j].to_f64()).sum();
+                close(c[i * ldc + j], 2.0 * want, "nn");
+            }
+        }
+        // nt
+        let (mr, nr, k) = (ks.nt_rows, ks.nt_cols, 3 * ks.lanes);
+        let lda = k + 2;
+        let a: Vec<A> = values(mr * lda, 3).into_iter().map(A::from_f64).collect();
+        let b: Vec<A> = values(nr * lda, 4).into_iter().map(A::from_f64).collect();
+        let mut c = vec![A::ONE; mr * nr];
+        ks.nt(k, &a, lda, &b, lda, &mut c, nr);
+        for i in 0..mr {
+            for j in 0..nr {
+                let want: f64 = (0..k).map(|r| a[i * lda + r].to_f64() * b[j * lda + r].to_f64()).sum();
+                close(c[i * nr + j], 1.0 + want, "nt");
+            }
+        }
+        // rows, with lengths around the vector and unrolled widths
+        for n in [0, 1, ks.lanes - 1, ks.lanes, 4 * ks.lanes + 3, 37] {
+            let x: Vec<A> = values(n, 5).into_iter().map(A::from_f64).collect();
+            let mut y: Vec<A> = values(n, 6).into_iter().map(A::from_f64).collect();
+            let y0 = y.clone();
+            let w = A::from_f64(0.5);
+            ks.axpy(w, &x, &mut y);
+            for i in 0..n {
+                close(y[i], y0[i].to_f64() + 0.5 * x[i].to_f64(), "axpy");
+            }
+            close(ks.dot(&x, &y0), x.iter().zip(&y0).map(|(a, b)| a.to_f64() * b.to_f64()).sum(), "dot");
+            close(ks.sum(&x), x.iter().map(|a| a.to_f64()).sum(), "sum");
+        }
+    }
+
+    #[test]
+    fn every_supported_isa_computes_the_kernels_exactly_enough() {
+        for isa in CpuIsa::supported() {
+            check_isa::<f32>(isa);
+            check_isa::<f64>(isa);
+        }
+    }
+
+    #[test]
+    fn unsupported_accumulators_have_no_kernels() {
+        assert!(kernels::<u8>(CpuIsa::Portable).is_none());
+    }
+}
