@@ -174,7 +174,6 @@ unsafe fn sum<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *co
 /// The kernels of one instruction set for accumulator `A`, as function pointers.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels<A: 'static> {
-    pub isa: CpuIsa,
     /// Lanes per register.
     pub lanes: usize,
     /// `nn` tile rows (MR) and columns (NR).
@@ -193,7 +192,7 @@ pub(crate) struct Kernels<A: 'static> {
 /// Instantiates the generic kernels for one instruction set inside
 /// `#[target_feature]` wrappers, and builds its table for `f32` and `f64`.
 macro_rules! isa_kernels {
-    ($module:ident, $isa:ty, $variant:expr, $features:literal, f32: ($mr:literal, $nv:literal, $tr:literal, $tc:literal),
+    ($module:ident, $isa:ty, $features:literal, f32: ($mr:literal, $nv:literal, $tr:literal, $tc:literal),
      f64: ($mr64:literal, $nv64:literal, $tr64:literal, $tc64:literal)) => {
         mod $module {
             use super::*;
@@ -245,7 +244,6 @@ macro_rules! isa_kernels {
             }
 
             pub(super) static F32: Kernels<f32> = Kernels {
-                isa: $variant,
                 lanes: <$isa as Lanes<f32>>::LANES,
                 nn_rows: $mr,
                 nn_cols: $nv * <$isa as Lanes<f32>>::LANES,
@@ -259,7 +257,6 @@ macro_rules! isa_kernels {
             };
 
             pub(super) static F64: Kernels<f64> = Kernels {
-                isa: $variant,
                 lanes: <$isa as Lanes<f64>>::LANES,
                 nn_rows: $mr64,
                 nn_cols: $nv64 * <$isa as Lanes<f64>>::LANES,
@@ -278,9 +275,9 @@ macro_rules! isa_kernels {
 // Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
 // a broadcast; nt: 4×6 + 4 + 1), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(avx512, Avx512, CpuIsa::Avx512, "avx512f,avx2,fma", f32: (12, 2, 4, 6), f64: (12, 2, 4, 6));
+isa_kernels!(avx512, Avx512, "avx512f,avx2,fma", f32: (12, 2, 4, 6), f64: (12, 2, 4, 6));
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(avx2, Avx2, CpuIsa::Avx2, "avx2,fma", f32: (6, 2, 3, 4), f64: (6, 2, 3, 4));
+isa_kernels!(avx2, Avx2, "avx2,fma", f32: (6, 2, 3, 4), f64: (6, 2, 3, 4));
 
 mod portable {
     use super::*;
@@ -304,7 +301,6 @@ mod portable {
             unsafe { nt::<Portable, A, 2, 2>(t) }
         }
         Kernels {
-            isa: CpuIsa::Portable,
             lanes: <Portable as Lanes<A>>::LANES,
             nn_rows: 4,
             nn_cols: 2 * <Portable as Lanes<A>>::LANES,
