@@ -20,62 +20,44 @@ use super::pass::{Pass, Segment, widen};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
-/// Rows of `X̂` packed at a time: a `KC × columns` panel stays in L2, and a
-/// `MR × KC` weight strip in L1.
+/// Rows of `X̂` a micro-kernel call reduces over: a `KC × columns` slice of
+/// the panel stays in L2, and a `MR × KC` weight strip in L1.
 const KC: usize = 256;
-/// Columns (grid points per pass) a task aims for.
+/// Columns (grid points per pass) a column block aims for.
 const COLUMNS: usize = 256;
-/// Tasks an op is split into when its shape allows, whatever the thread
-/// count: enough to keep a few threads busy and balanced.
-const MIN_TASKS: usize = 16;
+/// At most this many bytes of im2col panel per column block (fewer columns when `K` is long).
+const PANEL_BYTES: usize = 4 << 20;
+/// Channels a row block of a forward or adjoint task aims for.
+const ROWS: usize = 128;
+/// Parallel pieces an op aims to split into when its shape allows, whatever
+/// the thread count: enough to keep a few threads busy and balanced.
+const MIN_TASKS: usize = 8;
+/// Rows of the panel one packing job fills.
+const PACK_ROWS: usize = 32;
 
-/// How an op's `dst` (or `dw`) is split into tasks; a function of the shape only.
+/// Column blocks: `batch` planes of `volume` positions cut into blocks of
+/// whole planes (`images` of them) or of `positions` positions of one plane.
+/// A function of the shape only.
 #[derive(Debug, Clone)]
-pub(crate) struct Blocking {
-    /// Images per column block (several when a plane is small), and the
-    /// number of blocks the batch splits into.
+pub(crate) struct Columns {
     images: usize,
-    image_blocks: usize,
-    /// Positions per column block within a plane, and blocks per plane.
     positions: usize,
     position_blocks: usize,
-    /// Rows (channels, or `K` for the weight gradient) per task, and blocks per group.
-    rows: usize,
-    row_blocks: usize,
+    blocks: usize,
 }
 
-impl Blocking {
-    /// Splits `batch` planes of `volume` positions into blocks of about
-    /// `target` positions, and `rows` into blocks of a multiple of `align`,
-    /// enough of them for [`MIN_TASKS`] tasks together with the `groups`, and
-    /// with the column blocks when `columns_are_tasks` (they are reduced over otherwise).
-    fn new(
-        batch: usize,
-        volume: usize,
-        target: usize,
-        groups: usize,
-        rows: usize,
-        align: usize,
-        columns_are_tasks: bool,
-    ) -> Blocking {
+impl Columns {
+    /// Blocks of about `target` positions.
+    fn new(batch: usize, volume: usize, target: usize) -> Columns {
+        let target = target.max(1);
         let (images, positions) =
             if volume <= target { ((target / volume.max(1)).clamp(1, batch.max(1)), volume) } else { (1, target) };
-        let image_blocks = batch.div_ceil(images);
         let position_blocks = volume.div_ceil(positions.max(1)).max(1);
-        let column_blocks = if columns_are_tasks { image_blocks * position_blocks * groups } else { groups };
-        let max_row_blocks = rows.div_ceil(align).max(1);
-        let row_blocks = MIN_TASKS.div_ceil(column_blocks.max(1)).clamp(1, max_row_blocks);
-        let rows_per_block = rows.div_ceil(row_blocks).div_ceil(align) * align;
-        let row_blocks = rows.div_ceil(rows_per_block.max(1)).max(1);
-        Blocking { images, image_blocks, positions, position_blocks, rows: rows_per_block.max(align), row_blocks }
+        Columns { images, positions, position_blocks, blocks: batch.div_ceil(images) * position_blocks }
     }
 
-    /// Tasks of a forward or adjoint op: column blocks × groups × row blocks.
-    fn tasks(&self, groups: usize) -> usize {
-        self.image_blocks * self.position_blocks * groups * self.row_blocks
-    }
-
-    fn column_block(&self, index: usize, batch: usize, volume: usize) -> (Range<usize>, Range<usize>) {
+    /// The images and positions of block `index`.
+    fn block(&self, index: usize, batch: usize, volume: usize) -> (Range<usize>, Range<usize>) {
         let (ib, pb) = (index / self.position_blocks, index % self.position_blocks);
         let images = ib * self.images..((ib + 1) * self.images).min(batch);
         let positions = pb * self.positions..((pb + 1) * self.positions).min(volume);
@@ -83,12 +65,33 @@ impl Blocking {
     }
 }
 
-/// The blocking of a forward or adjoint op: column blocks sized so each
-/// pass gets about [`COLUMNS`] grid points.
-fn pass_blocking(passes: &[Pass], mr: usize) -> Option<Blocking> {
-    let first = passes.first()?;
-    let target = COLUMNS * passes.len();
-    Some(Blocking::new(first.batch, first.dst_volume(), target, first.groups, first.dst_channels, mr, true))
+/// `rows` cut into about `parts` blocks, each a multiple of `align` and at most `cap` (rounded up to `align`).
+fn row_block(rows: usize, parts: usize, align: usize, cap: usize) -> usize {
+    rows.div_ceil(parts.max(1)).clamp(1, cap.max(1)).next_multiple_of(align)
+}
+
+/// How a forward or adjoint op is split: column blocks × groups are tasks,
+/// each cut into row blocks that run in parallel on the task's shared panel.
+#[derive(Debug, Clone)]
+struct Plan {
+    columns: Columns,
+    rows: usize,
+    /// Panel leading dimension bound (columns rounded up to `NR`).
+    max_ldb: usize,
+}
+
+impl Plan {
+    fn new(passes: &[Pass], mr: usize, nr: usize, element: usize) -> Option<Plan> {
+        let first = passes.first()?;
+        let k = passes.iter().map(Pass::reduction).max().unwrap_or(0).max(1);
+        let target = COLUMNS.min((PANEL_BYTES / (k * element)).max(nr));
+        // Positions so that each pass gets about `target` grid points.
+        let columns = Columns::new(first.batch, first.dst_volume(), target * passes.len());
+        let tasks = columns.blocks * first.groups;
+        let rows = row_block(first.dst_channels, MIN_TASKS.div_ceil(tasks.max(1)), mr, ROWS);
+        let max_ldb = passes.iter().map(|p| grid_columns(p, &columns)).max().unwrap_or(0).next_multiple_of(nr);
+        Some(Plan { columns, rows, max_ldb })
+    }
 }
 
 /// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
@@ -115,73 +118,69 @@ fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::A
         .collect()
 }
 
-/// One task's share of `dst`: the pieces of its planes, ordered by (image, channel).
+/// One task's share of `dst`: the pieces of its planes, ordered by (channel, image).
 struct Task<'a, T> {
     images: Range<usize>,
     positions: Range<usize>,
     group: usize,
-    channels: Range<usize>,
     pieces: Vec<&'a mut [T]>,
 }
 
-/// Splits `dst` (`[batch, groups·rows_per_group, volume]`) into the tasks of `blocking`.
-fn split_tasks<'a, T>(
-    dst: &'a mut [T],
-    blocking: &Blocking,
-    batch: usize,
-    groups: usize,
-    rows_per_group: usize,
-    volume: usize,
-) -> Vec<Task<'a, T>> {
-    let mut tasks: Vec<Task<'a, T>> = (0..blocking.tasks(groups))
+/// Splits `dst` (`[batch, groups·cd, volume]`) into one task per column block and group.
+fn split_tasks<'a, T>(dst: &'a mut [T], columns: &Columns, first: &Pass) -> Vec<Task<'a, T>> {
+    let (batch, groups, cd, volume) = (first.batch, first.groups, first.dst_channels, first.dst_volume());
+    let mut tasks: Vec<(Task<'a, T>, Vec<(usize, &'a mut [T])>)> = (0..columns.blocks * groups)
         .map(|index| {
-            let rb = index % blocking.row_blocks;
-            let group = index / blocking.row_blocks % groups;
-            let (images, positions) = blocking.column_block(index / blocking.row_blocks / groups, batch, volume);
-            let channels = rb * blocking.rows..((rb + 1) * blocking.rows).min(rows_per_group);
-            Task { images, positions, group, channels, pieces: Vec::new() }
+            let (images, positions) = columns.block(index / groups, batch, volume);
+            (Task { images, positions, group: index % groups, pieces: Vec::new() }, Vec::new())
         })
         .collect();
-    if volume == 0 {
-        return tasks;
-    }
-    for (plane_index, plane) in dst.chunks_mut(volume).enumerate() {
-        let (n, channel) = (plane_index / (groups * rows_per_group), plane_index % (groups * rows_per_group));
-        let (group, row) = (channel / rows_per_group, channel % rows_per_group);
-        let mut rest = plane;
-        for pb in 0..blocking.position_blocks {
-            let len = blocking.positions.min(rest.len());
-            let (piece, tail) = rest.split_at_mut(len);
-            rest = tail;
-            let column_block = n / blocking.images * blocking.position_blocks + pb;
-            let index = (column_block * groups + group) * blocking.row_blocks + row / blocking.rows;
-            tasks[index].pieces.push(piece);
+    if volume > 0 {
+        for (plane_index, plane) in dst.chunks_mut(volume).enumerate() {
+            let (n, channel) = (plane_index / (groups * cd), plane_index % (groups * cd));
+            let (group, o) = (channel / cd, channel % cd);
+            let mut rest = plane;
+            for pb in 0..columns.position_blocks {
+                let (piece, tail) = rest.split_at_mut(columns.positions.min(rest.len()));
+                rest = tail;
+                let block = n / columns.images * columns.position_blocks + pb;
+                let (task, keyed) = &mut tasks[block * groups + group];
+                keyed.push((o * columns.images + n - task.images.start, piece));
+            }
         }
     }
     tasks
+        .into_iter()
+        .map(|(mut task, mut keyed)| {
+            keyed.sort_by_key(|&(key, _)| key);
+            task.pieces = keyed.into_iter().map(|(_, piece)| piece).collect();
+            task
+        })
+        .collect()
 }
 
-/// Bytes of extra memory a forward or adjoint op takes with `threads` tasks in flight.
+/// Bytes of extra memory a forward or adjoint op takes with `threads` threads.
 pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], threads: usize) -> usize {
-    let Some(blocking) = pass_blocking(passes, ks.nn_rows) else { return 0 };
+    let size = std::mem::size_of::<A>();
+    let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, size) else { return 0 };
     let weights: usize =
         passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(ks.nn_rows) * ks.nn_rows * p.reduction()).sum();
-    let columns = passes.iter().map(|p| grid_columns(p, &blocking)).max().unwrap_or(0).next_multiple_of(ks.nn_cols);
-    let per_task = columns * (KC + blocking.rows.next_multiple_of(ks.nn_rows));
-    let in_flight = threads.min(blocking.tasks(passes[0].groups)).max(1);
-    (weights + in_flight * per_task) * std::mem::size_of::<A>()
+    let k = passes.iter().map(Pass::reduction).max().unwrap_or(0);
+    // Each thread holds at most one task's panel and one row block's tile.
+    let per_thread = plan.max_ldb * (k + plan.rows);
+    (weights + threads.max(1) * per_thread) * size
 }
 
-/// The most grid points a column block of `blocking` holds in `pass`.
-fn grid_columns(pass: &Pass, blocking: &Blocking) -> usize {
-    let per_image = if blocking.positions >= pass.dst_volume() {
+/// The most grid points a column block holds in `pass`.
+fn grid_columns(pass: &Pass, columns: &Columns) -> usize {
+    let per_image = if columns.positions >= pass.dst_volume() {
         pass.count.iter().product()
     } else {
-        // A run of `positions` holds at most this many points of the grid.
-        let rows = blocking.positions.div_ceil(pass.dst_size[2]) + 1;
-        rows.div_ceil(pass.step[1]) * pass.dst_size[2].div_ceil(pass.step[2]).min(blocking.positions)
+        // A run of `positions` touches at most this many rows, each with at most this many points.
+        let rows = columns.positions.div_ceil(pass.dst_size[2]) + 1;
+        rows * pass.count[2].min(columns.positions)
     };
-    per_image * blocking.images
+    per_image * columns.images
 }
 
 /// Runs `passes` (which together cover `dst`) by implicit GEMM.
@@ -195,92 +194,104 @@ pub(crate) fn correlate<T: Element>(
     activation: Activation,
     dst: &mut [T],
 ) {
-    let Some(blocking) = pass_blocking(passes, ks.nn_rows) else { return };
-    let first = &passes[0];
+    let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, std::mem::size_of::<T::Accum>()) else { return };
     let packed = pack_weights(passes, w, ks.nn_rows);
-    let tasks = split_tasks(dst, &blocking, first.batch, first.groups, first.dst_channels, first.dst_volume());
+    let tasks = split_tasks(dst, &plan.columns, &passes[0]);
     tasks.into_par_iter().for_each(|mut task| {
-        let mut scratch = Scratch::default();
+        let (mut segments, mut panel) = (Vec::new(), Vec::new());
         for (pass, packed) in passes.iter().zip(&packed) {
-            let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut scratch.segments);
-            if columns > 0 {
-                multiply(ks, pass, packed, src, task.group, task.channels.clone(), columns, &mut scratch);
-                write_tile(pass, bias, activation, &scratch, &mut task);
+            let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut segments);
+            if columns == 0 {
+                continue;
             }
+            let ldb = columns.next_multiple_of(ks.nn_cols);
+            pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
+            let images = task.images.len();
+            let group = task.group;
+            task.pieces.par_chunks_mut(plan.rows * images).enumerate().for_each(|(block, pieces)| {
+                let channels = block * plan.rows..(block * plan.rows + pieces.len() / images);
+                let tile = multiply(ks, pass, packed, &panel, ldb, group, channels.clone());
+                let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
+                write_tile(pass, bias, activation, &tile, ldb, &segments, &region, pieces);
+            });
         }
     });
 }
 
-/// The buffers of one task, reused across its passes.
-struct Scratch<A> {
-    segments: Vec<Segment>,
-    /// `KC × ldb` rows of `X̂`.
-    panel: Vec<A>,
-    /// The task's channels (rounded up to `MR`) × `ldb` columns of the result.
-    tile: Vec<A>,
-    ldb: usize,
-}
-
-impl<A> Default for Scratch<A> {
-    fn default() -> Self {
-        Scratch { segments: Vec::new(), panel: Vec::new(), tile: Vec::new(), ldb: 0 }
-    }
-}
-
-/// `tile = W[group][channels] · X̂[:, columns]`, `KC` rows of `X̂` at a time.
-#[allow(clippy::too_many_arguments)]
-fn multiply<T: Element>(
-    ks: &Kernels<T::Accum>,
+/// The whole `K × ldb` im2col panel of `segments`, packed `PACK_ROWS` rows per job.
+fn pack_panel<T: Element>(
     pass: &Pass,
-    packed: &[T::Accum],
     src: &[T],
     group: usize,
-    channels: Range<usize>,
+    segments: &[Segment],
     columns: usize,
-    scratch: &mut Scratch<T::Accum>,
+    ldb: usize,
+    panel: &mut Vec<T::Accum>,
 ) {
-    let (mr, nr) = (ks.nn_rows, ks.nn_cols);
-    let ldb = columns.next_multiple_of(nr);
-    let strips = channels.len().div_ceil(mr);
     let (k, ntaps) = (pass.reduction(), pass.taps.len());
-    let strip_len = k * mr;
-    let group_strips = pass.dst_channels.div_ceil(mr);
-    scratch.ldb = ldb;
-    scratch.tile.clear();
-    scratch.tile.resize(strips * mr * ldb, T::Accum::ZERO);
+    panel.clear();
+    panel.resize(k * ldb, T::Accum::ZERO);
+    panel.par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
+        for (i, row) in rows.chunks_mut(ldb).enumerate() {
+            let kk = job * PACK_ROWS + i;
+            pass.pack_row(src, group, kk / ntaps, kk % ntaps, segments, &mut row[..columns]);
+        }
+    });
+}
+
+/// `W[group][channels] · panel`, `KC` rows at a time: `channels` (rounded up to `MR`) × `ldb`.
+fn multiply<A: Accumulator>(
+    ks: &Kernels<A>,
+    pass: &Pass,
+    packed: &[A],
+    panel: &[A],
+    ldb: usize,
+    group: usize,
+    channels: Range<usize>,
+) -> Vec<A> {
+    let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, pass.reduction());
+    let strips = channels.len().div_ceil(mr);
+    let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
+    let mut tile = vec![A::ZERO; strips * mr * ldb];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        scratch.panel.resize(kc * ldb, T::Accum::ZERO);
-        for (kk, row) in scratch.panel.chunks_mut(ldb).take(kc).enumerate() {
-            let (c, j) = ((k0 + kk) / ntaps, (k0 + kk) % ntaps);
-            pass.pack_row(src, group, c, j, &scratch.segments, &mut row[..columns]);
-            row[columns..].fill(T::Accum::ZERO);
-        }
-        for (s, tile_strip) in scratch.tile.chunks_mut(mr * ldb).enumerate() {
-            let strip = group * group_strips + channels.start / mr + s;
-            let a = &packed[strip * strip_len + k0 * mr..][..kc * mr];
+        let b = &panel[k0 * ldb..];
+        for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
+            let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
             for jr in (0..ldb).step_by(nr) {
-                ks.nn(kc, a, &scratch.panel[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
+                ks.nn(kc, a, &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
             }
         }
     }
+    tile
 }
 
-/// Writes `act(tile + bias)` to the task's grid points of `pass`.
+/// Where a tile goes: its images, positions, group and channels.
+struct Region {
+    images: Range<usize>,
+    positions: Range<usize>,
+    group: usize,
+    channels: Range<usize>,
+}
+
+/// Writes `act(tile + bias)` to the region's grid points of `pass`; `pieces` are ordered (channel, image).
+#[allow(clippy::too_many_arguments)]
 fn write_tile<T: Element>(
     pass: &Pass,
     bias: Option<&[T]>,
     activation: Activation,
-    scratch: &Scratch<T::Accum>,
-    task: &mut Task<'_, T>,
+    tile: &[T::Accum],
+    ldb: usize,
+    segments: &[Segment],
+    region: &Region,
+    pieces: &mut [&mut [T]],
 ) {
-    let rows = task.channels.len();
-    for (o, tile_row) in task.channels.clone().zip(scratch.tile.chunks(scratch.ldb)) {
-        let channel = task.group * pass.dst_channels + o;
-        let b = bias.map_or(T::Accum::ZERO, |b| b[channel].to_accum());
-        for seg in &scratch.segments {
-            let piece = &mut task.pieces[(seg.n - task.images.start) * rows + (o - task.channels.start)];
-            let first = pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]) - task.positions.start;
+    let images = region.images.len();
+    for ((o, tile_row), planes) in region.channels.clone().zip(tile.chunks(ldb)).zip(pieces.chunks_mut(images)) {
+        let b = bias.map_or(T::Accum::ZERO, |b| b[region.group * pass.dst_channels + o].to_accum());
+        for seg in segments {
+            let piece = &mut planes[seg.n - region.images.start];
+            let first = pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]) - region.positions.start;
             let values = &tile_row[seg.column..][..seg.m2.len()];
             for (dst, &v) in piece[first..].iter_mut().step_by(pass.step[2]).zip(values) {
                 *dst = T::from_accum(activation.apply(v + b));
@@ -289,85 +300,93 @@ fn write_tile<T: Element>(
     }
 }
 
-/// Column blocks of the weight gradient: about [`COLUMNS`] positions of `y`.
-fn weight_blocking(pass: &Pass, nt_cols: usize) -> Blocking {
-    let k = pass.src_channels * pass.kernel_volume;
-    Blocking::new(pass.batch, pass.dst_volume(), COLUMNS, pass.groups, k, nt_cols, false)
+/// Columns per block of the weight gradient's reduction.
+const WEIGHT_COLUMNS: usize = 512;
+/// Rows of `K` a weight-gradient task aims for at most.
+const WEIGHT_ROWS: usize = 256;
+
+/// How the weight gradient is split: column blocks reduced in order, and `K`
+/// cut into blocks of `rows` (the parallel tasks, with the groups).
+struct WeightPlan {
+    columns: Columns,
+    rows: usize,
+    row_blocks: usize,
+    k: usize,
 }
 
-/// Bytes of extra memory the weight gradient takes with `threads` tasks in flight.
+impl WeightPlan {
+    fn new(pass: &Pass, nt_cols: usize) -> WeightPlan {
+        let k = pass.src_channels * pass.kernel_volume;
+        let columns = Columns::new(pass.batch, pass.dst_volume(), WEIGHT_COLUMNS);
+        let rows = row_block(k, MIN_TASKS.div_ceil(pass.groups), nt_cols, WEIGHT_ROWS);
+        WeightPlan { columns, rows, row_blocks: k.div_ceil(rows).max(1), k }
+    }
+}
+
+/// Bytes of extra memory the weight gradient takes with `threads` threads.
 pub(crate) fn weight_workspace_bytes<A>(ks: &Kernels<A>, pass: &Pass, threads: usize) -> usize {
-    let blocking = weight_blocking(pass, ks.nt_cols);
-    let ld = grid_columns(pass, &blocking).next_multiple_of(ks.lanes);
-    let rows = pass.dst_channels.next_multiple_of(ks.nt_rows);
-    let per_task = ld * (rows + blocking.rows) + rows * blocking.rows;
-    threads.min(pass.groups * blocking.row_blocks).max(1) * per_task * std::mem::size_of::<A>()
+    let plan = WeightPlan::new(pass, ks.nt_cols);
+    let ld = grid_columns(pass, &plan.columns).next_multiple_of(ks.lanes);
+    let cd = pass.dst_channels.next_multiple_of(ks.nt_rows);
+    let accumulators = pass.groups * plan.row_blocks * cd * plan.rows;
+    (accumulators + pass.groups * cd * ld + threads.max(1) * plan.rows * ld) * std::mem::size_of::<A>()
 }
 
 /// `dw[g·cd + o, k] = Σ_{n, p} y[n, g·cd + o, p] · X̂[g][k, (n, p)]` for the forward `pass`.
+///
+/// Column blocks are reduced in a fixed order; in each, `dY` is packed once
+/// and every (group, K block) task packs its own rows of `X̂` and adds
+/// `dY · X̂ᵀ` to its accumulator.
 pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, x: &[T], y: &[T], dw: &mut [T]) {
-    let k = pass.src_channels * pass.kernel_volume;
-    if k == 0 || pass.dst_channels == 0 {
+    let plan = WeightPlan::new(pass, ks.nt_cols);
+    let (cd, groups, k) = (pass.dst_channels, pass.groups, plan.k);
+    if k == 0 || cd == 0 {
         return;
     }
-    let blocking = weight_blocking(pass, ks.nt_cols);
     let (mr, nr, lanes) = (ks.nt_rows, ks.nt_cols, ks.lanes);
-    let (cd, ntaps, volume) = (pass.dst_channels, pass.taps.len(), pass.dst_volume());
-    let column_blocks = blocking.image_blocks * blocking.position_blocks;
-    let ktasks: Vec<(usize, Range<usize>, Vec<&mut [T]>)> = {
-        let mut out: Vec<(usize, Range<usize>, Vec<&mut [T]>)> = (0..pass.groups * blocking.row_blocks)
-            .map(|i| {
-                let rb = i % blocking.row_blocks;
-                (i / blocking.row_blocks, rb * blocking.rows..((rb + 1) * blocking.rows).min(k), Vec::new())
-            })
-            .collect();
-        for (row_index, row) in dw.chunks_mut(k).enumerate() {
-            let group = row_index / cd;
-            let mut rest = row;
-            for rb in 0..blocking.row_blocks {
-                let (piece, tail) = rest.split_at_mut(blocking.rows.min(rest.len()));
-                rest = tail;
-                out[group * blocking.row_blocks + rb].2.push(piece);
-            }
+    let (cd_pad, ntaps, volume) = (cd.next_multiple_of(mr), pass.taps.len(), pass.dst_volume());
+    let mut accumulators = vec![vec![T::Accum::ZERO; cd_pad * plan.rows]; groups * plan.row_blocks];
+    let (mut segments, mut dy) = (Vec::new(), Vec::new());
+    for block in 0..plan.columns.blocks {
+        let (images, positions) = plan.columns.block(block, pass.batch, volume);
+        let columns = pass.segments(images, positions, &mut segments);
+        if columns == 0 {
+            continue;
         }
-        out
-    };
-    ktasks.into_par_iter().for_each(|(group, rows, mut pieces)| {
-        let ktile = rows.len().next_multiple_of(nr);
-        let cd_pad = cd.next_multiple_of(mr);
-        let mut acc = vec![T::Accum::ZERO; cd_pad * ktile];
-        let (mut segments, mut dy, mut xhat) = (Vec::new(), Vec::new(), Vec::new());
-        for block in 0..column_blocks {
-            let (images, positions) = blocking.column_block(block, pass.batch, volume);
-            let columns = pass.segments(images, positions, &mut segments);
-            if columns == 0 {
-                continue;
-            }
-            let ld = columns.next_multiple_of(lanes);
-            dy.clear();
-            dy.resize(cd_pad * ld, T::Accum::ZERO);
-            for (o, row) in dy.chunks_mut(ld).take(cd).enumerate() {
+        let ld = columns.next_multiple_of(lanes);
+        dy.clear();
+        dy.resize(groups * cd_pad * ld, T::Accum::ZERO);
+        dy.par_chunks_mut(ld).enumerate().for_each(|(row, dy_row)| {
+            let (group, o) = (row / cd_pad, row % cd_pad);
+            if o < cd {
                 for seg in &segments {
-                    let plane = ((seg.n * pass.groups + group) * cd + o) * volume;
+                    let plane = ((seg.n * groups + group) * cd + o) * volume;
                     let first = plane + pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]);
-                    widen(&y[first..][..seg.m2.len()], &mut row[seg.column..][..seg.m2.len()]);
+                    widen(&y[first..][..seg.m2.len()], &mut dy_row[seg.column..][..seg.m2.len()]);
                 }
             }
-            xhat.clear();
-            xhat.resize(ktile * ld, T::Accum::ZERO);
-            for (kk, row) in rows.clone().zip(xhat.chunks_mut(ld)) {
+        });
+        accumulators.par_iter_mut().enumerate().for_each(|(task, acc)| {
+            let (group, rb) = (task / plan.row_blocks, task % plan.row_blocks);
+            let rows = rb * plan.rows..((rb + 1) * plan.rows).min(k);
+            let mut xhat = vec![T::Accum::ZERO; rows.len().next_multiple_of(nr) * ld];
+            for (kk, row) in rows.zip(xhat.chunks_mut(ld)) {
                 pass.pack_row(x, group, kk / ntaps, kk % ntaps, &segments, &mut row[..columns]);
             }
-            for (s, acc_strip) in acc.chunks_mut(mr * ktile).enumerate() {
-                let a = &dy[s * mr * ld..];
-                for jr in (0..ktile).step_by(nr) {
-                    ks.nt(ld, a, ld, &xhat[jr * ld..], ld, &mut acc_strip[jr..], ktile);
+            let dy = &dy[group * cd_pad * ld..][..cd_pad * ld];
+            for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
+                for jr in (0..xhat.len() / ld).step_by(nr) {
+                    ks.nt(ld, &dy[s * mr * ld..], ld, &xhat[jr * ld..], ld, &mut acc_strip[jr..], plan.rows);
                 }
             }
-        }
-        for (o, piece) in pieces.iter_mut().enumerate() {
-            for (dst, &v) in piece.iter_mut().zip(&acc[o * ktile..]) {
-                *dst = T::from_accum(v);
+        });
+    }
+    dw.par_chunks_mut(k).enumerate().for_each(|(channel, dw_row)| {
+        let (group, o) = (channel / cd, channel % cd);
+        for (rb, dw_part) in dw_row.chunks_mut(plan.rows).enumerate() {
+            let acc = &accumulators[group * plan.row_blocks + rb][o * plan.rows..];
+            for (d, &a) in dw_part.iter_mut().zip(acc) {
+                *d = T::from_accum(a);
             }
         }
     });
