@@ -16,7 +16,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::kernels::Kernels;
-use super::pass::{Pass, Segment, widen};
+use super::pass::{Pass, Segment, store_row, widen};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
@@ -210,9 +210,9 @@ pub(crate) fn correlate<T: Element>(
             let group = task.group;
             task.pieces.par_chunks_mut(plan.rows * images).enumerate().for_each(|(block, pieces)| {
                 let channels = block * plan.rows..(block * plan.rows + pieces.len() / images);
-                let tile = multiply(ks, pass, packed, &panel, ldb, group, channels.clone());
+                let mut tile = multiply(ks, pass, packed, &panel, ldb, group, channels.clone());
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
-                write_tile(pass, bias, activation, &tile, ldb, &segments, &region, pieces);
+                write_tile(pass, bias, activation, &mut tile, ldb, &segments, &region, pieces);
             });
         }
     });
@@ -280,22 +280,20 @@ fn write_tile<T: Element>(
     pass: &Pass,
     bias: Option<&[T]>,
     activation: Activation,
-    tile: &[T::Accum],
+    tile: &mut [T::Accum],
     ldb: usize,
     segments: &[Segment],
     region: &Region,
     pieces: &mut [&mut [T]],
 ) {
     let images = region.images.len();
-    for ((o, tile_row), planes) in region.channels.clone().zip(tile.chunks(ldb)).zip(pieces.chunks_mut(images)) {
+    for ((o, tile_row), planes) in region.channels.clone().zip(tile.chunks_mut(ldb)).zip(pieces.chunks_mut(images)) {
         let b = bias.map_or(T::Accum::ZERO, |b| b[region.group * pass.dst_channels + o].to_accum());
         for seg in segments {
             let piece = &mut planes[seg.n - region.images.start];
             let first = pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]) - region.positions.start;
-            let values = &tile_row[seg.column..][..seg.m2.len()];
-            for (dst, &v) in piece[first..].iter_mut().step_by(pass.step[2]).zip(values) {
-                *dst = T::from_accum(activation.apply(v + b));
-            }
+            let values = &mut tile_row[seg.column..][..seg.m2.len()];
+            store_row(values, b, activation, &mut piece[first..], pass.step[2]);
         }
     }
 }

@@ -5,7 +5,7 @@
 //!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint.
 //! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
 //!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
-//! - `axpy`, `dot`, `sum`: rows, for the direct (depthwise) path and bias gradients.
+//! - `taps_row`, `dots_row`: rows of the direct (depthwise) path; `sum`: bias gradients.
 //!
 //! Each output element is one chain of multiply-adds in a fixed order, so a
 //! result depends on the data and the instruction set only, never on tiling
@@ -106,50 +106,7 @@ unsafe fn nt<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, 
     }
 }
 
-/// `dst[i] += w * src[i]`.
-#[inline(always)]
-unsafe fn axpy<S: Lanes<A>, A: Copy>(n: usize, w: A, src: *const A, dst: *mut A) {
-    // SAFETY (whole body): `Kernels::axpy` checked both lengths are `n`.
-    unsafe {
-        let (l, wv) = (S::LANES, S::splat(w));
-        let mut i = 0;
-        while i + l <= n {
-            S::store(dst.add(i), S::mul_add(wv, S::load(src.add(i)), S::load(dst.add(i))));
-            i += l;
-        }
-        for i in i..n {
-            *dst.add(i) = S::mul_add_scalar(w, *src.add(i), *dst.add(i));
-        }
-    }
-}
-
-/// `Σ a[i] * b[i]`: four vector chains, combined in a fixed order, then the tail.
-#[inline(always)]
-unsafe fn dot<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A, b: *const A) -> A {
-    // SAFETY (whole body): `Kernels::dot` checked both lengths are `n`.
-    unsafe {
-        let l = S::LANES;
-        let mut acc = [S::zero(); 4];
-        let mut i = 0;
-        while i + 4 * l <= n {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = S::mul_add(S::load(a.add(i + j * l)), S::load(b.add(i + j * l)), *acc);
-            }
-            i += 4 * l;
-        }
-        while i + l <= n {
-            acc[0] = S::mul_add(S::load(a.add(i)), S::load(b.add(i)), acc[0]);
-            i += l;
-        }
-        let mut s = S::reduce_sum(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])));
-        for i in i..n {
-            s = S::mul_add_scalar(*a.add(i), *b.add(i), s);
-        }
-        s
-    }
-}
-
-/// `Σ a[i]`, in the same fixed order as [`dot`].
+/// `Σ a[i]`: four vector chains, combined in a fixed order, then the tail.
 #[inline(always)]
 unsafe fn sum<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A {
     // SAFETY (whole body): `Kernels::sum` checked the length is `n`.
@@ -171,6 +128,113 @@ unsafe fn sum<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *co
     }
 }
 
+/// The operands of one `taps` row: `out[i] (+)= Σ_t w[t] · src[t][i]`, `i < len`.
+pub(crate) struct TapsRow<A> {
+    /// A multiple of the lane count.
+    pub len: usize,
+    /// One pointer per tap, each valid for `len` elements.
+    pub src: *const *const A,
+    pub weights: *const A,
+    pub taps: usize,
+    pub out: *mut A,
+    pub accumulate: bool,
+}
+
+/// `out[i] (+)= Σ_t w[t] · src[t][i]`: all taps of a chunk of `V` registers
+/// summed in registers, one load per multiply-add, taps in order.
+#[inline(always)]
+unsafe fn taps_row<S: Lanes<A>, A: Copy, const V: usize>(r: &TapsRow<A>) {
+    let l = S::LANES;
+    let full = r.len / (V * l) * (V * l);
+    // SAFETY: `Kernels::taps_row` checked the lengths; the caller the pointers.
+    unsafe {
+        for i in (0..full).step_by(V * l) {
+            taps_chunk::<S, A, V>(r, i);
+        }
+        for i in (full..r.len).step_by(l) {
+            taps_chunk::<S, A, 1>(r, i);
+        }
+    }
+}
+
+/// [`taps_row`] for the `W` registers at `i` (a compile-time width, so they stay in registers).
+#[inline(always)]
+unsafe fn taps_chunk<S: Lanes<A>, A: Copy, const W: usize>(r: &TapsRow<A>, i: usize) {
+    let l = S::LANES;
+    // SAFETY: `i + W·LANES <= len`, and every pointer is valid for `len` elements.
+    unsafe {
+        let mut acc = [S::zero(); W];
+        if r.accumulate {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = S::load(r.out.add(i + v * l));
+            }
+        }
+        for t in 0..r.taps {
+            let w = S::splat(*r.weights.add(t));
+            let src = (*r.src.add(t)).add(i);
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = S::mul_add(w, S::load(src.add(v * l)), *acc);
+            }
+        }
+        for (v, &acc) in acc.iter().enumerate() {
+            S::store(r.out.add(i + v * l), acc);
+        }
+    }
+}
+
+/// The operands of one `dots` row: `out[t] += Σ_i a[i] · b[t][i]`, `i < len`.
+pub(crate) struct DotsRow<A> {
+    pub len: usize,
+    pub a: *const A,
+    /// One pointer per output, each valid for `len` elements.
+    pub b: *const *const A,
+    pub count: usize,
+    pub out: *mut A,
+}
+
+/// `out[t] += Σ_i a[i] · b[t][i]`, `T` outputs at a time (then one at a time):
+/// each `a` register loaded once per group, one vector chain per output.
+#[inline(always)]
+unsafe fn dots_row<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const T: usize>(r: &DotsRow<A>) {
+    let full = r.count / T * T;
+    // SAFETY: `Kernels::dots_row` checked the lengths; the caller the pointers.
+    unsafe {
+        for t0 in (0..full).step_by(T) {
+            dots_group::<S, A, T>(r, t0);
+        }
+        for t0 in full..r.count {
+            dots_group::<S, A, 1>(r, t0);
+        }
+    }
+}
+
+/// [`dots_row`] for outputs `t0..t0 + W`.
+#[inline(always)]
+unsafe fn dots_group<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const W: usize>(r: &DotsRow<A>, t0: usize) {
+    let l = S::LANES;
+    // SAFETY: `t0 + W <= count`; `a` and every `b` row are valid for `len` elements.
+    unsafe {
+        let b: [*const A; W] = std::array::from_fn(|t| *r.b.add(t0 + t));
+        let mut acc = [S::zero(); W];
+        let mut i = 0;
+        while i + l <= r.len {
+            let a = S::load(r.a.add(i));
+            for (acc, &b) in acc.iter_mut().zip(&b) {
+                *acc = S::mul_add(a, S::load(b.add(i)), *acc);
+            }
+            i += l;
+        }
+        for (t, (&acc, &b)) in acc.iter().zip(&b).enumerate() {
+            let mut sum = S::reduce_sum(acc);
+            for i in i..r.len {
+                sum = S::mul_add_scalar(*r.a.add(i), *b.add(i), sum);
+            }
+            let out = r.out.add(t0 + t);
+            *out = *out + sum;
+        }
+    }
+}
+
 /// The kernels of one instruction set for accumulator `A`, as function pointers.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels<A: 'static> {
@@ -184,9 +248,9 @@ pub(crate) struct Kernels<A: 'static> {
     pub nt_cols: usize,
     nn: unsafe fn(&NnTile<A>),
     nt: unsafe fn(&NtTile<A>),
-    axpy: unsafe fn(usize, A, *const A, *mut A),
-    dot: unsafe fn(usize, *const A, *const A) -> A,
     sum: unsafe fn(usize, *const A) -> A,
+    taps_row: unsafe fn(&TapsRow<A>),
+    dots_row: unsafe fn(&DotsRow<A>),
 }
 
 /// Instantiates the generic kernels for one instruction set inside
@@ -217,30 +281,30 @@ macro_rules! isa_kernels {
             }
 
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn axpy_k<A: Copy>(n: usize, w: A, src: *const A, dst: *mut A)
-            where
-                $isa: Lanes<A>,
-            {
-                // SAFETY: forwarded from the caller.
-                unsafe { axpy::<$isa, A>(n, w, src, dst) }
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn dot_k<A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A, b: *const A) -> A
-            where
-                $isa: Lanes<A>,
-            {
-                // SAFETY: forwarded from the caller.
-                unsafe { dot::<$isa, A>(n, a, b) }
-            }
-
-            #[target_feature(enable = $features)]
             pub(super) unsafe fn sum_k<A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A
             where
                 $isa: Lanes<A>,
             {
                 // SAFETY: forwarded from the caller.
                 unsafe { sum::<$isa, A>(n, a) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn taps_k<A: Copy>(r: &TapsRow<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { taps_row::<$isa, A, 4>(r) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn dots_k<A: Copy + std::ops::Add<Output = A>>(r: &DotsRow<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { dots_row::<$isa, A, 9>(r) }
             }
 
             pub(super) static F32: Kernels<f32> = Kernels {
@@ -251,9 +315,9 @@ macro_rules! isa_kernels {
                 nt_cols: $tc,
                 nn: nn_k::<f32, $mr, $nv>,
                 nt: nt_k::<f32, $tr, $tc>,
-                axpy: axpy_k::<f32>,
-                dot: dot_k::<f32>,
                 sum: sum_k::<f32>,
+                taps_row: taps_k::<f32>,
+                dots_row: dots_k::<f32>,
             };
 
             pub(super) static F64: Kernels<f64> = Kernels {
@@ -264,9 +328,9 @@ macro_rules! isa_kernels {
                 nt_cols: $tc64,
                 nn: nn_k::<f64, $mr64, $nv64>,
                 nt: nt_k::<f64, $tr64, $tc64>,
-                axpy: axpy_k::<f64>,
-                dot: dot_k::<f64>,
                 sum: sum_k::<f64>,
+                taps_row: taps_k::<f64>,
+                dots_row: dots_k::<f64>,
             };
         }
     };
@@ -300,6 +364,18 @@ mod portable {
         {
             unsafe { nt::<Portable, A, 2, 2>(t) }
         }
+        unsafe fn taps_k<A: Copy>(r: &TapsRow<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { taps_row::<Portable, A, 2>(r) }
+        }
+        unsafe fn dots_k<A: Copy + std::ops::Add<Output = A>>(r: &DotsRow<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { dots_row::<Portable, A, 4>(r) }
+        }
         Kernels {
             lanes: <Portable as Lanes<A>>::LANES,
             nn_rows: 4,
@@ -308,9 +384,9 @@ mod portable {
             nt_cols: 2,
             nn: nn_k::<A>,
             nt: nt_k::<A>,
-            axpy: axpy::<Portable, A>,
-            dot: dot::<Portable, A>,
             sum: sum::<Portable, A>,
+            taps_row: taps_k::<A>,
+            dots_row: dots_k::<A>,
         }
     }
 }
@@ -360,23 +436,47 @@ impl<A: Copy + 'static> Kernels<A> {
         unsafe { (self.nt)(&tile) }
     }
 
-    /// `dst[i] += w * src[i]`.
-    pub fn axpy(&self, w: A, src: &[A], dst: &mut [A]) {
-        assert_eq!(src.len(), dst.len(), "axpy: lengths differ");
-        // SAFETY: as in `nn`; both slices hold `dst.len()` elements.
-        unsafe { (self.axpy)(dst.len(), w, src.as_ptr(), dst.as_mut_ptr()) }
+    /// `out[i] (+)= Σ_t weights[t] · src[t][i]` (`out.len()` a multiple of the lane count).
+    pub fn taps_row(&self, src: &[&[A]], weights: &[A], out: &mut [A], accumulate: bool) {
+        let len = out.len();
+        assert!(len % self.lanes == 0, "taps_row: {len} is not a multiple of {}", self.lanes);
+        assert_eq!(src.len(), weights.len(), "taps_row: one weight per tap");
+        assert!(src.iter().all(|s| s.len() >= len), "taps_row: a source row is too short");
+        let mut pointers = [std::ptr::null::<A>(); 32];
+        assert!(src.len() <= pointers.len(), "taps_row: at most {} taps a call", pointers.len());
+        for (p, s) in pointers.iter_mut().zip(src) {
+            *p = s.as_ptr();
+        }
+        let row = TapsRow {
+            len,
+            src: pointers.as_ptr(),
+            weights: weights.as_ptr(),
+            taps: weights.len(),
+            out: out.as_mut_ptr(),
+            accumulate,
+        };
+        // SAFETY: as in `nn`; every pointer is valid for `len` elements.
+        unsafe { (self.taps_row)(&row) }
     }
 
-    /// `Σ a[i] * b[i]` in a fixed order.
-    pub fn dot(&self, a: &[A], b: &[A]) -> A {
-        assert_eq!(a.len(), b.len(), "dot: lengths differ");
-        // SAFETY: as in `axpy`.
-        unsafe { (self.dot)(a.len(), a.as_ptr(), b.as_ptr()) }
+    /// `out[t] += Σ_i a[i] · b[t][i]`.
+    pub fn dots_row(&self, a: &[A], b: &[&[A]], out: &mut [A]) {
+        let len = a.len();
+        assert_eq!(b.len(), out.len(), "dots_row: one output per row");
+        assert!(b.iter().all(|s| s.len() >= len), "dots_row: a row is too short");
+        let mut pointers = [std::ptr::null::<A>(); 32];
+        assert!(b.len() <= pointers.len(), "dots_row: at most {} rows a call", pointers.len());
+        for (p, s) in pointers.iter_mut().zip(b) {
+            *p = s.as_ptr();
+        }
+        let row = DotsRow { len, a: a.as_ptr(), b: pointers.as_ptr(), count: out.len(), out: out.as_mut_ptr() };
+        // SAFETY: as in `nn`; every pointer is valid for `len` elements.
+        unsafe { (self.dots_row)(&row) }
     }
 
     /// `Σ a[i]` in a fixed order.
     pub fn sum(&self, a: &[A]) -> A {
-        // SAFETY: as in `axpy`.
+        // SAFETY: as in `nn`; `a` holds `a.len()` elements.
         unsafe { (self.sum)(a.len(), a.as_ptr()) }
     }
 }
@@ -430,15 +530,38 @@ mod tests {
         // rows, with lengths around the vector and unrolled widths
         for n in [0, 1, ks.lanes - 1, ks.lanes, 4 * ks.lanes + 3, 37] {
             let x: Vec<A> = values(n, 5).into_iter().map(A::from_f64).collect();
-            let mut y: Vec<A> = values(n, 6).into_iter().map(A::from_f64).collect();
-            let y0 = y.clone();
-            let w = A::from_f64(0.5);
-            ks.axpy(w, &x, &mut y);
-            for i in 0..n {
-                close(y[i], y0[i].to_f64() + 0.5 * x[i].to_f64(), "axpy");
-            }
-            close(ks.dot(&x, &y0), x.iter().zip(&y0).map(|(a, b)| a.to_f64() * b.to_f64()).sum(), "dot");
             close(ks.sum(&x), x.iter().map(|a| a.to_f64()).sum(), "sum");
+        }
+    }
+
+    fn check_rows<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa) {
+        let ks = kernels::<A>(isa).expect("supported isa has kernels");
+        let data: Vec<A> = values(200, 7).into_iter().map(A::from_f64).collect();
+        for taps in [1, 3, 9, 12] {
+            let weights: Vec<A> = values(taps, 8).into_iter().map(A::from_f64).collect();
+            let src: Vec<&[A]> = (0..taps).map(|t| &data[t * 5..]).collect();
+            for len in [ks.lanes, 5 * ks.lanes, 9 * ks.lanes] {
+                let mut out = vec![A::ONE; len];
+                ks.taps_row(&src, &weights, &mut out, true);
+                for (i, &o) in out.iter().enumerate() {
+                    let want = 1.0 + (0..taps).map(|t| weights[t].to_f64() * src[t][i].to_f64()).sum::<f64>();
+                    assert!((o.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "taps_row {isa:?}");
+                }
+                let mut dots = vec![A::ONE; taps];
+                ks.dots_row(&data[..len + 3], &src, &mut dots);
+                for (t, &d) in dots.iter().enumerate() {
+                    let want = 1.0 + (0..len + 3).map(|i| data[i].to_f64() * src[t][i].to_f64()).sum::<f64>();
+                    assert!((d.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "dots_row {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_supported_isa_computes_the_row_kernels() {
+        for isa in CpuIsa::supported() {
+            check_rows::<f32>(isa);
+            check_rows::<f64>(isa);
         }
     }
 

@@ -18,6 +18,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::direct::tap_range;
+use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
 
@@ -261,6 +262,56 @@ pub(crate) fn widen<T: Element>(src: &[T], dst: &mut [T::Accum]) {
     } else {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = s.to_accum();
+        }
+    }
+}
+
+/// `dst[i] = T::from_accum(src[i])`, with the half types converted a register at a time.
+pub(crate) fn narrow<T: Element>(src: &[T::Accum], dst: &mut [T]) {
+    debug_assert_eq!(src.len(), dst.len());
+    let t = TypeId::of::<T>();
+    if t == TypeId::of::<T::Accum>() {
+        // SAFETY: T and T::Accum are the same type.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<T::Accum>(), dst.len()) };
+        dst.copy_from_slice(src);
+    } else if TypeId::of::<T::Accum>() == TypeId::of::<f32>() && (t == TypeId::of::<f16>() || t == TypeId::of::<bf16>())
+    {
+        // SAFETY: T::Accum is f32, checked above.
+        let src = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len()) };
+        if t == TypeId::of::<f16>() {
+            // SAFETY: T is f16, checked above.
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f16>(), dst.len()) }
+                .convert_from_f32_slice(src);
+        } else {
+            // SAFETY: T is bf16, checked above.
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<bf16>(), dst.len()) }
+                .convert_from_f32_slice(src);
+        }
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = T::from_accum(*s);
+        }
+    }
+}
+
+/// The epilogue of one row: `values = act(values + bias)`, stored to `dst[i·step]`.
+pub(crate) fn store_row<T: Element>(
+    values: &mut [T::Accum],
+    bias: T::Accum,
+    activation: Activation,
+    dst: &mut [T],
+    step: usize,
+) {
+    // One loop per activation, so each is a plain vectorisable loop.
+    match activation {
+        Activation::Identity => values.iter_mut().for_each(|v| *v = *v + bias),
+        Activation::Relu => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v + bias)),
+    }
+    if step == 1 {
+        narrow(values, &mut dst[..values.len()]);
+    } else {
+        for (d, &v) in dst.iter_mut().step_by(step).zip(values.iter()) {
+            *d = T::from_accum(v);
         }
     }
 }

@@ -1,58 +1,124 @@
 //! Direct loops vectorised along the innermost dim: for convs whose groups
 //! are too thin for a GEMM tile (depthwise, small channel multipliers).
 //!
-//! A task owns one `dst` plane. For each `src` channel of its group and each
-//! tap it adds `w · (a shifted src row)` to an accumulator row (`axpy`), so
-//! every element sums its terms in the order channel, tap. The weight
-//! gradient takes one `dw` row per task and `dot`s shifted rows; channel sums
-//! take one channel per task. None of them depends on the thread count.
+//! Each `src` plane is first copied into a [`Layout`]: zero borders in every
+//! dim wide enough that no tap reads outside it, rows split into their
+//! `src_stride[2]` phases so that the elements a tap reads for consecutive
+//! outputs are contiguous. A `dst` row is then a sum over taps of contiguous
+//! slices (`taps_row`, all taps of a chunk accumulated in registers; with unit
+//! row strides the whole plane is one such row, its pad columns computed and
+//! dropped), and a `dw` row a set of dot products of one `dy` row with shifted
+//! slices (`dots_row`).
+//!
+//! A task owns one `dst` plane (terms summed by channel, then tap), one `dw`
+//! row (images, then rows, in order), or one channel of the bias gradient:
+//! nothing depends on the thread count.
 
 use rayon::prelude::*;
 
-use super::direct::tap_range;
 use super::kernels::Kernels;
-use super::pass::{Pass, widened};
+use super::pass::{Pass, store_row, widened};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
-/// Visits the rows a tap reaches: `f(grid row start, first src element, m2 range)`
-/// for the valid grid points `m2` of the row (`first` is the src element of `m2.start`;
-/// the next ones are `src_stride[2]` apart).
-fn for_each_row(pass: &Pass, offset: [i64; 3], mut f: impl FnMut(usize, usize, std::ops::Range<usize>)) {
-    let [c0, c1, c2] = pass.count;
-    let [s0, s1, s2] = pass.src_size;
-    let r0 = tap_range(s0, c0, pass.src_stride[0], offset[0]);
-    let r1 = tap_range(s1, c1, pass.src_stride[1], offset[1]);
-    let r2 = tap_range(s2, c2, pass.src_stride[2], offset[2]);
-    if r2.is_empty() {
-        return;
+/// Taps handed to one kernel call: bounded so their pointers live on the stack.
+const TAP_CHUNK: usize = 32;
+
+/// How one `src` plane is laid out so that no tap of the passes reads outside
+/// it: zero borders in every dim, rows split into `stride2` phases.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Zeros before the data in dims 0 and 1, and in a row.
+    lo: [usize; 3],
+    phase_len: usize,
+    stride2: usize,
+    /// Distance between rows (dim 1) and between slabs (dim 0).
+    pitch: [usize; 2],
+    /// Output points per row, rounded up to the lane count.
+    outputs: usize,
+    len: usize,
+}
+
+impl Layout {
+    fn new(passes: &[Pass], lanes: usize) -> Layout {
+        let first = &passes[0];
+        let offsets = |d: usize| passes.iter().flat_map(move |p| p.taps.iter().map(move |t| t.offset[d]));
+        let lo: [usize; 3] = std::array::from_fn(|d| (-offsets(d).min().unwrap_or(0)).max(0) as usize);
+        // The extent each dim must have (past `lo`) for every output's furthest tap.
+        let reach = |d: usize, outputs: usize| {
+            let max_offset = offsets(d).max().unwrap_or(0).max(0) as usize;
+            (outputs.saturating_sub(1) * first.src_stride[d] + max_offset + 1).max(first.src_size[d])
+        };
+        let count = |d: usize| passes.iter().map(|p| p.count[d]).max().unwrap_or(0);
+        let outputs = count(2).next_multiple_of(lanes);
+        let stride2 = first.src_stride[2];
+        let phase_len = (lo[2] + reach(2, outputs)).div_ceil(stride2);
+        let pitch1 = phase_len * stride2;
+        let pitch0 = (lo[1] + reach(1, count(1))) * pitch1;
+        let slabs = lo[0] + reach(0, count(0));
+        // Slack so a whole-volume run starting at any tap stays inside.
+        let len = slabs * pitch0 + pitch0 + lanes;
+        Layout { lo, phase_len, stride2, pitch: [pitch0, pitch1], outputs, len }
     }
-    for m0 in r0 {
-        let i0 = (m0 * pass.src_stride[0]) as i64 + offset[0];
-        for m1 in r1.clone() {
-            let i1 = (m1 * pass.src_stride[1]) as i64 + offset[1];
-            let first = ((i0 as usize * s1 + i1 as usize) * s2 + r2.start * pass.src_stride[2]) as i64 + offset[2];
-            f((m0 * c1 + m1) * c2, first as usize, r2.clone());
+
+    /// Where tap `offset` reads the output at grid point 0.
+    fn tap_start(&self, offset: [i64; 3]) -> usize {
+        let e = (self.lo[2] as i64 + offset[2]) as usize;
+        let row = (self.lo[0] as i64 + offset[0]) as usize * self.pitch[0]
+            + (self.lo[1] as i64 + offset[1]) as usize * self.pitch[1];
+        row + (e % self.stride2) * self.phase_len + e / self.stride2
+    }
+
+    /// Whether the whole grid of `pass` is one run with the volume's pitches
+    /// (unit strides along dims 0 and 1), so one kernel call covers it.
+    fn single_run(&self, pass: &Pass) -> bool {
+        pass.src_stride[0] == 1 && pass.src_stride[1] == 1
+    }
+
+    /// Length of the accumulator of `pass`, and where grid row `(m0, m1)` starts in it.
+    fn acc_len(&self, pass: &Pass) -> usize {
+        if self.single_run(pass) {
+            let [c0, c1, _] = pass.count;
+            ((c0 - 1) * self.pitch[0] + (c1 - 1) * self.pitch[1] + self.outputs).next_multiple_of(self.outputs.max(1))
+        } else {
+            pass.count[0] * pass.count[1] * self.outputs
+        }
+    }
+
+    fn acc_row(&self, pass: &Pass, m0: usize, m1: usize) -> usize {
+        if self.single_run(pass) {
+            m0 * self.pitch[0] + m1 * self.pitch[1]
+        } else {
+            (m0 * pass.count[1] + m1) * self.outputs
         }
     }
 }
 
-/// `acc[m2] += w · src[first + (m2 - m2s.start)·stride]` over `m2s`.
-fn add_row<A: Accumulator>(
-    ks: &Kernels<A>,
-    w: A,
-    src: &[A],
-    first: usize,
-    stride: usize,
-    acc: &mut [A],
-    m2s: std::ops::Range<usize>,
+/// One `src` plane laid out per [`Layout`].
+fn fill<T: Element>(
+    plane: &[T],
+    size: [usize; 3],
+    layout: &Layout,
+    data: &mut Vec<T::Accum>,
+    buffer: &mut Vec<T::Accum>,
 ) {
-    let len = m2s.len();
-    if stride == 1 {
-        ks.axpy(w, &src[first..][..len], &mut acc[m2s]);
-    } else {
-        for (a, s) in acc[m2s].iter_mut().zip(src[first..].iter().step_by(stride)) {
-            *a += w * *s;
+    data.clear();
+    data.resize(layout.len, T::Accum::ZERO);
+    let width = size[2];
+    if width == 0 {
+        return;
+    }
+    let plane = widened(plane, buffer);
+    for (row, src) in plane.chunks(width).enumerate() {
+        let (i0, i1) = (row / size[1], row % size[1]);
+        let dst = &mut data[(layout.lo[0] + i0) * layout.pitch[0] + (layout.lo[1] + i1) * layout.pitch[1]..];
+        if layout.stride2 == 1 {
+            dst[layout.lo[2]..][..width].copy_from_slice(src);
+        } else {
+            for (i, &v) in src.iter().enumerate() {
+                let e = layout.lo[2] + i;
+                dst[(e % layout.stride2) * layout.phase_len + e / layout.stride2] = v;
+            }
         }
     }
 }
@@ -72,64 +138,87 @@ pub(crate) fn correlate<T: Element>(
     if volume == 0 {
         return;
     }
+    let layout = Layout::new(passes, ks.lanes);
+    let starts: Vec<Vec<usize>> =
+        passes.iter().map(|p| p.taps.iter().map(|t| layout.tap_start(t.offset)).collect()).collect();
     dst.par_chunks_mut(volume).enumerate().for_each(|(plane, dst_plane)| {
         let (n, channel) = (plane / (first.groups * cd), plane % (first.groups * cd));
         let (group, o) = (channel / cd, channel % cd);
-        let mut accs: Vec<Vec<T::Accum>> =
-            passes.iter().map(|p| vec![T::Accum::ZERO; p.count.iter().product()]).collect();
-        let mut buffer = Vec::new();
+        let mut accs: Vec<Vec<T::Accum>> = passes.iter().map(|p| vec![T::Accum::ZERO; layout.acc_len(p)]).collect();
+        let (mut data, mut buffer) = (Vec::new(), Vec::new());
         for c in 0..cs {
             let start = first.src_plane(n, group, c);
-            let src_plane = widened(&src[start..][..first.src_volume()], &mut buffer);
-            for (pass, acc) in passes.iter().zip(&mut accs) {
-                for (j, tap) in pass.taps.iter().enumerate() {
-                    let wv = w[pass.weight_index(group, o, c, j)].to_accum();
-                    for_each_row(pass, tap.offset, |acc_row, first, m2s| {
-                        add_row(ks, wv, src_plane, first, pass.src_stride[2], &mut acc[acc_row..], m2s)
-                    });
+            fill(&src[start..][..first.src_volume()], first.src_size, &layout, &mut data, &mut buffer);
+            for ((pass, acc), starts) in passes.iter().zip(&mut accs).zip(&starts) {
+                let weights: Vec<T::Accum> =
+                    (0..pass.taps.len()).map(|j| w[pass.weight_index(group, o, c, j)].to_accum()).collect();
+                let run = |acc: &mut [T::Accum], base: usize| {
+                    for (starts, weights) in starts.chunks(TAP_CHUNK).zip(weights.chunks(TAP_CHUNK)) {
+                        let mut slices = [&data[..0]; TAP_CHUNK];
+                        for (slice, &s) in slices.iter_mut().zip(starts) {
+                            *slice = &data[base + s..];
+                        }
+                        ks.taps_row(&slices[..starts.len()], weights, acc, true);
+                    }
+                };
+                if layout.single_run(pass) {
+                    run(acc, 0);
+                } else {
+                    for (row, out) in acc.chunks_mut(layout.outputs).enumerate() {
+                        let (m0, m1) = (row / pass.count[1], row % pass.count[1]);
+                        run(out, m0 * pass.src_stride[0] * layout.pitch[0] + m1 * pass.src_stride[1] * layout.pitch[1]);
+                    }
                 }
             }
         }
         let b = bias.map_or(T::Accum::ZERO, |b| b[channel].to_accum());
-        for (pass, acc) in passes.iter().zip(&accs) {
-            let c2 = pass.count[2];
-            for (row, acc_row) in acc.chunks(c2).enumerate() {
-                let q = pass.dst_position([row / pass.count[1], row % pass.count[1], 0]);
-                for (d, &a) in dst_plane[q..].iter_mut().step_by(pass.step[2]).zip(acc_row) {
-                    *d = T::from_accum(activation.apply(a + b));
+        for (pass, acc) in passes.iter().zip(&mut accs) {
+            for m0 in 0..pass.count[0] {
+                for m1 in 0..pass.count[1] {
+                    let out = &mut acc[layout.acc_row(pass, m0, m1)..][..pass.count[2]];
+                    let q = pass.dst_position([m0, m1, 0]);
+                    store_row(out, b, activation, &mut dst_plane[q..], pass.step[2]);
                 }
             }
         }
     });
 }
 
-/// `dw[g·cd + o, c·taps + j] = Σ_n Σ_rows dot(y row, shifted x row)` for the forward `pass`, one `dw` row per task.
+/// `dw[g·cd + o, c·taps + j] = Σ_n Σ_rows dot(dy row, shifted x row)` for the forward `pass`, one `dw` row per task.
 pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, x: &[T], y: &[T], dw: &mut [T]) {
     let (cd, cs, ntaps) = (pass.dst_channels, pass.src_channels, pass.taps.len());
     let (y_volume, x_volume) = (pass.dst_volume(), pass.src_volume());
-    if cs * ntaps == 0 {
+    if cs * ntaps == 0 || y_volume == 0 {
         return;
     }
+    let layout = Layout::new(std::slice::from_ref(pass), ks.lanes);
+    let starts: Vec<usize> = pass.taps.iter().map(|t| layout.tap_start(t.offset)).collect();
+    let [_, c1, c2] = pass.count;
     dw.par_chunks_mut(cs * ntaps).enumerate().for_each(|(channel, dw_row)| {
         let group = channel / cd;
         let mut acc = vec![T::Accum::ZERO; cs * ntaps];
-        let (mut y_buffer, mut x_buffer) = (Vec::new(), Vec::new());
+        let (mut data, mut x_buffer, mut y_buffer) = (Vec::new(), Vec::new(), Vec::new());
+        let mut partial = [T::Accum::ZERO; TAP_CHUNK];
         for n in 0..pass.batch {
-            let y_plane = widened(&y[(n * pass.groups * cd + channel) * y_volume..][..y_volume], &mut y_buffer);
+            let dy = widened(&y[(n * pass.groups * cd + channel) * y_volume..][..y_volume], &mut y_buffer);
             for c in 0..cs {
-                let x_plane = widened(&x[pass.src_plane(n, group, c)..][..x_volume], &mut x_buffer);
-                for (j, tap) in pass.taps.iter().enumerate() {
-                    let mut sum = T::Accum::ZERO;
-                    for_each_row(pass, tap.offset, |y_row, first, m2s| {
-                        let dy = &y_plane[y_row + m2s.start..][..m2s.len()];
-                        sum += if pass.src_stride[2] == 1 {
-                            ks.dot(dy, &x_plane[first..][..m2s.len()])
-                        } else {
-                            let xs = x_plane[first..].iter().step_by(pass.src_stride[2]);
-                            dy.iter().zip(xs).fold(T::Accum::ZERO, |s, (&a, &b)| s + a * b)
-                        };
-                    });
-                    acc[c * ntaps + j] += sum;
+                let start = pass.src_plane(n, group, c);
+                fill(&x[start..][..x_volume], pass.src_size, &layout, &mut data, &mut x_buffer);
+                for (row, dy_row) in dy.chunks(c2).enumerate() {
+                    let (m0, m1) = (row / c1, row % c1);
+                    let base = m0 * pass.src_stride[0] * layout.pitch[0] + m1 * pass.src_stride[1] * layout.pitch[1];
+                    for (chunk, starts) in starts.chunks(TAP_CHUNK).enumerate() {
+                        let mut slices = [&data[..0]; TAP_CHUNK];
+                        for (slice, &s) in slices.iter_mut().zip(starts) {
+                            *slice = &data[base + s..];
+                        }
+                        let partial = &mut partial[..starts.len()];
+                        partial.fill(T::Accum::ZERO);
+                        ks.dots_row(dy_row, &slices[..starts.len()], partial);
+                        for (a, &p) in acc[c * ntaps + chunk * TAP_CHUNK..].iter_mut().zip(partial.iter()) {
+                            *a += p;
+                        }
+                    }
                 }
             }
         }
