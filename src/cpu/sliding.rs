@@ -10,7 +10,7 @@
 //! dropped), and a `dw` row a set of dot products of one `dy` row with shifted
 //! slices (`dots_row`).
 //!
-//! A task owns one `dst` plane (terms summed by channel, then tap), one `dw`
+//! A task owns the `dst` planes of one (image, group) (terms summed by channel, then tap), one `dw`
 //! row (images, then rows, in order), or one channel of the bias gradient:
 //! nothing depends on the thread count.
 
@@ -95,15 +95,8 @@ impl Layout {
 }
 
 /// One `src` plane laid out per [`Layout`].
-fn fill<T: Element>(
-    plane: &[T],
-    size: [usize; 3],
-    layout: &Layout,
-    data: &mut Vec<T::Accum>,
-    buffer: &mut Vec<T::Accum>,
-) {
-    data.clear();
-    data.resize(layout.len, T::Accum::ZERO);
+fn fill<T: Element>(plane: &[T], size: [usize; 3], layout: &Layout, data: &mut [T::Accum], buffer: &mut Vec<T::Accum>) {
+    data.fill(T::Accum::ZERO);
     let width = size[2];
     if width == 0 {
         return;
@@ -141,43 +134,51 @@ pub(crate) fn correlate<T: Element>(
     let layout = Layout::new(passes, ks.lanes);
     let starts: Vec<Vec<usize>> =
         passes.iter().map(|p| p.taps.iter().map(|t| layout.tap_start(t.offset)).collect()).collect();
-    dst.par_chunks_mut(volume).enumerate().for_each(|(plane, dst_plane)| {
-        let (n, channel) = (plane / (first.groups * cd), plane % (first.groups * cd));
-        let (group, o) = (channel / cd, channel % cd);
-        let mut accs: Vec<Vec<T::Accum>> = passes.iter().map(|p| vec![T::Accum::ZERO; layout.acc_len(p)]).collect();
-        let (mut data, mut buffer) = (Vec::new(), Vec::new());
-        for c in 0..cs {
+    // A task owns the `cd` planes of one (image, group): each src plane is laid out once.
+    dst.par_chunks_mut(cd * volume).enumerate().for_each(|(task, dst_planes)| {
+        let (n, group) = (task / first.groups, task % first.groups);
+        let mut sources = vec![T::Accum::ZERO; cs * layout.len];
+        let mut buffer = Vec::new();
+        for (c, data) in sources.chunks_mut(layout.len).enumerate() {
             let start = first.src_plane(n, group, c);
-            fill(&src[start..][..first.src_volume()], first.src_size, &layout, &mut data, &mut buffer);
-            for ((pass, acc), starts) in passes.iter().zip(&mut accs).zip(&starts) {
-                let weights: Vec<T::Accum> =
-                    (0..pass.taps.len()).map(|j| w[pass.weight_index(group, o, c, j)].to_accum()).collect();
-                let run = |acc: &mut [T::Accum], base: usize| {
-                    for (starts, weights) in starts.chunks(TAP_CHUNK).zip(weights.chunks(TAP_CHUNK)) {
-                        let mut slices = [&data[..0]; TAP_CHUNK];
-                        for (slice, &s) in slices.iter_mut().zip(starts) {
-                            *slice = &data[base + s..];
+            fill(&src[start..][..first.src_volume()], first.src_size, &layout, data, &mut buffer);
+        }
+        let mut accs: Vec<Vec<T::Accum>> = passes.iter().map(|p| vec![T::Accum::ZERO; layout.acc_len(p)]).collect();
+        for (o, dst_plane) in dst_planes.chunks_mut(volume).enumerate() {
+            accs.iter_mut().for_each(|acc| acc.fill(T::Accum::ZERO));
+            // Channel by channel, so one laid-out plane at a time streams through L1.
+            for (c, data) in sources.chunks(layout.len).enumerate() {
+                for ((pass, acc), starts) in passes.iter().zip(&mut accs).zip(&starts) {
+                    let weights: Vec<T::Accum> =
+                        (0..pass.taps.len()).map(|j| w[pass.weight_index(group, o, c, j)].to_accum()).collect();
+                    let run = |acc: &mut [T::Accum], base: usize| {
+                        for (starts, weights) in starts.chunks(TAP_CHUNK).zip(weights.chunks(TAP_CHUNK)) {
+                            let mut slices = [&data[..0]; TAP_CHUNK];
+                            for (slice, &s) in slices.iter_mut().zip(starts) {
+                                *slice = &data[base + s..];
+                            }
+                            ks.taps_row(&slices[..starts.len()], weights, acc, true);
                         }
-                        ks.taps_row(&slices[..starts.len()], weights, acc, true);
-                    }
-                };
-                if layout.single_run(pass) {
-                    run(acc, 0);
-                } else {
-                    for (row, out) in acc.chunks_mut(layout.outputs).enumerate() {
-                        let (m0, m1) = (row / pass.count[1], row % pass.count[1]);
-                        run(out, m0 * pass.src_stride[0] * layout.pitch[0] + m1 * pass.src_stride[1] * layout.pitch[1]);
+                    };
+                    if layout.single_run(pass) {
+                        run(acc, 0);
+                    } else {
+                        for (row, out) in acc.chunks_mut(layout.outputs).enumerate() {
+                            let (m0, m1) = (row / pass.count[1], row % pass.count[1]);
+                            let stride = pass.src_stride;
+                            run(out, m0 * stride[0] * layout.pitch[0] + m1 * stride[1] * layout.pitch[1]);
+                        }
                     }
                 }
             }
-        }
-        let b = bias.map_or(T::Accum::ZERO, |b| b[channel].to_accum());
-        for (pass, acc) in passes.iter().zip(&mut accs) {
-            for m0 in 0..pass.count[0] {
-                for m1 in 0..pass.count[1] {
-                    let out = &mut acc[layout.acc_row(pass, m0, m1)..][..pass.count[2]];
-                    let q = pass.dst_position([m0, m1, 0]);
-                    store_row(out, b, activation, &mut dst_plane[q..], pass.step[2]);
+            let b = bias.map_or(T::Accum::ZERO, |b| b[group * cd + o].to_accum());
+            for (pass, acc) in passes.iter().zip(&mut accs) {
+                for m0 in 0..pass.count[0] {
+                    for m1 in 0..pass.count[1] {
+                        let out = &mut acc[layout.acc_row(pass, m0, m1)..][..pass.count[2]];
+                        let q = pass.dst_position([m0, m1, 0]);
+                        store_row(out, b, activation, &mut dst_plane[q..], pass.step[2]);
+                    }
                 }
             }
         }
@@ -197,7 +198,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
     dw.par_chunks_mut(cs * ntaps).enumerate().for_each(|(channel, dw_row)| {
         let group = channel / cd;
         let mut acc = vec![T::Accum::ZERO; cs * ntaps];
-        let (mut data, mut x_buffer, mut y_buffer) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut data, mut x_buffer, mut y_buffer) = (vec![T::Accum::ZERO; layout.len], Vec::new(), Vec::new());
         let mut partial = [T::Accum::ZERO; TAP_CHUNK];
         for n in 0..pass.batch {
             let dy = widened(&y[(n * pass.groups * cd + channel) * y_volume..][..y_volume], &mut y_buffer);
