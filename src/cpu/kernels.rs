@@ -5,7 +5,7 @@
 //!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint.
 //! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
 //!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
-//! - `taps_row`, `dots_row`: rows of the direct (depthwise) path; `sum`: bias gradients.
+//! - `taps_row`, `dots`: rows of the direct (depthwise) path; `sum`: bias gradients.
 //!
 //! Each output element is one chain of multiply-adds in a fixed order, so a
 //! result depends on the data and the instruction set only, never on tiling
@@ -182,18 +182,22 @@ unsafe fn taps_chunk<S: Lanes<A>, A: Copy, const W: usize>(r: &TapsRow<A>, i: us
     }
 }
 
-/// The operands of one `dots` row: `out[t] += Σ_i a[i] · b[t][i]`, `i < len`.
+/// The operands of one `dots` call: `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
 pub(crate) struct DotsRow<A> {
     pub len: usize,
+    pub rows: usize,
     pub a: *const A,
-    /// One pointer per output, each valid for `len` elements.
+    pub lda: usize,
+    /// One pointer per output, each valid for `(rows - 1)·ldb + len` elements.
     pub b: *const *const A,
+    pub ldb: usize,
     pub count: usize,
     pub out: *mut A,
 }
 
-/// `out[t] += Σ_i a[i] · b[t][i]`, `T` outputs at a time (then one at a time):
-/// each `a` register loaded once per group, one vector chain per output.
+/// `out[t] += Σ_r Σ_i a[r][i] · b[t][r][i]`, `T` outputs at a time (then one at
+/// a time): each `a` register loaded once per group, one vector chain and one
+/// scalar chain (the row tails) per output, reduced once at the end.
 #[inline(always)]
 unsafe fn dots_row<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const T: usize>(r: &DotsRow<A>) {
     let full = r.count / T * T;
@@ -216,19 +220,25 @@ unsafe fn dots_group<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const W: 
     unsafe {
         let b: [*const A; W] = std::array::from_fn(|t| *r.b.add(t0 + t));
         let mut acc = [S::zero(); W];
-        let mut i = 0;
-        while i + l <= r.len {
-            let a = S::load(r.a.add(i));
-            for (acc, &b) in acc.iter_mut().zip(&b) {
-                *acc = S::mul_add(a, S::load(b.add(i)), *acc);
+        let zero = S::reduce_sum(S::zero());
+        let mut tails = [zero; W];
+        let vector_len = r.len / l * l;
+        for row in 0..r.rows {
+            let a_row = r.a.add(row * r.lda);
+            for i in (0..vector_len).step_by(l) {
+                let a = S::load(a_row.add(i));
+                for (acc, &b) in acc.iter_mut().zip(&b) {
+                    *acc = S::mul_add(a, S::load(b.add(row * r.ldb + i)), *acc);
+                }
             }
-            i += l;
+            for (tail, &b) in tails.iter_mut().zip(&b) {
+                for i in vector_len..r.len {
+                    *tail = S::mul_add_scalar(*a_row.add(i), *b.add(row * r.ldb + i), *tail);
+                }
+            }
         }
-        for (t, (&acc, &b)) in acc.iter().zip(&b).enumerate() {
-            let mut sum = S::reduce_sum(acc);
-            for i in i..r.len {
-                sum = S::mul_add_scalar(*r.a.add(i), *b.add(i), sum);
-            }
+        for (t, (&acc, tail)) in acc.iter().zip(tails).enumerate() {
+            let sum = S::reduce_sum(acc) + tail;
             let out = r.out.add(t0 + t);
             *out = *out + sum;
         }
@@ -459,17 +469,30 @@ impl<A: Copy + 'static> Kernels<A> {
         unsafe { (self.taps_row)(&row) }
     }
 
-    /// `out[t] += Σ_i a[i] · b[t][i]`.
-    pub fn dots_row(&self, a: &[A], b: &[&[A]], out: &mut [A]) {
-        let len = a.len();
-        assert_eq!(b.len(), out.len(), "dots_row: one output per row");
-        assert!(b.iter().all(|s| s.len() >= len), "dots_row: a row is too short");
+    /// `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dots(&self, len: usize, rows: usize, a: &[A], lda: usize, b: &[&[A]], ldb: usize, out: &mut [A]) {
+        assert_eq!(b.len(), out.len(), "dots: one output per row");
+        if rows == 0 || len == 0 {
+            return;
+        }
+        assert!(a.len() >= (rows - 1) * lda + len, "dots: a too short");
+        assert!(b.iter().all(|s| s.len() >= (rows - 1) * ldb + len), "dots: a row of b is too short");
         let mut pointers = [std::ptr::null::<A>(); 32];
         assert!(b.len() <= pointers.len(), "dots_row: at most {} rows a call", pointers.len());
         for (p, s) in pointers.iter_mut().zip(b) {
             *p = s.as_ptr();
         }
-        let row = DotsRow { len, a: a.as_ptr(), b: pointers.as_ptr(), count: out.len(), out: out.as_mut_ptr() };
+        let row = DotsRow {
+            len,
+            rows,
+            a: a.as_ptr(),
+            lda,
+            b: pointers.as_ptr(),
+            ldb,
+            count: out.len(),
+            out: out.as_mut_ptr(),
+        };
         // SAFETY: as in `nn`; every pointer is valid for `len` elements.
         unsafe { (self.dots_row)(&row) }
     }
@@ -547,11 +570,16 @@ mod tests {
                     let want = 1.0 + (0..taps).map(|t| weights[t].to_f64() * src[t][i].to_f64()).sum::<f64>();
                     assert!((o.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "taps_row {isa:?}");
                 }
+                let (n, rows, lda, ldb) = (len / 3 + 1, 3, len / 3 + 2, len / 3 + 4);
                 let mut dots = vec![A::ONE; taps];
-                ks.dots_row(&data[..len + 3], &src, &mut dots);
+                ks.dots(n, rows, &data, lda, &src, ldb, &mut dots);
                 for (t, &d) in dots.iter().enumerate() {
-                    let want = 1.0 + (0..len + 3).map(|i| data[i].to_f64() * src[t][i].to_f64()).sum::<f64>();
-                    assert!((d.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "dots_row {isa:?}");
+                    let want = 1.0
+                        + (0..rows)
+                            .flat_map(|r| (0..n).map(move |i| (r, i)))
+                            .map(|(r, i)| data[r * lda + i].to_f64() * src[t][r * ldb + i].to_f64())
+                            .sum::<f64>();
+                    assert!((d.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "dots {isa:?}");
                 }
             }
         }

@@ -84,20 +84,25 @@ impl CpuAlgorithm {
     }
 }
 
+/// Output channels per group at or below which [`select_algorithm`] picks the direct SIMD path.
+const THIN_GROUP: usize = 8;
+
 /// The algorithm [`CpuAlgorithm::Auto`] runs for `geometry` in `dtype`.
 ///
-/// - [`SimdDirect`](CpuAlgorithm::SimdDirect) when `in_channels/groups ×
-///   out_channels/groups <= 4` (depthwise, channel multipliers, tiny groups):
-///   a GEMM tile needs at least a register block (6 to 12) of output channels
-///   per group and a reduction long enough to pay for packing, and these have
-///   neither, while the direct loops stream each plane once per tap at full
-///   vector width.
-/// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: every other conv
-///   is a GEMM with a reduction of `in_channels/groups × prod(kernel)`.
+/// - [`SimdDirect`](CpuAlgorithm::SimdDirect) when the op's output has at most
+///   8 channels per group (depthwise, channel multipliers, ResNeXt-style
+///   groups, convs down to a few channels): the GEMM's register tile spans 6
+///   (AVX2) to 12 (AVX-512) output channels, so thinner groups waste most of
+///   it, and each im2col element it packs would feed only a handful of
+///   multiply-adds. The direct path lays each input plane out once and sums
+///   every tap of a row chunk in registers, one load per multiply-add.
+/// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is
+///   `in_channels/groups × prod(kernel)` long and the packed panel is reused by
+///   every output channel of the group.
 ///
-/// The element type does not change the choice (halves are widened to f32 while
-/// packing, so they run the f32 kernels); it is a parameter so that a future
-/// kernel (e.g. AVX-512 BF16 dot products) can.
+/// The element type does not change the choice today (halves are widened to
+/// f32 while packing and run the f32 kernels); it is a parameter so that a
+/// kernel with native half arithmetic (e.g. AVX-512 BF16 dot products) can.
 ///
 /// ```
 /// use ferroconv::{ConvGeometry, ConvOptions, CpuAlgorithm, DType};
@@ -109,11 +114,11 @@ impl CpuAlgorithm {
 /// ```
 pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
     let _ = dtype;
-    if geometry.in_channels_per_group() * geometry.out_channels_per_group() <= 4 {
-        CpuAlgorithm::SimdDirect
-    } else {
-        CpuAlgorithm::ImplicitGemm
-    }
+    let output_channels_per_group = match geometry.op {
+        crate::geometry::OpKind::Conv => geometry.out_channels_per_group(),
+        crate::geometry::OpKind::ConvTranspose => geometry.in_channels_per_group(),
+    };
+    if output_channels_per_group <= THIN_GROUP { CpuAlgorithm::SimdDirect } else { CpuAlgorithm::ImplicitGemm }
 }
 
 /// A primitive of [`ConvPrimitives`], to ask [`CpuBackend::workspace_bytes`] about.

@@ -10,8 +10,8 @@
 //! dropped), and a `dw` row a set of dot products of one `dy` row with shifted
 //! slices (`dots_row`).
 //!
-//! A task owns the `dst` planes of one (image, group) (terms summed by channel, then tap), one `dw`
-//! row (images, then rows, in order), or one channel of the bias gradient:
+//! A task owns the `dst` planes of one (image, group) (terms summed by channel, then tap), the `dw` rows of
+//! one group (images, then rows, in order), or one channel of the bias gradient:
 //! nothing depends on the thread count.
 
 use rayon::prelude::*;
@@ -185,45 +185,55 @@ pub(crate) fn correlate<T: Element>(
     });
 }
 
-/// `dw[g·cd + o, c·taps + j] = Σ_n Σ_rows dot(dy row, shifted x row)` for the forward `pass`, one `dw` row per task.
+/// `dw[g·cd + o, c·taps + j] = Σ_n Σ_rows dot(dy row, shifted x row)` for the
+/// forward `pass`. A task owns the `cd` rows of `dw` of one group, so each `x`
+/// plane is laid out once per image for all of them; terms are summed by
+/// image, then row.
 pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, x: &[T], y: &[T], dw: &mut [T]) {
     let (cd, cs, ntaps) = (pass.dst_channels, pass.src_channels, pass.taps.len());
     let (y_volume, x_volume) = (pass.dst_volume(), pass.src_volume());
-    if cs * ntaps == 0 || y_volume == 0 {
+    if cd * cs * ntaps == 0 || y_volume == 0 {
         return;
     }
     let layout = Layout::new(std::slice::from_ref(pass), ks.lanes);
     let starts: Vec<usize> = pass.taps.iter().map(|t| layout.tap_start(t.offset)).collect();
     let [_, c1, c2] = pass.count;
-    dw.par_chunks_mut(cs * ntaps).enumerate().for_each(|(channel, dw_row)| {
-        let group = channel / cd;
-        let mut acc = vec![T::Accum::ZERO; cs * ntaps];
-        let (mut data, mut x_buffer, mut y_buffer) = (vec![T::Accum::ZERO; layout.len], Vec::new(), Vec::new());
+    dw.par_chunks_mut(cd * cs * ntaps).enumerate().for_each(|(group, dw_rows)| {
+        let mut acc = vec![T::Accum::ZERO; cd * cs * ntaps];
+        let mut sources = vec![T::Accum::ZERO; cs * layout.len];
+        let (mut x_buffer, mut y_buffer) = (Vec::new(), Vec::new());
         let mut partial = [T::Accum::ZERO; TAP_CHUNK];
         for n in 0..pass.batch {
-            let dy = widened(&y[(n * pass.groups * cd + channel) * y_volume..][..y_volume], &mut y_buffer);
-            for c in 0..cs {
+            for (c, data) in sources.chunks_mut(layout.len).enumerate() {
                 let start = pass.src_plane(n, group, c);
-                fill(&x[start..][..x_volume], pass.src_size, &layout, &mut data, &mut x_buffer);
-                for (row, dy_row) in dy.chunks(c2).enumerate() {
-                    let (m0, m1) = (row / c1, row % c1);
-                    let base = m0 * pass.src_stride[0] * layout.pitch[0] + m1 * pass.src_stride[1] * layout.pitch[1];
-                    for (chunk, starts) in starts.chunks(TAP_CHUNK).enumerate() {
-                        let mut slices = [&data[..0]; TAP_CHUNK];
-                        for (slice, &s) in slices.iter_mut().zip(starts) {
-                            *slice = &data[base + s..];
-                        }
-                        let partial = &mut partial[..starts.len()];
-                        partial.fill(T::Accum::ZERO);
-                        ks.dots_row(dy_row, &slices[..starts.len()], partial);
-                        for (a, &p) in acc[c * ntaps + chunk * TAP_CHUNK..].iter_mut().zip(partial.iter()) {
-                            *a += p;
+                fill(&x[start..][..x_volume], pass.src_size, &layout, data, &mut x_buffer);
+            }
+            for (o, acc) in acc.chunks_mut(cs * ntaps).enumerate() {
+                let plane = (n * pass.groups + group) * cd + o;
+                let dy = widened(&y[plane * y_volume..][..y_volume], &mut y_buffer);
+                let stride = pass.src_stride;
+                for (c, data) in sources.chunks(layout.len).enumerate() {
+                    // One slab (dim 0) at a time: its rows are evenly spaced in both planes.
+                    for (m0, dy_slab) in dy.chunks(c1 * c2).enumerate() {
+                        let base = m0 * stride[0] * layout.pitch[0];
+                        for (chunk, starts) in starts.chunks(TAP_CHUNK).enumerate() {
+                            let mut slices = [&data[..0]; TAP_CHUNK];
+                            for (slice, &s) in slices.iter_mut().zip(starts) {
+                                *slice = &data[base + s..];
+                            }
+                            let partial = &mut partial[..starts.len()];
+                            partial.fill(T::Accum::ZERO);
+                            let ldb = stride[1] * layout.pitch[1];
+                            ks.dots(c2, c1, dy_slab, c2, &slices[..starts.len()], ldb, partial);
+                            for (a, &p) in acc[c * ntaps + chunk * TAP_CHUNK..].iter_mut().zip(partial.iter()) {
+                                *a += p;
+                            }
                         }
                     }
                 }
             }
         }
-        for (d, a) in dw_row.iter_mut().zip(acc) {
+        for (d, a) in dw_rows.iter_mut().zip(acc) {
             *d = T::from_accum(a);
         }
     });

@@ -189,14 +189,21 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
-fn auto_picks_the_direct_simd_path_for_depthwise_only() {
+fn auto_picks_the_direct_simd_path_for_thin_groups_only() {
     let g = |x: &[usize], w: &[usize], groups| {
         ConvGeometry::conv(2, x, w, None, &ConvOptions::new().groups(groups)).unwrap()
     };
-    assert_eq!(select_algorithm(&g(&[1, 8, 5, 5], &[8, 1, 3, 3], 8), DType::F32), CpuAlgorithm::SimdDirect);
-    assert_eq!(select_algorithm(&g(&[1, 8, 5, 5], &[16, 1, 3, 3], 8), DType::F32), CpuAlgorithm::SimdDirect);
-    assert_eq!(select_algorithm(&g(&[1, 64, 5, 5], &[64, 8, 3, 3], 8), DType::F32), CpuAlgorithm::ImplicitGemm);
+    let simd = CpuAlgorithm::SimdDirect;
+    assert_eq!(select_algorithm(&g(&[1, 8, 5, 5], &[8, 1, 3, 3], 8), DType::F32), simd);
+    assert_eq!(select_algorithm(&g(&[1, 8, 5, 5], &[16, 1, 3, 3], 8), DType::F32), simd);
+    assert_eq!(select_algorithm(&g(&[1, 64, 5, 5], &[64, 8, 3, 3], 8), DType::F32), simd);
+    assert_eq!(select_algorithm(&g(&[1, 64, 5, 5], &[256, 8, 3, 3], 8), DType::F32), CpuAlgorithm::ImplicitGemm);
     assert_eq!(select_algorithm(&g(&[1, 3, 5, 5], &[16, 3, 3, 3], 1), DType::F16), CpuAlgorithm::ImplicitGemm);
+    // A transposed conv's output is x: 16 -> 3 channels is thin.
+    let up =
+        ConvGeometry::conv_transpose(2, &[1, 16, 4, 4], &[16, 3, 3, 3], None, &ConvTransposeOptions::new().stride(2))
+            .unwrap();
+    assert_eq!(select_algorithm(&up, DType::F32), simd);
 }
 
 #[test]
