@@ -16,7 +16,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::kernels::Kernels;
-use super::pass::{Pass, Segment, store_row, widen};
+use super::pass::{Direction, Pass, Segment, store_row, widen};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
@@ -100,15 +100,31 @@ fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::A
         .iter()
         .map(|pass| {
             let (k, strips) = (pass.reduction(), pass.dst_channels.div_ceil(mr));
-            let ntaps = pass.taps.len();
             let mut packed = vec![T::Accum::ZERO; pass.groups * strips * k * mr];
             if k > 0 {
                 packed.par_chunks_mut(k * mr).enumerate().for_each(|(strip_index, strip)| {
                     let (group, first) = (strip_index / strips, strip_index % strips * mr);
-                    for (kk, row) in strip.chunks_mut(mr).enumerate() {
-                        let (c, j) = (kk / ntaps, kk % ntaps);
-                        for (i, v) in row.iter_mut().enumerate().take(pass.dst_channels.saturating_sub(first)) {
-                            *v = w[pass.weight_index(group, first + i, c, j)].to_accum();
+                    let rows = mr.min(pass.dst_channels - first);
+                    // w(group, first + i, c, j) is at `base + i·i_step + c·c_step + tap index`; for
+                    // a fixed c the strip's kernels are then near each other in either layout.
+                    let (base, i_step, c_step) = match pass.direction {
+                        Direction::Forward => {
+                            let row = pass.src_channels * pass.kernel_volume;
+                            ((group * pass.dst_channels + first) * row, row, pass.kernel_volume)
+                        }
+                        Direction::Adjoint => (
+                            (group * pass.src_channels * pass.dst_channels + first) * pass.kernel_volume,
+                            pass.kernel_volume,
+                            pass.dst_channels * pass.kernel_volume,
+                        ),
+                    };
+                    let ntaps = pass.taps.len();
+                    for (c, block) in strip.chunks_mut(ntaps * mr).enumerate() {
+                        for i in 0..rows {
+                            let kernel = &w[base + i * i_step + c * c_step..];
+                            for (j, tap) in pass.taps.iter().enumerate() {
+                                block[j * mr + i] = kernel[tap.index].to_accum();
+                            }
                         }
                     }
                 });
@@ -229,12 +245,15 @@ fn pack_panel<T: Element>(
     panel: &mut Vec<T::Accum>,
 ) {
     let (k, ntaps) = (pass.reduction(), pass.taps.len());
-    panel.clear();
-    panel.resize(k * ldb, T::Accum::ZERO);
-    panel.par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
+    // Every element is written below, so the buffer only grows, never needs clearing.
+    if panel.len() < k * ldb {
+        panel.resize(k * ldb, T::Accum::ZERO);
+    }
+    panel[..k * ldb].par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
         for (i, row) in rows.chunks_mut(ldb).enumerate() {
             let kk = job * PACK_ROWS + i;
             pass.pack_row(src, group, kk / ntaps, kk % ntaps, segments, &mut row[..columns]);
+            row[columns..].fill(T::Accum::ZERO);
         }
     });
 }

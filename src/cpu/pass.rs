@@ -23,10 +23,12 @@ use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
 
 /// One tap of a pass: where it reads in `src`, and which kernel tap of the weight it is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Tap {
     pub offset: [i64; 3],
     pub index: usize,
+    /// The grid points `m2` of a row for which this tap reads inside `src` along dim 2.
+    pub inner: Range<usize>,
 }
 
 /// Whether `dst` is `y` (the forward correlation) or `x` (its adjoint), which
@@ -64,7 +66,9 @@ impl Pass {
         let taps = (0..kd * kh * kw)
             .map(|index| {
                 let t = [index / (kh * kw), index / kw % kh, index % kw];
-                Tap { offset: std::array::from_fn(|d| (t[d] * g.dilation[d]) as i64 - g.padding_lo[d] as i64), index }
+                let offset = std::array::from_fn(|d| (t[d] * g.dilation[d]) as i64 - g.padding_lo[d] as i64);
+                let inner = tap_range(g.in_size[2], g.out_size[2], g.stride[2], offset[2]);
+                Tap { offset, index, inner }
             })
             .collect();
         Pass {
@@ -106,7 +110,8 @@ impl Pass {
                         }
                         offset[d] = shift.div_euclid(stride);
                     }
-                    Some(Tap { offset, index })
+                    let inner = tap_range(g.out_size[2], count[2], 1, offset[2]);
+                    Some(Tap { offset, index, inner })
                 })
                 .collect();
             passes.push(Pass {
@@ -155,11 +160,13 @@ impl Pass {
     }
 
     /// Offset of the `src` plane `(n, group, c)`.
+    #[inline]
     pub fn src_plane(&self, n: usize, group: usize, c: usize) -> usize {
         ((n * self.groups + group) * self.src_channels + c) * self.src_volume()
     }
 
     /// The flat `dst` position of grid point `m`.
+    #[inline]
     pub fn dst_position(&self, m: [usize; 3]) -> usize {
         let q: [usize; 3] = std::array::from_fn(|d| self.start[d] + m[d] * self.step[d]);
         (q[0] * self.dst_size[1] + q[1]) * self.dst_size[2] + q[2]
@@ -198,8 +205,9 @@ impl Pass {
         segments: &[Segment],
         row: &mut [T::Accum],
     ) {
-        let offset = self.taps[j].offset;
-        let [_, h, w] = self.src_size;
+        let (offset, inner) = (self.taps[j].offset, &self.taps[j].inner);
+        let [_, h, _] = self.src_size;
+        let w = self.src_size[2];
         for seg in segments {
             let dst = &mut row[seg.column..][..seg.m2.len()];
             let i0 = (seg.m[0] * self.src_stride[0]) as i64 + offset[0];
@@ -209,8 +217,7 @@ impl Pass {
                 continue;
             }
             let base = self.src_plane(seg.n, group, c) + (i0 as usize * h + i1 as usize) * w;
-            let valid = tap_range(w, seg.m2.end, self.src_stride[2], offset[2]);
-            let valid = valid.start.max(seg.m2.start)..valid.end.max(seg.m2.start);
+            let valid = inner.start.max(seg.m2.start)..inner.end.min(seg.m2.end).max(inner.start.max(seg.m2.start));
             let (lo, hi) = (valid.start - seg.m2.start, valid.end - seg.m2.start);
             dst[..lo].fill(T::Accum::ZERO);
             dst[hi..].fill(T::Accum::ZERO);
