@@ -142,10 +142,13 @@ struct Task<'a, T> {
     pieces: Vec<&'a mut [T]>,
 }
 
+/// Pieces of `dst` keyed by their place in a task (channel-major, then image).
+type KeyedPieces<'a, T> = Vec<(usize, &'a mut [T])>;
+
 /// Splits `dst` (`[batch, groups·cd, volume]`) into one task per column block and group.
 fn split_tasks<'a, T>(dst: &'a mut [T], columns: &Columns, first: &Pass) -> Vec<Task<'a, T>> {
     let (batch, groups, cd, volume) = (first.batch, first.groups, first.dst_channels, first.dst_volume());
-    let mut tasks: Vec<(Task<'a, T>, Vec<(usize, &'a mut [T])>)> = (0..columns.blocks * groups)
+    let mut tasks: Vec<(Task<'a, T>, KeyedPieces<'a, T>)> = (0..columns.blocks * groups)
         .map(|index| {
             let (images, positions) = columns.block(index / groups, batch, volume);
             (Task { images, positions, group: index % groups, pieces: Vec::new() }, Vec::new())

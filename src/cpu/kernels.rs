@@ -423,6 +423,7 @@ pub(crate) fn kernels<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
 
 impl<A: Copy + 'static> Kernels<A> {
     /// Runs one `nn` micro-tile on slices, checking every operand holds the tile.
+    #[allow(clippy::too_many_arguments)] // the BLAS operand list: each slice with its leading dimension
     pub fn nn(&self, k: usize, a: &[A], b: &[A], ldb: usize, c: &mut [A], ldc: usize, accumulate: bool) {
         let (mr, nr) = (self.nn_rows, self.nn_cols);
         assert!(a.len() >= k * mr, "nn: a holds {} < {k}×{mr}", a.len());
@@ -434,10 +435,10 @@ impl<A: Copy + 'static> Kernels<A> {
     }
 
     /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // as `nn`
     pub fn nt(&self, k: usize, a: &[A], lda: usize, b: &[A], ldb: usize, c: &mut [A], ldc: usize) {
         let (mr, nr) = (self.nt_rows, self.nt_cols);
-        assert!(k % self.lanes == 0, "nt: k = {k} is not a multiple of {}", self.lanes);
+        assert!(k.is_multiple_of(self.lanes), "nt: k = {k} is not a multiple of {}", self.lanes);
         assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt: a too short");
         assert!(k == 0 || (ldb >= k && b.len() >= (nr - 1) * ldb + k), "nt: b too short");
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt: c too short");
@@ -449,7 +450,7 @@ impl<A: Copy + 'static> Kernels<A> {
     /// `out[i] (+)= Σ_t weights[t] · src[t][i]` (`out.len()` a multiple of the lane count).
     pub fn taps_row(&self, src: &[&[A]], weights: &[A], out: &mut [A], accumulate: bool) {
         let len = out.len();
-        assert!(len % self.lanes == 0, "taps_row: {len} is not a multiple of {}", self.lanes);
+        assert!(len.is_multiple_of(self.lanes), "taps_row: {len} is not a multiple of {}", self.lanes);
         assert_eq!(src.len(), weights.len(), "taps_row: one weight per tap");
         assert!(src.iter().all(|s| s.len() >= len), "taps_row: a source row is too short");
         let mut pointers = [std::ptr::null::<A>(); 32];
@@ -470,7 +471,7 @@ impl<A: Copy + 'static> Kernels<A> {
     }
 
     /// `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // as `nn`
     pub fn dots(&self, len: usize, rows: usize, a: &[A], lda: usize, b: &[&[A]], ldb: usize, out: &mut [A]) {
         assert_eq!(b.len(), out.len(), "dots: one output per row");
         if rows == 0 || len == 0 {

@@ -311,7 +311,7 @@ pub(crate) fn store_row<T: Element>(
 ) {
     // One loop per activation, so each is a plain vectorisable loop.
     match activation {
-        Activation::Identity => values.iter_mut().for_each(|v| *v = *v + bias),
+        Activation::Identity => values.iter_mut().for_each(|v| *v += bias),
         Activation::Relu => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v + bias)),
     }
     if step == 1 {
