@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::Kernels;
+use super::kernels::{Kernels, RowSet};
 use super::pass::{Direction, Pass, Segment, store_row, widen};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
@@ -92,6 +92,97 @@ impl Plan {
         let max_ldb = passes.iter().map(|p| grid_columns(p, &columns)).max().unwrap_or(0).next_multiple_of(nr);
         Some(Plan { columns, rows, max_ldb })
     }
+}
+
+/// The `src` planes of unit-stride passes, copied once with zero borders wide
+/// enough that every tap reads inside. Grid point `m` of a pass then has the
+/// *virtual position* `v = m0·pitch[0] + m1·pitch[1] + m2`, and im2col row
+/// `(c, j)` at column `v` is `plane(c)[starts[j] + v]`: the `nn` kernel reads
+/// it in place (`nn_indirect`), with no panel to pack. Columns that fall in the
+/// borders are computed and dropped.
+struct Bordered<A> {
+    data: Vec<A>,
+    plane_len: usize,
+    pitch: [usize; 2],
+    /// Per pass, per tap: where the tap reads grid point 0.
+    starts: Vec<Vec<usize>>,
+}
+
+impl<A: Accumulator> Bordered<A> {
+    /// The layout for `passes` (zeros before the data, extent and length of a
+    /// plane), or `None` where packing serves better: passes that are not all
+    /// unit-stride, borders that would waste more than an eighth of the columns,
+    /// or a plain 1×1 conv (its panel is a straight copy, and reading its rows
+    /// in place touches a page per input channel for every column strip).
+    fn layout(passes: &[Pass], nr: usize) -> Option<([usize; 3], [usize; 3], usize)> {
+        let first = passes.first()?;
+        if passes.iter().any(|p| p.src_stride != [1; 3]) || (passes.len() == 1 && first.taps.len() == 1) {
+            return None;
+        }
+        let offsets = |d: usize| passes.iter().flat_map(move |p| p.taps.iter().map(move |t| t.offset[d]));
+        let count = |d: usize| passes.iter().map(|p| p.count[d]).max().unwrap_or(0);
+        let lo: [usize; 3] = std::array::from_fn(|d| (-offsets(d).min().unwrap_or(0)).max(0) as usize);
+        let extent: [usize; 3] = std::array::from_fn(|d| {
+            let reach = count(d).saturating_sub(1) as i64 + offsets(d).max().unwrap_or(0) + 1;
+            lo[d] + (reach.max(0) as usize).max(first.src_size[d])
+        });
+        if 8 * (extent[2] - count(2)) > extent[2] {
+            return None;
+        }
+        let plane_len = extent[0] * extent[1] * extent[2] + nr;
+        Some((lo, extent, plane_len))
+    }
+
+    /// Elements of the bordered copy `new` would make for `passes`.
+    fn len(passes: &[Pass], nr: usize) -> usize {
+        Self::layout(passes, nr).map_or(0, |(_, _, plane_len)| {
+            let first = &passes[0];
+            first.batch * first.groups * first.src_channels * plane_len
+        })
+    }
+
+    fn new<T: Element<Accum = A>>(passes: &[Pass], src: &[T], nr: usize) -> Option<Self> {
+        let (lo, extent, plane_len) = Self::layout(passes, nr)?;
+        let first = &passes[0];
+        let pitch = [extent[1] * extent[2], extent[2]];
+        let planes = first.batch * first.groups * first.src_channels;
+        let mut data = vec![A::ZERO; planes * plane_len];
+        let [_, h, w] = first.src_size;
+        let volume = first.src_volume();
+        if volume > 0 {
+            data.par_chunks_mut(plane_len).zip(src.par_chunks(volume)).for_each(|(dst, plane)| {
+                for (row, values) in plane.chunks(w).enumerate() {
+                    let at = (lo[0] + row / h) * pitch[0] + (lo[1] + row % h) * pitch[1] + lo[2];
+                    widen(values, &mut dst[at..][..w]);
+                }
+            });
+        }
+        let starts = passes
+            .iter()
+            .map(|p| {
+                p.taps
+                    .iter()
+                    .map(|t| {
+                        let at = |d: usize| (lo[d] as i64 + t.offset[d]) as usize;
+                        at(0) * pitch[0] + at(1) * pitch[1] + at(2)
+                    })
+                    .collect()
+            })
+            .collect();
+        Some(Bordered { data, plane_len, pitch, starts })
+    }
+
+    fn virtual_position(&self, m0: usize, m1: usize, m2: usize) -> usize {
+        m0 * self.pitch[0] + m1 * self.pitch[1] + m2
+    }
+}
+
+/// The columns of one image in an indirect tile: its virtual positions from `first`, at tile column `column`.
+struct ImageColumns {
+    n: usize,
+    first: usize,
+    column: usize,
+    len: usize,
 }
 
 /// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
@@ -185,9 +276,12 @@ pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], threads: usiz
     let weights: usize =
         passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(ks.nn_rows) * ks.nn_rows * p.reduction()).sum();
     let k = passes.iter().map(Pass::reduction).max().unwrap_or(0);
-    // Each thread holds at most one task's panel and one row block's tile.
-    let per_thread = plan.max_ldb * (k + plan.rows);
-    (weights + threads.max(1) * per_thread) * size
+    // Each thread holds at most one task's panel and one row block's tile; the
+    // bordered copy replaces the panels where it is used.
+    let bordered = Bordered::<f64>::len(passes, ks.nn_cols);
+    let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
+    let per_thread = panel + plan.max_ldb * plan.rows;
+    (weights + bordered + threads.max(1) * per_thread) * size
 }
 
 /// The most grid points a column block holds in `pass`.
@@ -215,21 +309,33 @@ pub(crate) fn correlate<T: Element>(
 ) {
     let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, std::mem::size_of::<T::Accum>()) else { return };
     let packed = pack_weights(passes, w, ks.nn_rows);
+    let bordered = Bordered::new(passes, src, ks.nn_cols);
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
     tasks.into_par_iter().for_each(|mut task| {
-        let (mut segments, mut panel) = (Vec::new(), Vec::new());
-        for (pass, packed) in passes.iter().zip(&packed) {
+        let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, (pass, packed)) in passes.iter().zip(&packed).enumerate() {
             let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut segments);
             if columns == 0 {
                 continue;
             }
-            let ldb = columns.next_multiple_of(ks.nn_cols);
-            pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
-            let images = task.images.len();
+            let ldb = match &bordered {
+                Some(bordered) => virtual_columns(bordered, ks.nn_cols, &mut segments, &mut images),
+                None => {
+                    let ldb = columns.next_multiple_of(ks.nn_cols);
+                    pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
+                    ldb
+                }
+            };
+            let image_count = task.images.len();
             let group = task.group;
-            task.pieces.par_chunks_mut(plan.rows * images).enumerate().for_each(|(block, pieces)| {
-                let channels = block * plan.rows..(block * plan.rows + pieces.len() / images);
-                let mut tile = multiply(ks, pass, packed, &panel, ldb, group, channels.clone());
+            task.pieces.par_chunks_mut(plan.rows * image_count).enumerate().for_each(|(block, pieces)| {
+                let channels = block * plan.rows..(block * plan.rows + pieces.len() / image_count);
+                let mut tile = match &bordered {
+                    Some(bordered) => {
+                        multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone())
+                    }
+                    None => multiply(ks, pass, packed, &panel, ldb, group, channels.clone()),
+                };
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
                 write_tile(pass, bias, activation, &mut tile, ldb, &segments, &region, pieces);
             });
@@ -282,6 +388,74 @@ fn multiply<A: Accumulator>(
             let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
             for jr in (0..ldb).step_by(nr) {
                 ks.nn(kc, a, &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
+            }
+        }
+    }
+    tile
+}
+
+/// Lays the segments' grid points out as virtual positions, image by image
+/// (each image's run rounded up to `nr` columns), and points each segment at
+/// its tile column. Returns the tile width.
+fn virtual_columns<A: Accumulator>(
+    bordered: &Bordered<A>,
+    nr: usize,
+    segments: &mut [Segment],
+    images: &mut Vec<ImageColumns>,
+) -> usize {
+    images.clear();
+    let mut width = 0;
+    for seg in segments.iter_mut() {
+        let v = bordered.virtual_position(seg.m[0], seg.m[1], seg.m2.start);
+        match images.last_mut() {
+            Some(image) if image.n == seg.n => image.len = v + seg.m2.len() - image.first,
+            _ => {
+                if let Some(last) = images.last() {
+                    width = last.column + last.len.next_multiple_of(nr);
+                }
+                images.push(ImageColumns { n: seg.n, first: v, column: width, len: seg.m2.len() });
+            }
+        }
+        let image = images.last().map_or(0, |i| i.column + v - i.first);
+        seg.column = image;
+    }
+    images.last().map_or(0, |last| last.column + last.len.next_multiple_of(nr))
+}
+
+/// [`multiply`] with `X̂` read in place from the bordered planes.
+#[allow(clippy::too_many_arguments)]
+fn multiply_indirect<A: Accumulator>(
+    ks: &Kernels<A>,
+    pass: &Pass,
+    packed: &[A],
+    bordered: &Bordered<A>,
+    pass_index: usize,
+    images: &[ImageColumns],
+    ldb: usize,
+    group: usize,
+    channels: Range<usize>,
+) -> Vec<A> {
+    let (mr, nr, k, ntaps) = (ks.nn_rows, ks.nn_cols, pass.reduction(), pass.taps.len());
+    let strips = channels.len().div_ceil(mr);
+    let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
+    let starts = &bordered.starts[pass_index];
+    let mut tile = vec![A::ZERO; strips * mr * ldb];
+    let mut rows = RowSet::new();
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for image in images {
+            rows.clear();
+            for kk in k0..k0 + kc {
+                let (c, j) = (kk / ntaps, kk % ntaps);
+                let plane = ((image.n * pass.groups + group) * pass.src_channels + c) * bordered.plane_len;
+                rows.push(&bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]);
+            }
+            // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
+            for jr in (0..image.len).step_by(nr) {
+                for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
+                    let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
+                    ks.nn_indirect(a, &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
+                }
             }
         }
     }
@@ -410,4 +584,27 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::{ConvGeometry, ConvOptions, ConvTransposeOptions};
+
+    /// The shapes `cpu::tests` checks against the direct loops past the tile sizes
+    /// run both ways of reading `X̂`: in place and packed.
+    #[test]
+    fn large_test_shapes_cover_both_panel_sources() {
+        let nr = 16;
+        let conv = ConvGeometry::conv(2, &[2, 40, 19, 23], &[29, 40, 3, 3], None, &ConvOptions::new().padding(1));
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&conv.unwrap())], nr).is_some());
+        let opts = ConvTransposeOptions::new().stride(2);
+        let up = ConvGeometry::conv_transpose(2, &[1, 16, 30, 17], &[16, 20, 2, 2], None, &opts).unwrap();
+        assert!(Bordered::<f32>::layout(&Pass::adjoint(&up), nr).is_some());
+        let strided = ConvOptions::new().padding([1, 0]).stride([2, 1]).groups(2);
+        let strided = ConvGeometry::conv(2, &[3, 6, 7, 5], &[50, 3, 2, 3], None, &strided).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&strided)], nr).is_none());
+        let pointwise = ConvGeometry::conv(2, &[1, 8, 6, 6], &[16, 8, 1, 1], None, &ConvOptions::new()).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&pointwise)], nr).is_none());
+    }
 }

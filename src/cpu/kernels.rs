@@ -48,34 +48,86 @@ pub(crate) struct NtTile<A> {
     pub ldc: usize,
 }
 
+/// The operands of one `nn` micro-tile whose `b` rows are anywhere: row `k` is
+/// `rows[k] + offset`.
+pub(crate) struct NnRowsTile<A> {
+    pub k: usize,
+    pub a: *const A,
+    pub rows: *const *const A,
+    pub offset: usize,
+    pub c: *mut A,
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+/// Where the `b` rows of a micro-tile are.
+trait BRows<A> {
+    unsafe fn row(&self, k: usize) -> *const A;
+}
+
+impl<A> BRows<A> for NnTile<A> {
+    #[inline(always)]
+    unsafe fn row(&self, k: usize) -> *const A {
+        // SAFETY: the caller keeps `k` below the tile's reduction length.
+        unsafe { self.b.add(k * self.ldb) }
+    }
+}
+
+impl<A> BRows<A> for NnRowsTile<A> {
+    #[inline(always)]
+    unsafe fn row(&self, k: usize) -> *const A {
+        // SAFETY: the caller keeps `k` below the tile's reduction length.
+        unsafe { (*self.rows.add(k)).add(self.offset) }
+    }
+}
+
 #[inline(always)]
 unsafe fn nn<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
+    // SAFETY: forwarded.
+    unsafe { nn_body::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
+}
+
+#[inline(always)]
+unsafe fn nn_rows<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>) {
+    // SAFETY: forwarded.
+    unsafe { nn_body::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
+}
+
+#[inline(always)]
+unsafe fn nn_body<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const A,
+    b: &impl BRows<A>,
+    c: *mut A,
+    ldc: usize,
+    accumulate: bool,
+) {
     let l = S::LANES;
-    // SAFETY (whole body): `Kernels::nn` checked the operand lengths against the tile.
+    // SAFETY (whole body): `Kernels::nn` / `Kernels::nn_indirect` checked the operands against the tile.
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
-        if t.accumulate {
+        if accumulate {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (v, r) in row.iter_mut().enumerate() {
-                    *r = S::load(t.c.add(i * t.ldc + v * l));
+                    *r = S::load(c.add(i * ldc + v * l));
                 }
             }
         }
-        let (mut a, mut b) = (t.a, t.b);
-        for _ in 0..t.k {
-            let bv: [S::V; NV] = std::array::from_fn(|v| S::load(b.add(v * l)));
-            for (i, row) in acc.iter_mut().enumerate() {
+        let mut a = a;
+        for kk in 0..k {
+            let row = b.row(kk);
+            let bv: [S::V; NV] = std::array::from_fn(|v| S::load(row.add(v * l)));
+            for (i, acc_row) in acc.iter_mut().enumerate() {
                 let av = S::splat(*a.add(i));
-                for (r, &bv) in row.iter_mut().zip(&bv) {
+                for (r, &bv) in acc_row.iter_mut().zip(&bv) {
                     *r = S::mul_add(av, bv, *r);
                 }
             }
             a = a.add(MR);
-            b = b.add(t.ldb);
         }
         for (i, row) in acc.iter().enumerate() {
             for (v, &r) in row.iter().enumerate() {
-                S::store(t.c.add(i * t.ldc + v * l), r);
+                S::store(c.add(i * ldc + v * l), r);
             }
         }
     }
@@ -245,6 +297,29 @@ unsafe fn dots_group<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const W: 
     }
 }
 
+/// The `b` rows of [`Kernels::nn_indirect`]: borrowed slices, all at least `len` long.
+pub(crate) struct RowSet<'a, A> {
+    pointers: Vec<*const A>,
+    len: usize,
+    _rows: std::marker::PhantomData<&'a [A]>,
+}
+
+impl<'a, A> RowSet<'a, A> {
+    pub fn new() -> Self {
+        RowSet { pointers: Vec::new(), len: usize::MAX, _rows: std::marker::PhantomData }
+    }
+
+    pub fn clear(&mut self) {
+        self.pointers.clear();
+        self.len = usize::MAX;
+    }
+
+    pub fn push(&mut self, row: &'a [A]) {
+        self.pointers.push(row.as_ptr());
+        self.len = self.len.min(row.len());
+    }
+}
+
 /// The kernels of one instruction set for accumulator `A`, as function pointers.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels<A: 'static> {
@@ -257,6 +332,7 @@ pub(crate) struct Kernels<A: 'static> {
     pub nt_rows: usize,
     pub nt_cols: usize,
     nn: unsafe fn(&NnTile<A>),
+    nn_indirect: unsafe fn(&NnRowsTile<A>),
     nt: unsafe fn(&NtTile<A>),
     sum: unsafe fn(usize, *const A) -> A,
     taps_row: unsafe fn(&TapsRow<A>),
@@ -278,6 +354,15 @@ macro_rules! isa_kernels {
             {
                 // SAFETY: forwarded from the caller (a supported ISA, valid operands).
                 unsafe { nn::<$isa, A, MR, NV>(t) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn nn_rows_k<A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { nn_rows::<$isa, A, MR, NV>(t) }
             }
 
             #[target_feature(enable = $features)]
@@ -324,6 +409,7 @@ macro_rules! isa_kernels {
                 nt_rows: $tr,
                 nt_cols: $tc,
                 nn: nn_k::<f32, $mr, $nv>,
+                nn_indirect: nn_rows_k::<f32, $mr, $nv>,
                 nt: nt_k::<f32, $tr, $tc>,
                 sum: sum_k::<f32>,
                 taps_row: taps_k::<f32>,
@@ -337,6 +423,7 @@ macro_rules! isa_kernels {
                 nt_rows: $tr64,
                 nt_cols: $tc64,
                 nn: nn_k::<f64, $mr64, $nv64>,
+                nn_indirect: nn_rows_k::<f64, $mr64, $nv64>,
                 nt: nt_k::<f64, $tr64, $tc64>,
                 sum: sum_k::<f64>,
                 taps_row: taps_k::<f64>,
@@ -368,6 +455,12 @@ mod portable {
         {
             unsafe { nn::<Portable, A, 4, 2>(t) }
         }
+        unsafe fn nn_rows_k<A: Copy>(t: &NnRowsTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nn_rows::<Portable, A, 4, 2>(t) }
+        }
         unsafe fn nt_k<A: Copy + std::ops::Add<Output = A>>(t: &NtTile<A>)
         where
             Portable: Lanes<A>,
@@ -393,6 +486,7 @@ mod portable {
             nt_rows: 2,
             nt_cols: 2,
             nn: nn_k::<A>,
+            nn_indirect: nn_rows_k::<A>,
             nt: nt_k::<A>,
             sum: sum::<Portable, A>,
             taps_row: taps_k::<A>,
@@ -432,6 +526,18 @@ impl<A: Copy + 'static> Kernels<A> {
         let tile = NnTile { k, a: a.as_ptr(), b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
         unsafe { (self.nn)(&tile) }
+    }
+
+    /// Runs one `nn` micro-tile whose `b` row `k` is `rows.row(k)[offset..]`.
+    pub fn nn_indirect(&self, a: &[A], rows: &RowSet<'_, A>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+        let (mr, nr, k) = (self.nn_rows, self.nn_cols, rows.pointers.len());
+        assert!(a.len() >= k * mr, "nn_indirect: a holds {} < {k}×{mr}", a.len());
+        assert!(offset + nr <= rows.len, "nn_indirect: rows hold {} < {offset} + {nr}", rows.len);
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn_indirect: c too short");
+        let tile =
+            NnRowsTile { k, a: a.as_ptr(), rows: rows.pointers.as_ptr(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: as in `nn`; every row holds `offset + nr` elements (checked by `RowSet`).
+        unsafe { (self.nn_indirect)(&tile) }
     }
 
     /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).

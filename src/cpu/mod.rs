@@ -222,12 +222,13 @@ impl CpuBackend {
                     _ => gemm::weight_workspace_bytes(&ks, &Pass::forward(g), threads),
                 };
             }
-            (CpuAlgorithm::SimdDirect, Some(_)) => match primitive {
-                Primitive::CorrelateWeight => {
-                    g.in_channels_per_group() * g.kernel_volume() + g.in_volume() + g.out_volume()
-                }
-                _ => g.in_volume() + g.out_volume(),
-            },
+            (CpuAlgorithm::SimdDirect, Some(ks)) => {
+                return match primitive {
+                    Primitive::Correlate => sliding::workspace_bytes(&ks, &[Pass::forward(g)], false, threads),
+                    Primitive::CorrelateAdjoint => sliding::workspace_bytes(&ks, &Pass::adjoint(g), false, threads),
+                    _ => sliding::workspace_bytes(&ks, &[Pass::forward(g)], true, threads),
+                };
+            }
             _ => match primitive {
                 Primitive::Correlate => g.out_volume(),
                 Primitive::CorrelateAdjoint => g.in_volume(),

@@ -116,6 +116,24 @@ fn fill<T: Element>(plane: &[T], size: [usize; 3], layout: &Layout, data: &mut [
     }
 }
 
+/// Bytes of scratch `correlate` (or, with `weight`, `correlate_weight`) takes for
+/// `passes` with `threads` tasks in flight: each task's laid-out source planes
+/// and accumulators.
+pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], weight: bool, threads: usize) -> usize {
+    let Some(first) = passes.first() else { return 0 };
+    if first.dst_volume() == 0 {
+        return 0;
+    }
+    let layout = Layout::new(passes, ks.lanes);
+    let sources = first.src_channels * layout.len;
+    let accumulators = if weight {
+        first.dst_channels * first.src_channels * first.taps.len() + first.dst_volume()
+    } else {
+        passes.iter().map(|p| layout.acc_len(p)).sum()
+    };
+    threads.max(1) * (sources + accumulators) * std::mem::size_of::<A>()
+}
+
 /// Runs `passes` (which together cover `dst`), one `dst` plane per task.
 pub(crate) fn correlate<T: Element>(
     ks: &Kernels<T::Accum>,
