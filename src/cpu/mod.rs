@@ -87,22 +87,8 @@ impl CpuAlgorithm {
 /// Output channels per group at or below which [`select_algorithm`] picks the direct SIMD path.
 const THIN_GROUP: usize = 8;
 
-/// The algorithm [`CpuAlgorithm::Auto`] runs for `geometry` in `dtype`.
-///
-/// - [`SimdDirect`](CpuAlgorithm::SimdDirect) when the op's output has at most
-///   8 channels per group (depthwise, channel multipliers, ResNeXt-style
-///   groups, convs down to a few channels): the GEMM's register tile spans 6
-///   (AVX2) to 12 (AVX-512) output channels, so thinner groups waste most of
-///   it, and each im2col element it packs would feed only a handful of
-///   multiply-adds. The direct path lays each input plane out once and sums
-///   every tap of a row chunk in registers, one load per multiply-add.
-/// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is
-///   `in_channels/groups × prod(kernel)` long and the packed panel is reused by
-///   every output channel of the group.
-///
-/// The element type does not change the choice today (halves are widened to
-/// f32 while packing and run the f32 kernels); it is a parameter so that a
-/// kernel with native half arithmetic (e.g. AVX-512 BF16 dot products) can.
+/// The algorithm [`CpuAlgorithm::Auto`] runs for the forward pass of
+/// `geometry`'s op in `dtype` (see [`select_algorithm_for`] for each primitive).
 ///
 /// ```
 /// use ferroconv::{ConvGeometry, ConvOptions, CpuAlgorithm, DType};
@@ -113,10 +99,48 @@ const THIN_GROUP: usize = 8;
 /// assert_eq!(select_algorithm(&dense, DType::BF16), CpuAlgorithm::ImplicitGemm);
 /// ```
 pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
+    let forward = match geometry.op {
+        crate::geometry::OpKind::Conv => Primitive::Correlate,
+        crate::geometry::OpKind::ConvTranspose => Primitive::CorrelateAdjoint,
+    };
+    select_algorithm_for(geometry, forward, dtype)
+}
+
+/// The algorithm [`CpuAlgorithm::Auto`] runs for `primitive` of `geometry` in `dtype`.
+///
+/// The heuristic looks at the channels per group of the primitive's output:
+/// `y` for [`Correlate`](Primitive::Correlate), `x` for
+/// [`CorrelateAdjoint`](Primitive::CorrelateAdjoint), the rows of `dw` (`y`'s
+/// channels) for [`CorrelateWeight`](Primitive::CorrelateWeight).
+///
+/// - [`SimdDirect`](CpuAlgorithm::SimdDirect) when there are at most 8 of them
+///   (depthwise, channel multipliers, ResNeXt-style groups, a 3-channel image
+///   gradient): the GEMM's register tile spans 6 (AVX2) to 12 (AVX-512)
+///   output channels, so thinner groups waste most of it, and each im2col
+///   element would feed only a handful of multiply-adds. The direct path lays
+///   each input plane out once and sums every tap of a row chunk in
+///   registers, one load per multiply-add.
+/// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is
+///   `channels per group × prod(kernel)` long and each im2col element is
+///   reused by every output channel of the group.
+///
+/// The element type does not change the choice today (halves are widened to
+/// f32 while packing and run the f32 kernels); it is a parameter so that a
+/// kernel with native half arithmetic (e.g. AVX-512 BF16 dot products) can.
+///
+/// ```
+/// use ferroconv::{ConvGeometry, ConvOptions, CpuAlgorithm, DType};
+/// use ferroconv::cpu::{Primitive, select_algorithm_for};
+/// // ResNet's stem: 3 -> 64 channels. Its input gradient has 3 channels.
+/// let stem = ConvGeometry::conv(2, &[1, 3, 32, 32], &[64, 3, 7, 7], None, &ConvOptions::new().stride(2)).unwrap();
+/// assert_eq!(select_algorithm_for(&stem, Primitive::Correlate, DType::F32), CpuAlgorithm::ImplicitGemm);
+/// assert_eq!(select_algorithm_for(&stem, Primitive::CorrelateAdjoint, DType::F32), CpuAlgorithm::SimdDirect);
+/// ```
+pub fn select_algorithm_for(geometry: &ConvGeometry, primitive: Primitive, dtype: DType) -> CpuAlgorithm {
     let _ = dtype;
-    let output_channels_per_group = match geometry.op {
-        crate::geometry::OpKind::Conv => geometry.out_channels_per_group(),
-        crate::geometry::OpKind::ConvTranspose => geometry.in_channels_per_group(),
+    let output_channels_per_group = match primitive {
+        Primitive::CorrelateAdjoint => geometry.in_channels_per_group(),
+        Primitive::Correlate | Primitive::CorrelateWeight | Primitive::ChannelSums => geometry.out_channels_per_group(),
     };
     if output_channels_per_group <= THIN_GROUP { CpuAlgorithm::SimdDirect } else { CpuAlgorithm::ImplicitGemm }
 }
@@ -183,11 +207,20 @@ impl CpuBackend {
         self.isa.unwrap_or_else(CpuIsa::detect)
     }
 
-    /// The algorithm that computes `geometry` in `dtype` on this backend:
-    /// the forced one, or [`select_algorithm`]'s choice.
+    /// The algorithm that computes the forward pass of `geometry` in `dtype` on
+    /// this backend: the forced one, or [`select_algorithm`]'s choice.
     pub fn algorithm_for(&self, geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
         match self.algorithm {
             CpuAlgorithm::Auto => select_algorithm(geometry, dtype),
+            forced => forced,
+        }
+    }
+
+    /// The algorithm that computes `primitive` of `geometry` in `dtype` on this
+    /// backend: the forced one, or [`select_algorithm_for`]'s choice.
+    pub fn algorithm_for_primitive(&self, geometry: &ConvGeometry, primitive: Primitive, dtype: DType) -> CpuAlgorithm {
+        match self.algorithm {
+            CpuAlgorithm::Auto => select_algorithm_for(geometry, primitive, dtype),
             forced => forced,
         }
     }
@@ -213,7 +246,7 @@ impl CpuBackend {
 
     fn workspace<A: Copy + 'static>(&self, g: &ConvGeometry, primitive: Primitive, dtype: DType) -> usize {
         let threads = self.threads();
-        let elements = match (self.algorithm_for(g, dtype), kernels::<A>(self.isa())) {
+        let elements = match (self.algorithm_for_primitive(g, primitive, dtype), kernels::<A>(self.isa())) {
             (_, _) if primitive == Primitive::ChannelSums => 0,
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 return match primitive {
@@ -238,9 +271,9 @@ impl CpuBackend {
         threads * elements * std::mem::size_of::<A>()
     }
 
-    /// The kernels to run `geometry` with, or `None` for the direct loops.
-    fn plan<T: Element>(&self, g: &ConvGeometry) -> (CpuAlgorithm, Option<Kernels<T::Accum>>) {
-        match self.algorithm_for(g, T::DTYPE) {
+    /// The kernels to run `primitive` of `geometry` with, or `None` for the direct loops.
+    fn plan<T: Element>(&self, g: &ConvGeometry, primitive: Primitive) -> (CpuAlgorithm, Option<Kernels<T::Accum>>) {
+        match self.algorithm_for_primitive(g, primitive, T::DTYPE) {
             CpuAlgorithm::Direct | CpuAlgorithm::Auto => (CpuAlgorithm::Direct, None),
             fast => match kernels::<T::Accum>(self.isa()) {
                 Some(ks) => (fast, Some(ks)),
@@ -306,7 +339,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
             check_len("bias", b, &[g.out_channels])?;
         }
         let bias = bias.map(Vec::as_slice);
-        self.install(|| match self.plan::<T>(g) {
+        self.install(|| match self.plan::<T>(g, Primitive::Correlate) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 gemm::correlate(&ks, &[Pass::forward(g)], x, w, bias, activation, y)
             }
@@ -334,7 +367,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
             check_len("bias", b, &[g.in_channels])?;
         }
         let bias = bias.map(Vec::as_slice);
-        self.install(|| match self.plan::<T>(g) {
+        self.install(|| match self.plan::<T>(g, Primitive::CorrelateAdjoint) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 gemm::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
             }
@@ -350,7 +383,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         check_len("x", x, &g.x_shape())?;
         check_len("y", y, &g.y_shape())?;
         check_len("grad_weight", dw, &g.weight_shape())?;
-        self.install(|| match self.plan::<T>(g) {
+        self.install(|| match self.plan::<T>(g, Primitive::CorrelateWeight) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             (CpuAlgorithm::SimdDirect, Some(ks)) => sliding::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             _ => direct::correlate_weight(g, x, y, dw),
