@@ -94,12 +94,13 @@ impl Plan {
     }
 }
 
-/// The `src` planes of unit-stride passes, copied once with zero borders wide
-/// enough that every tap reads inside. Grid point `m` of a pass then has the
-/// *virtual position* `v = m0·pitch[0] + m1·pitch[1] + m2`, and im2col row
-/// `(c, j)` at column `v` is `plane(c)[starts[j] + v]`: the `nn` kernel reads
-/// it in place (`nn_indirect`), with no panel to pack. Columns that fall in the
-/// borders are computed and dropped.
+/// The `src` planes copied once with zero borders wide enough that every tap
+/// reads inside, and split into their stride phases (`x_r[i] = x[r + stride·i]`
+/// per dim), so that every tap reads one phase with unit stride. Grid point
+/// `m` of a pass then has the *virtual position* `v = m0·pitch[0] + m1·pitch[1] + m2`,
+/// and im2col row `(c, j)` at column `v` is `plane(c)[starts[j] + v]`: the `nn`
+/// kernel reads it in place (`nn_indirect`), with no panel to pack. Columns
+/// that fall in the borders are computed and dropped.
 struct Bordered<A> {
     data: Vec<A>,
     plane_len: usize,
@@ -108,52 +109,75 @@ struct Bordered<A> {
     starts: Vec<Vec<usize>>,
 }
 
+/// Where [`Bordered`] puts things: zeros before the data (in padded
+/// coordinates), the extent of a phase in each dim, and the length of a plane.
+struct BorderedLayout {
+    lo: [usize; 3],
+    extent: [usize; 3],
+    plane_len: usize,
+}
+
 impl<A: Accumulator> Bordered<A> {
-    /// The layout for `passes` (zeros before the data, extent and length of a
-    /// plane), or `None` where packing serves better: passes that are not all
-    /// unit-stride, borders that would waste more than an eighth of the columns,
-    /// or a plain 1×1 conv (its panel is a straight copy, and reading its rows
-    /// in place touches a page per input channel for every column strip).
-    fn layout(passes: &[Pass], nr: usize) -> Option<([usize; 3], [usize; 3], usize)> {
+    /// The layout for `passes`, or `None` where packing serves better: borders
+    /// that would waste more than an eighth of the columns, or a single pass
+    /// with a single tap (a 1×1 conv: its panel is a straight copy, and reading
+    /// its rows in place touches a page per input channel for every strip).
+    fn layout(passes: &[Pass], nr: usize) -> Option<BorderedLayout> {
         let first = passes.first()?;
-        if passes.iter().any(|p| p.src_stride != [1; 3]) || (passes.len() == 1 && first.taps.len() == 1) {
+        let stride = first.src_stride;
+        if passes.iter().any(|p| p.src_stride != stride) || (passes.len() == 1 && first.taps.len() == 1) {
             return None;
         }
         let offsets = |d: usize| passes.iter().flat_map(move |p| p.taps.iter().map(move |t| t.offset[d]));
         let count = |d: usize| passes.iter().map(|p| p.count[d]).max().unwrap_or(0);
         let lo: [usize; 3] = std::array::from_fn(|d| (-offsets(d).min().unwrap_or(0)).max(0) as usize);
         let extent: [usize; 3] = std::array::from_fn(|d| {
-            let reach = count(d).saturating_sub(1) as i64 + offsets(d).max().unwrap_or(0) + 1;
-            lo[d] + (reach.max(0) as usize).max(first.src_size[d])
+            let furthest = (lo[d] as i64 + offsets(d).max().unwrap_or(0)).max(0) as usize / stride[d];
+            (count(d).saturating_sub(1) + furthest + 1).max((lo[d] + first.src_size[d]).div_ceil(stride[d]))
         });
         if 8 * (extent[2] - count(2)) > extent[2] {
             return None;
         }
-        let plane_len = extent[0] * extent[1] * extent[2] + nr;
-        Some((lo, extent, plane_len))
+        let phases = stride.iter().product::<usize>();
+        Some(BorderedLayout { lo, extent, plane_len: phases * extent.iter().product::<usize>() + nr })
     }
 
-    /// Elements of the bordered copy `new` would make for `passes`.
+    /// Elements of the copy `new` would make for `passes`.
     fn len(passes: &[Pass], nr: usize) -> usize {
-        Self::layout(passes, nr).map_or(0, |(_, _, plane_len)| {
+        Self::layout(passes, nr).map_or(0, |layout| {
             let first = &passes[0];
-            first.batch * first.groups * first.src_channels * plane_len
+            first.batch * first.groups * first.src_channels * layout.plane_len
         })
     }
 
     fn new<T: Element<Accum = A>>(passes: &[Pass], src: &[T], nr: usize) -> Option<Self> {
-        let (lo, extent, plane_len) = Self::layout(passes, nr)?;
+        let BorderedLayout { lo, extent, plane_len } = Self::layout(passes, nr)?;
         let first = &passes[0];
+        let stride = first.src_stride;
         let pitch = [extent[1] * extent[2], extent[2]];
+        let phase_len = extent.iter().product::<usize>();
+        // Where padded position `e` of dim `d` lands: its phase and index in it.
+        let place = |d: usize, e: usize| (e % stride[d], e / stride[d]);
         let planes = first.batch * first.groups * first.src_channels;
         let mut data = vec![A::ZERO; planes * plane_len];
         let [_, h, w] = first.src_size;
         let volume = first.src_volume();
         if volume > 0 {
             data.par_chunks_mut(plane_len).zip(src.par_chunks(volume)).for_each(|(dst, plane)| {
+                let mut row_buffer = vec![A::ZERO; w];
                 for (row, values) in plane.chunks(w).enumerate() {
-                    let at = (lo[0] + row / h) * pitch[0] + (lo[1] + row % h) * pitch[1] + lo[2];
-                    widen(values, &mut dst[at..][..w]);
+                    let ((r0, i0), (r1, i1)) = (place(0, lo[0] + row / h), place(1, lo[1] + row % h));
+                    let phase_row = (r0 * stride[1] + r1) * stride[2];
+                    let at = i0 * pitch[0] + i1 * pitch[1];
+                    if stride[2] == 1 {
+                        widen(values, &mut dst[phase_row * phase_len + at + lo[2]..][..w]);
+                        continue;
+                    }
+                    widen(values, &mut row_buffer);
+                    for (i, &v) in row_buffer.iter().enumerate() {
+                        let (r2, i2) = place(2, lo[2] + i);
+                        dst[(phase_row + r2) * phase_len + at + i2] = v;
+                    }
                 }
             });
         }
@@ -163,8 +187,10 @@ impl<A: Accumulator> Bordered<A> {
                 p.taps
                     .iter()
                     .map(|t| {
-                        let at = |d: usize| (lo[d] as i64 + t.offset[d]) as usize;
-                        at(0) * pitch[0] + at(1) * pitch[1] + at(2)
+                        let q: [(usize, usize); 3] =
+                            std::array::from_fn(|d| place(d, (lo[d] as i64 + t.offset[d]) as usize));
+                        let phase = (q[0].0 * stride[1] + q[1].0) * stride[2] + q[2].0;
+                        phase * phase_len + q[0].1 * pitch[0] + q[1].1 * pitch[1] + q[2].1
                     })
                     .collect()
             })
@@ -601,9 +627,15 @@ mod tests {
         let opts = ConvTransposeOptions::new().stride(2);
         let up = ConvGeometry::conv_transpose(2, &[1, 16, 30, 17], &[16, 20, 2, 2], None, &opts).unwrap();
         assert!(Bordered::<f32>::layout(&Pass::adjoint(&up), nr).is_some());
-        let strided = ConvOptions::new().padding([1, 0]).stride([2, 1]).groups(2);
-        let strided = ConvGeometry::conv(2, &[3, 6, 7, 5], &[50, 3, 2, 3], None, &strided).unwrap();
-        assert!(Bordered::<f32>::layout(&[Pass::forward(&strided)], nr).is_none());
+        let strided = ConvOptions::new().padding(1).stride(2);
+        let strided = ConvGeometry::conv(2, &[2, 8, 33, 40], &[24, 8, 3, 3], None, &strided).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&strided)], nr).is_some());
+        let stem = ConvOptions::new().padding(3).stride(2);
+        let stem = ConvGeometry::conv(2, &[1, 3, 40, 44], &[20, 3, 7, 7], None, &stem).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&stem)], nr).is_some());
+        let narrow = ConvOptions::new().padding([1, 0]).stride([2, 1]).groups(2);
+        let narrow = ConvGeometry::conv(2, &[3, 6, 7, 5], &[50, 3, 2, 3], None, &narrow).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&narrow)], nr).is_none());
         let pointwise = ConvGeometry::conv(2, &[1, 8, 6, 6], &[16, 8, 1, 1], None, &ConvOptions::new()).unwrap();
         assert!(Bordered::<f32>::layout(&[Pass::forward(&pointwise)], nr).is_none());
     }

@@ -88,6 +88,9 @@ fn large_geometries() -> Vec<ConvGeometry> {
         convt(&[2, 24, 9, 10], &[24, 14, 4, 4], ConvTransposeOptions::new().stride(2).padding(1)),
         convt(&[1, 16, 30, 17], &[16, 20, 2, 2], ConvTransposeOptions::new().stride(2)),
         conv(&[2, 12, 33, 20], &[12, 1, 3, 3], ConvOptions::new().padding(1).groups(12)),
+        conv(&[2, 8, 33, 40], &[24, 8, 3, 3], ConvOptions::new().padding(1).stride(2)),
+        conv(&[1, 3, 40, 44], &[20, 3, 7, 7], ConvOptions::new().padding(3).stride(2)),
+        conv(&[1, 4, 9, 12, 20], &[10, 4, 3, 2, 3], ConvOptions::new().padding([1, 0, 1]).stride([1, 2, 2])),
     ]
 }
 
