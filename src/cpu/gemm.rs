@@ -174,9 +174,13 @@ impl<A: Accumulator> Bordered<A> {
                         continue;
                     }
                     widen(values, &mut row_buffer);
-                    for (i, &v) in row_buffer.iter().enumerate() {
-                        let (r2, i2) = place(2, lo[2] + i);
-                        dst[(phase_row + r2) * phase_len + at + i2] = v;
+                    // Element i lands in phase (lo + i) mod stride at (lo + i) / stride: walk each phase.
+                    for first in 0..stride[2].min(w) {
+                        let (r2, i2) = place(2, lo[2] + first);
+                        let phase = &mut dst[(phase_row + r2) * phase_len + at + i2..];
+                        for (d, &v) in phase.iter_mut().zip(row_buffer[first..].iter().step_by(stride[2])) {
+                            *d = v;
+                        }
                     }
                 }
             });
