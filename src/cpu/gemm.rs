@@ -1,15 +1,20 @@
 //! Implicit GEMM: each [`Pass`] is `Y[g] (cd × P) = W[g] (cd × K) · X̂[g] (K × P)`
-//! with `K = cs · taps`, and the im2col panel `X̂` packed straight from the
-//! NCHW planes, `KC` rows at a time, for the columns of one task only.
+//! with `K = cs · taps` and `X̂` the im2col matrix, never formed whole.
 //!
-//! Tasks own disjoint blocks of `dst`: a block of positions (of one image, or
-//! of several small images) × one group × a block of channels, every pass
-//! included. A task packs `X̂` for its columns once per `KC` rows and runs the
-//! `nn` micro-kernel over all its channels; the weights are packed once per op.
+//! Tasks own disjoint blocks of `dst`: a column block (positions of one image,
+//! or several small images) × one group, every pass included; each task runs
+//! its channels in parallel row blocks on one shared source of `X̂`:
+//! - read in place from [`Bordered`], a copy of `src` made once per op with zero
+//!   borders and its stride phases split apart, so every im2col row is a
+//!   contiguous run of it (`nn_indirect`); or, where that would waste columns
+//!   (tiny planes) or is a plain 1×1 conv,
+//! - packed from the NCHW planes into a panel for the task's columns.
+//!
+//! The weights are packed once per op into `MR`-row strips.
 //!
 //! The weight gradient `dW[g] (cd × K) = dY[g] (cd × NP) · X̂[g]ᵀ` runs the `nt`
-//! kernel over the same column blocks, in a fixed order; its tasks own blocks
-//! of `K` (each packs only its rows of `X̂`).
+//! kernel over column blocks in a fixed order; its tasks own blocks of `K`
+//! (each packs only its rows of `X̂`), and `dY` is packed once per block.
 
 use std::ops::Range;
 

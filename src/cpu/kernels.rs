@@ -713,36 +713,3 @@ mod tests {
         assert!(kernels::<u8>(CpuIsa::Portable).is_none());
     }
 }
-
-#[cfg(test)]
-mod calibration {
-    use super::*;
-
-    fn thread_cpu_ns() -> f64 {
-        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-        s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
-    }
-
-    /// Prints the nn micro-kernel's rate on cache-resident data (release mode:
-    /// `cargo test --release --lib kernel_rate -- --ignored --nocapture`).
-    #[test]
-    #[ignore = "a measurement, not a test"]
-    fn kernel_rate() {
-        for isa in CpuIsa::supported() {
-            let ks = kernels::<f32>(isa).unwrap();
-            let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, 256);
-            let a = vec![0.5f32; k * mr];
-            let b = vec![0.25f32; k * nr * 4];
-            let mut c = vec![0f32; mr * nr * 4];
-            let calls = 20_000;
-            let (t0, c0) = (std::time::Instant::now(), thread_cpu_ns());
-            for i in 0..calls {
-                let j = i % 4;
-                ks.nn(k, &a, &b[j * nr..], nr * 4, &mut c[j * nr..], nr * 4, true);
-            }
-            let flops = 2.0 * (calls * k * mr * nr) as f64;
-            let (wall, cpu) = (t0.elapsed().as_secs_f64(), (thread_cpu_ns() - c0) / 1e9);
-            println!("{isa}: {:.1} GFLOP/s wall, {:.1} GFLOP per cpu-second", flops / wall / 1e9, flops / cpu / 1e9);
-        }
-    }
-}
