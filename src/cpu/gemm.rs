@@ -245,11 +245,12 @@ fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::A
                         ),
                     };
                     let ntaps = pass.taps.len();
+                    let kvol = pass.kernel_volume;
                     for (c, block) in strip.chunks_mut(ntaps * mr).enumerate() {
                         for i in 0..rows {
-                            let kernel = &w[base + i * i_step + c * c_step..];
-                            for (j, tap) in pass.taps.iter().enumerate() {
-                                block[j * mr + i] = kernel[tap.index].to_accum();
+                            let kernel = &w[base + i * i_step + c * c_step..][..kvol];
+                            for (dst, tap) in block[i..].iter_mut().step_by(mr).zip(&pass.taps) {
+                                *dst = kernel[tap.index].to_accum();
                             }
                         }
                     }
@@ -419,9 +420,10 @@ fn multiply<A: Accumulator>(
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let b = &panel[k0 * ldb..];
-        for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-            let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
-            for jr in (0..ldb).step_by(nr) {
+        // Each `KC × NR` block of the panel is read once and stays in L1 for every weight strip.
+        for jr in (0..ldb).step_by(nr) {
+            for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
+                let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
                 ks.nn(kc, a, &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
             }
         }
