@@ -349,6 +349,7 @@ pub(crate) fn correlate<T: Element>(
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
     tasks.into_par_iter().for_each(|mut task| {
         let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
+        let mut panel_start = 0;
         for (p, (pass, packed)) in passes.iter().zip(&packed).enumerate() {
             let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut segments);
             if columns == 0 {
@@ -358,7 +359,7 @@ pub(crate) fn correlate<T: Element>(
                 Some(bordered) => virtual_columns(bordered, ks.nn_cols, &mut segments, &mut images),
                 None => {
                     let ldb = columns.next_multiple_of(ks.nn_cols);
-                    pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
+                    panel_start = pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
                     ldb
                 }
             };
@@ -366,17 +367,28 @@ pub(crate) fn correlate<T: Element>(
             let group = task.group;
             task.pieces.par_chunks_mut(plan.rows * image_count).enumerate().for_each(|(block, pieces)| {
                 let channels = block * plan.rows..(block * plan.rows + pieces.len() / image_count);
-                let mut tile = match &bordered {
+                let (mut tile, start) = match &bordered {
                     Some(bordered) => {
                         multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone())
                     }
-                    None => multiply(ks, pass, packed, &panel, ldb, group, channels.clone()),
+                    None => multiply(ks, pass, packed, &panel[panel_start..], ldb, group, channels.clone()),
                 };
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
-                write_tile(pass, bias, activation, &mut tile, ldb, &segments, &region, pieces);
+                write_tile(pass, bias, activation, &mut tile[start..], ldb, &segments, &region, pieces);
             });
         }
     });
+}
+
+/// Grows `buffer` (with zeros) to hold `len` elements from a 64-byte boundary
+/// (a cache line), so that the kernels' vector loads never straddle two
+/// lines, and returns the index of that boundary.
+fn cache_aligned<A: Accumulator>(buffer: &mut Vec<A>, len: usize) -> usize {
+    let slack = 64 / std::mem::size_of::<A>();
+    if buffer.len() < len + slack {
+        buffer.resize(len + slack, A::ZERO);
+    }
+    buffer.as_ptr().align_offset(64).min(slack)
 }
 
 /// The whole `K × ldb` im2col panel of `segments`, packed `PACK_ROWS` rows per job.
@@ -388,22 +400,22 @@ fn pack_panel<T: Element>(
     columns: usize,
     ldb: usize,
     panel: &mut Vec<T::Accum>,
-) {
+) -> usize {
     let (k, ntaps) = (pass.reduction(), pass.taps.len());
     // Every element is written below, so the buffer only grows, never needs clearing.
-    if panel.len() < k * ldb {
-        panel.resize(k * ldb, T::Accum::ZERO);
-    }
-    panel[..k * ldb].par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
+    let start = cache_aligned(panel, k * ldb);
+    panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
         for (i, row) in rows.chunks_mut(ldb).enumerate() {
             let kk = job * PACK_ROWS + i;
             pass.pack_row(src, group, kk / ntaps, kk % ntaps, segments, &mut row[..columns]);
             row[columns..].fill(T::Accum::ZERO);
         }
     });
+    start
 }
 
-/// `W[group][channels] · panel`, `KC` rows at a time: `channels` (rounded up to `MR`) × `ldb`.
+/// `W[group][channels] · panel`, `KC` rows at a time: `channels` (rounded up to
+/// `MR`) × `ldb`, returned in a buffer from the given index.
 fn multiply<A: Accumulator>(
     ks: &Kernels<A>,
     pass: &Pass,
@@ -412,11 +424,13 @@ fn multiply<A: Accumulator>(
     ldb: usize,
     group: usize,
     channels: Range<usize>,
-) -> Vec<A> {
+) -> (Vec<A>, usize) {
     let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, pass.reduction());
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
-    let mut tile = vec![A::ZERO; strips * mr * ldb];
+    let mut buffer = Vec::new();
+    let start = cache_aligned(&mut buffer, strips * mr * ldb);
+    let tile = &mut buffer[start..][..strips * mr * ldb];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let b = &panel[k0 * ldb..];
@@ -428,7 +442,7 @@ fn multiply<A: Accumulator>(
             }
         }
     }
-    tile
+    (buffer, start)
 }
 
 /// Lays the segments' grid points out as virtual positions, image by image
@@ -471,12 +485,14 @@ fn multiply_indirect<A: Accumulator>(
     ldb: usize,
     group: usize,
     channels: Range<usize>,
-) -> Vec<A> {
+) -> (Vec<A>, usize) {
     let (mr, nr, k, ntaps) = (ks.nn_rows, ks.nn_cols, pass.reduction(), pass.taps.len());
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
     let starts = &bordered.starts[pass_index];
-    let mut tile = vec![A::ZERO; strips * mr * ldb];
+    let mut buffer = Vec::new();
+    let start = cache_aligned(&mut buffer, strips * mr * ldb);
+    let tile = &mut buffer[start..][..strips * mr * ldb];
     let mut rows = RowSet::new();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
@@ -496,7 +512,7 @@ fn multiply_indirect<A: Accumulator>(
             }
         }
     }
-    tile
+    (buffer, start)
 }
 
 /// Where a tile goes: its images, positions, group and channels.
