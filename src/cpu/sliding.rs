@@ -96,22 +96,38 @@ impl Layout {
 
 /// One `src` plane laid out per [`Layout`].
 fn fill<T: Element>(plane: &[T], size: [usize; 3], layout: &Layout, data: &mut [T::Accum], buffer: &mut Vec<T::Accum>) {
-    data.fill(T::Accum::ZERO);
     let width = size[2];
+    if width == 0 || layout.stride2 != 1 {
+        data.fill(T::Accum::ZERO);
+    }
     if width == 0 {
         return;
     }
     let plane = widened(plane, buffer);
+    if layout.stride2 == 1 {
+        // Row by row, writing every element once: zeros around the data, the data in place.
+        let rows1 = layout.pitch[0] / layout.pitch[1];
+        for (r, row) in data.chunks_mut(layout.pitch[1]).enumerate() {
+            let i0 = (r / rows1).wrapping_sub(layout.lo[0]);
+            let i1 = (r % rows1).wrapping_sub(layout.lo[1]);
+            if i0 < size[0] && i1 < size[1] && row.len() == layout.pitch[1] {
+                let (left, rest) = row.split_at_mut(layout.lo[2]);
+                let (middle, right) = rest.split_at_mut(width);
+                left.fill(T::Accum::ZERO);
+                middle.copy_from_slice(&plane[(i0 * size[1] + i1) * width..][..width]);
+                right.fill(T::Accum::ZERO);
+            } else {
+                row.fill(T::Accum::ZERO);
+            }
+        }
+        return;
+    }
     for (row, src) in plane.chunks(width).enumerate() {
         let (i0, i1) = (row / size[1], row % size[1]);
         let dst = &mut data[(layout.lo[0] + i0) * layout.pitch[0] + (layout.lo[1] + i1) * layout.pitch[1]..];
-        if layout.stride2 == 1 {
-            dst[layout.lo[2]..][..width].copy_from_slice(src);
-        } else {
-            for (i, &v) in src.iter().enumerate() {
-                let e = layout.lo[2] + i;
-                dst[(e % layout.stride2) * layout.phase_len + e / layout.stride2] = v;
-            }
+        for (i, &v) in src.iter().enumerate() {
+            let e = layout.lo[2] + i;
+            dst[(e % layout.stride2) * layout.phase_len + e / layout.stride2] = v;
         }
     }
 }
@@ -163,19 +179,26 @@ pub(crate) fn correlate<T: Element>(
         }
         let mut accs: Vec<Vec<T::Accum>> = passes.iter().map(|p| vec![T::Accum::ZERO; layout.acc_len(p)]).collect();
         for (o, dst_plane) in dst_planes.chunks_mut(volume).enumerate() {
-            accs.iter_mut().for_each(|acc| acc.fill(T::Accum::ZERO));
-            // Channel by channel, so one laid-out plane at a time streams through L1.
+            // Channel by channel, so one laid-out plane at a time streams through L1;
+            // the first one overwrites the accumulators (zeroed only for passes without taps).
+            for (pass, acc) in passes.iter().zip(&mut accs) {
+                if pass.taps.is_empty() || cs == 0 {
+                    acc.fill(T::Accum::ZERO);
+                }
+            }
             for (c, data) in sources.chunks(layout.len).enumerate() {
                 for ((pass, acc), starts) in passes.iter().zip(&mut accs).zip(&starts) {
                     let weights: Vec<T::Accum> =
                         (0..pass.taps.len()).map(|j| w[pass.weight_index(group, o, c, j)].to_accum()).collect();
                     let run = |acc: &mut [T::Accum], base: usize| {
-                        for (starts, weights) in starts.chunks(TAP_CHUNK).zip(weights.chunks(TAP_CHUNK)) {
+                        for (chunk, (starts, weights)) in
+                            starts.chunks(TAP_CHUNK).zip(weights.chunks(TAP_CHUNK)).enumerate()
+                        {
                             let mut slices = [&data[..0]; TAP_CHUNK];
                             for (slice, &s) in slices.iter_mut().zip(starts) {
                                 *slice = &data[base + s..];
                             }
-                            ks.taps_row(&slices[..starts.len()], weights, acc, true);
+                            ks.taps_row(&slices[..starts.len()], weights, acc, c > 0 || chunk > 0);
                         }
                     };
                     if layout.single_run(pass) {
