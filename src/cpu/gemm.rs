@@ -14,7 +14,9 @@
 //!
 //! The weight gradient `dW[g] (cd × K) = dY[g] (cd × NP) · X̂[g]ᵀ` runs the `nt`
 //! kernel over column blocks in a fixed order; its tasks own blocks of `K`
-//! (each packs only its rows of `X̂`), and `dY` is packed once per block.
+//! (each reads or packs only its rows of `X̂`), and `dY` is packed once per
+//! block, in the same columns as `X̂` (zeros in the gap columns of the
+//! in-place layout, which is therefore used only when `x` is all finite).
 
 use std::ops::Range;
 
@@ -155,7 +157,9 @@ impl<A: Accumulator> Bordered<A> {
         })
     }
 
-    fn new<T: Element<Accum = A>>(passes: &[Pass], src: &[T], nr: usize) -> Option<Self> {
+    /// The copy of `src` for `passes`; with `finite_only`, `None` as well when
+    /// `src` holds an infinity or NaN (see `correlate_weight`).
+    fn new<T: Element<Accum = A>>(passes: &[Pass], src: &[T], nr: usize, finite_only: bool) -> Option<Self> {
         let BorderedLayout { lo, extent, plane_len } = Self::layout(passes, nr)?;
         let first = &passes[0];
         let stride = first.src_stride;
@@ -168,17 +172,21 @@ impl<A: Accumulator> Bordered<A> {
         let [_, h, w] = first.src_size;
         let volume = first.src_volume();
         if volume > 0 {
-            data.par_chunks_mut(plane_len).zip(src.par_chunks(volume)).for_each(|(dst, plane)| {
+            let finite = data.par_chunks_mut(plane_len).zip(src.par_chunks(volume)).all(|(dst, plane)| {
                 let mut row_buffer = vec![A::ZERO; w];
+                let mut finite = true;
                 for (row, values) in plane.chunks(w).enumerate() {
                     let ((r0, i0), (r1, i1)) = (place(0, lo[0] + row / h), place(1, lo[1] + row % h));
                     let phase_row = (r0 * stride[1] + r1) * stride[2];
                     let at = i0 * pitch[0] + i1 * pitch[1];
                     if stride[2] == 1 {
-                        widen(values, &mut dst[phase_row * phase_len + at + lo[2]..][..w]);
+                        let row = &mut dst[phase_row * phase_len + at + lo[2]..][..w];
+                        widen(values, row);
+                        finite &= row.iter().all(|&v| v.to_f64().is_finite());
                         continue;
                     }
                     widen(values, &mut row_buffer);
+                    finite &= row_buffer.iter().all(|&v| v.to_f64().is_finite());
                     // Element i lands in phase (lo + i) mod stride at (lo + i) / stride: walk each phase.
                     for first in 0..stride[2].min(w) {
                         let (r2, i2) = place(2, lo[2] + first);
@@ -188,7 +196,11 @@ impl<A: Accumulator> Bordered<A> {
                         }
                     }
                 }
+                finite || !finite_only
             });
+            if !finite {
+                return None;
+            }
         }
         let starts = passes
             .iter()
@@ -345,7 +357,7 @@ pub(crate) fn correlate<T: Element>(
 ) {
     let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, std::mem::size_of::<T::Accum>()) else { return };
     let packed = pack_weights(passes, w, ks.nn_rows);
-    let bordered = Bordered::new(passes, src, ks.nn_cols);
+    let bordered = Bordered::new(passes, src, ks.nn_cols, false);
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
     tasks.into_par_iter().for_each(|mut task| {
         let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
@@ -576,7 +588,10 @@ pub(crate) fn weight_workspace_bytes<A>(ks: &Kernels<A>, pass: &Pass, threads: u
     let ld = grid_columns(pass, &plan.columns).next_multiple_of(ks.lanes);
     let cd = pass.dst_channels.next_multiple_of(ks.nt_rows);
     let accumulators = pass.groups * plan.row_blocks * cd * plan.rows;
-    (accumulators + pass.groups * cd * ld + threads.max(1) * plan.rows * ld) * std::mem::size_of::<A>()
+    // `X̂` is read in place from a bordered copy of `x` where one fits, else packed per task.
+    let bordered = Bordered::<f64>::len(std::slice::from_ref(pass), ks.nn_cols);
+    let panels = if bordered > 0 { 0 } else { threads.max(1) * plan.rows * ld };
+    (accumulators + pass.groups * cd * ld + bordered + panels) * std::mem::size_of::<A>()
 }
 
 /// `dw[g·cd + o, k] = Σ_{n, p} y[n, g·cd + o, p] · X̂[g][k, (n, p)]` for the forward `pass`.
@@ -593,14 +608,20 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
     let (mr, nr, lanes) = (ks.nt_rows, ks.nt_cols, ks.lanes);
     let (cd_pad, ntaps, volume) = (cd.next_multiple_of(mr), pass.taps.len(), pass.dst_volume());
     let mut accumulators = vec![vec![T::Accum::ZERO; cd_pad * plan.rows]; groups * plan.row_blocks];
-    let (mut segments, mut dy) = (Vec::new(), Vec::new());
+    // `X̂` read in place where it can be: its gap columns meet zeros of `dY`, which
+    // only leaves the sums unchanged when every value of `x` is finite.
+    let bordered = Bordered::new(std::slice::from_ref(pass), x, ks.nn_cols, true);
+    let (mut segments, mut dy, mut images) = (Vec::new(), Vec::new(), Vec::new());
     for block in 0..plan.columns.blocks {
-        let (images, positions) = plan.columns.block(block, pass.batch, volume);
-        let columns = pass.segments(images, positions, &mut segments);
+        let (image_range, positions) = plan.columns.block(block, pass.batch, volume);
+        let columns = pass.segments(image_range, positions, &mut segments);
         if columns == 0 {
             continue;
         }
-        let ld = columns.next_multiple_of(lanes);
+        let ld = match &bordered {
+            Some(bordered) => virtual_columns(bordered, lanes, &mut segments, &mut images),
+            None => columns.next_multiple_of(lanes),
+        };
         dy.clear();
         dy.resize(groups * cd_pad * ld, T::Accum::ZERO);
         dy.par_chunks_mut(ld).enumerate().for_each(|(row, dy_row)| {
@@ -616,14 +637,40 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
         accumulators.par_iter_mut().enumerate().for_each(|(task, acc)| {
             let (group, rb) = (task / plan.row_blocks, task % plan.row_blocks);
             let rows = rb * plan.rows..((rb + 1) * plan.rows).min(k);
-            let mut xhat = vec![T::Accum::ZERO; rows.len().next_multiple_of(nr) * ld];
-            for (kk, row) in rows.zip(xhat.chunks_mut(ld)) {
-                pass.pack_row(x, group, kk / ntaps, kk % ntaps, &segments, &mut row[..columns]);
-            }
             let dy = &dy[group * cd_pad * ld..][..cd_pad * ld];
-            for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
-                for jr in (0..xhat.len() / ld).step_by(nr) {
-                    ks.nt(ld, &dy[s * mr * ld..], ld, &xhat[jr * ld..], ld, &mut acc_strip[jr..], plan.rows);
+            match &bordered {
+                Some(bordered) => {
+                    let zeros = vec![T::Accum::ZERO; ld];
+                    for image in &images {
+                        let mut xhat = RowSet::new();
+                        for kk in rows.clone() {
+                            let (c, j) = (kk / ntaps, kk % ntaps);
+                            let plane = ((image.n * groups + group) * pass.src_channels + c) * bordered.plane_len;
+                            let start = plane + bordered.starts[0][j] + image.first;
+                            xhat.push(&bordered.data[start..plane + bordered.plane_len]);
+                        }
+                        for _ in rows.len()..rows.len().next_multiple_of(nr) {
+                            xhat.push(&zeros);
+                        }
+                        let len = image.len.next_multiple_of(lanes);
+                        for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
+                            let a = &dy[s * mr * ld + image.column..];
+                            for jr in (0..rows.len()).step_by(nr) {
+                                ks.nt_indirect(len, a, ld, &xhat, jr, &mut acc_strip[jr..], plan.rows);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let mut xhat = vec![T::Accum::ZERO; rows.len().next_multiple_of(nr) * ld];
+                    for (kk, row) in rows.zip(xhat.chunks_mut(ld)) {
+                        pass.pack_row(x, group, kk / ntaps, kk % ntaps, &segments, &mut row[..columns]);
+                    }
+                    for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
+                        for jr in (0..xhat.len() / ld).step_by(nr) {
+                            ks.nt(ld, &dy[s * mr * ld..], ld, &xhat[jr * ld..], ld, &mut acc_strip[jr..], plan.rows);
+                        }
+                    }
                 }
             }
         });

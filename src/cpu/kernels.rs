@@ -133,16 +133,87 @@ unsafe fn nn_body<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
     }
 }
 
+/// The operands of one `nt` micro-tile whose `b` rows are anywhere: row `j` is `rows[j] + offset`.
+pub(crate) struct NtRowsTile<A> {
+    pub k: usize,
+    pub a: *const A,
+    pub lda: usize,
+    pub rows: *const *const A,
+    pub offset: usize,
+    pub c: *mut A,
+    pub ldc: usize,
+}
+
+/// The operands an `nt` body needs, wherever its `b` rows are.
+trait NtOperands<A> {
+    fn k(&self) -> usize;
+    fn a(&self) -> (*const A, usize);
+    fn c(&self) -> (*mut A, usize);
+    unsafe fn b_row(&self, j: usize) -> *const A;
+}
+
+impl<A> NtOperands<A> for NtTile<A> {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn a(&self) -> (*const A, usize) {
+        (self.a, self.lda)
+    }
+    fn c(&self) -> (*mut A, usize) {
+        (self.c, self.ldc)
+    }
+    #[inline(always)]
+    unsafe fn b_row(&self, j: usize) -> *const A {
+        // SAFETY: the caller keeps `j` below the tile's column count.
+        unsafe { self.b.add(j * self.ldb) }
+    }
+}
+
+impl<A> NtOperands<A> for NtRowsTile<A> {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn a(&self) -> (*const A, usize) {
+        (self.a, self.lda)
+    }
+    fn c(&self) -> (*mut A, usize) {
+        (self.c, self.ldc)
+    }
+    #[inline(always)]
+    unsafe fn b_row(&self, j: usize) -> *const A {
+        // SAFETY: the caller keeps `j` below the tile's column count.
+        unsafe { (*self.rows.add(j)).add(self.offset) }
+    }
+}
+
 #[inline(always)]
 unsafe fn nt<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(t: &NtTile<A>) {
-    // SAFETY (whole body): `Kernels::nt` checked the operand lengths against the tile.
+    // SAFETY: forwarded.
+    unsafe { nt_body::<S, A, MR, NR>(t) }
+}
+
+#[inline(always)]
+unsafe fn nt_rows<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+    t: &NtRowsTile<A>,
+) {
+    // SAFETY: forwarded.
+    unsafe { nt_body::<S, A, MR, NR>(t) }
+}
+
+#[inline(always)]
+unsafe fn nt_body<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+    t: &impl NtOperands<A>,
+) {
+    let ((a, lda), (c, ldc), k) = (t.a(), t.c(), t.k());
+    // SAFETY (whole body): `Kernels::nt` / `Kernels::nt_indirect` checked the operands against the tile.
     unsafe {
+        let b: [*const A; NR] = std::array::from_fn(|j| t.b_row(j));
         let mut acc = [[S::zero(); NR]; MR];
         let mut r = 0;
-        while r < t.k {
-            let av: [S::V; MR] = std::array::from_fn(|i| S::load(t.a.add(i * t.lda + r)));
+        while r < k {
+            let av: [S::V; MR] = std::array::from_fn(|i| S::load(a.add(i * lda + r)));
             for j in 0..NR {
-                let bv = S::load(t.b.add(j * t.ldb + r));
+                let bv = S::load(b[j].add(r));
                 for (row, &av) in acc.iter_mut().zip(&av) {
                     row[j] = S::mul_add(av, bv, row[j]);
                 }
@@ -151,7 +222,7 @@ unsafe fn nt<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, 
         }
         for (i, row) in acc.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
-                let c = t.c.add(i * t.ldc + j);
+                let c = c.add(i * ldc + j);
                 *c = *c + S::reduce_sum(v);
             }
         }
@@ -334,6 +405,7 @@ pub(crate) struct Kernels<A: 'static> {
     nn: unsafe fn(&NnTile<A>),
     nn_indirect: unsafe fn(&NnRowsTile<A>),
     nt: unsafe fn(&NtTile<A>),
+    nt_indirect: unsafe fn(&NtRowsTile<A>),
     sum: unsafe fn(usize, *const A) -> A,
     taps_row: unsafe fn(&TapsRow<A>),
     dots_row: unsafe fn(&DotsRow<A>),
@@ -376,6 +448,16 @@ macro_rules! isa_kernels {
             }
 
             #[target_feature(enable = $features)]
+            pub(super) unsafe fn nt_rows_k<A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+                t: &NtRowsTile<A>,
+            ) where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { nt_rows::<$isa, A, MR, NR>(t) }
+            }
+
+            #[target_feature(enable = $features)]
             pub(super) unsafe fn sum_k<A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A
             where
                 $isa: Lanes<A>,
@@ -411,6 +493,7 @@ macro_rules! isa_kernels {
                 nn: nn_k::<f32, $mr, $nv>,
                 nn_indirect: nn_rows_k::<f32, $mr, $nv>,
                 nt: nt_k::<f32, $tr, $tc>,
+                nt_indirect: nt_rows_k::<f32, $tr, $tc>,
                 sum: sum_k::<f32>,
                 taps_row: taps_k::<f32>,
                 dots_row: dots_k::<f32>,
@@ -425,6 +508,7 @@ macro_rules! isa_kernels {
                 nn: nn_k::<f64, $mr64, $nv64>,
                 nn_indirect: nn_rows_k::<f64, $mr64, $nv64>,
                 nt: nt_k::<f64, $tr64, $tc64>,
+                nt_indirect: nt_rows_k::<f64, $tr64, $tc64>,
                 sum: sum_k::<f64>,
                 taps_row: taps_k::<f64>,
                 dots_row: dots_k::<f64>,
@@ -467,6 +551,12 @@ mod portable {
         {
             unsafe { nt::<Portable, A, 2, 2>(t) }
         }
+        unsafe fn nt_rows_k<A: Copy + std::ops::Add<Output = A>>(t: &NtRowsTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nt_rows::<Portable, A, 2, 2>(t) }
+        }
         unsafe fn taps_k<A: Copy>(r: &TapsRow<A>)
         where
             Portable: Lanes<A>,
@@ -488,6 +578,7 @@ mod portable {
             nn: nn_k::<A>,
             nn_indirect: nn_rows_k::<A>,
             nt: nt_k::<A>,
+            nt_indirect: nt_rows_k::<A>,
             sum: sum::<Portable, A>,
             taps_row: taps_k::<A>,
             dots_row: dots_k::<A>,
@@ -551,6 +642,37 @@ impl<A: Copy + 'static> Kernels<A> {
         let tile = NtTile { k, a: a.as_ptr(), lda, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
         // SAFETY: as in `nn`.
         unsafe { (self.nt)(&tile) }
+    }
+
+    /// Runs one `nt` micro-tile whose `b` row `j` is `rows.row(first + j)[..k]`.
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn nt_indirect(
+        &self,
+        k: usize,
+        a: &[A],
+        lda: usize,
+        rows: &RowSet<'_, A>,
+        first: usize,
+        c: &mut [A],
+        ldc: usize,
+    ) {
+        let (mr, nr) = (self.nt_rows, self.nt_cols);
+        assert!(k.is_multiple_of(self.lanes), "nt_indirect: k = {k} is not a multiple of {}", self.lanes);
+        assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt_indirect: a too short");
+        assert!(first + nr <= rows.pointers.len() && k <= rows.len, "nt_indirect: rows too few or short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt_indirect: c too short");
+        let tile = NtRowsTile {
+            k,
+            a: a.as_ptr(),
+            lda,
+            // SAFETY: `first + nr <= pointers.len()`, checked above.
+            rows: unsafe { rows.pointers.as_ptr().add(first) },
+            offset: 0,
+            c: c.as_mut_ptr(),
+            ldc,
+        };
+        // SAFETY: as in `nn`; every row holds `k` elements (checked by `RowSet`).
+        unsafe { (self.nt_indirect)(&tile) }
     }
 
     /// `out[i] (+)= Σ_t weights[t] · src[t][i]` (`out.len()` a multiple of the lane count).

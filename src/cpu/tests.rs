@@ -236,3 +236,35 @@ fn workspace_stays_bounded_on_large_layers() {
         }
     }
 }
+
+/// An infinity in `x` reaches the outputs exactly as in the direct loops: the
+/// in-place paths drop the columns between rows (forward) or fall back to
+/// packing (weight gradient), where the infinity would meet a zero.
+#[test]
+fn infinities_propagate_as_in_the_direct_loops() {
+    // 40 columns, 3-wide kernel, no padding: 38 outputs per row, and the pad
+    // columns of row r read the first columns of row r + 1.
+    let g = ConvGeometry::conv(2, &[1, 2, 5, 40], &[12, 2, 3, 3], None, &ConvOptions::new()).unwrap();
+    let mut rng = Rng(7);
+    let mut x: Vec<f32> = rng.eighths(g.x_shape().iter().product());
+    x[40] = f32::INFINITY; // channel 0, row 1, column 0: never read by a tap of column offset 2
+    let w: Vec<f32> = rng.eighths(g.weight_shape().iter().product());
+    let y: Vec<f32> = (0..g.y_shape().iter().product()).map(|i| if i % 7 == 0 { 0.0 } else { 0.5 }).collect();
+    let run = |algorithm| {
+        let cpu = CpuBackend::with_threads(2).unwrap().with_algorithm(algorithm);
+        let mut fwd = vec![0f32; y.len()];
+        cpu.correlate(&g, &x, &w, None, Activation::Identity, &mut fwd).unwrap();
+        let mut dw = vec![0f32; w.len()];
+        cpu.correlate_weight(&g, &x, &y, &mut dw).unwrap();
+        (fwd, dw)
+    };
+    let same =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+    let (fwd, dw) = run(CpuAlgorithm::Direct);
+    assert!(dw.iter().any(|v| v.is_finite()) && dw.iter().any(|v| !v.is_finite()));
+    for &algorithm in &[CpuAlgorithm::ImplicitGemm, CpuAlgorithm::SimdDirect] {
+        let (f, d) = run(algorithm);
+        assert!(same(&f, &fwd), "{algorithm:?} forward");
+        assert!(same(&d, &dw), "{algorithm:?} weight gradient");
+    }
+}
