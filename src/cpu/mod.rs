@@ -59,9 +59,11 @@ pub enum CpuAlgorithm {
     Auto,
     /// Direct loops over kernel taps, in scalar code: the reference.
     Direct,
-    /// Implicit GEMM: im2col panels packed from NCHW in cache-sized tiles and
-    /// a register-blocked SIMD micro-kernel; conv_transpose as one stride-1
-    /// correlation per stride phase; the weight gradient as `dY · X̂ᵀ`.
+    /// Implicit GEMM with a register-blocked SIMD micro-kernel: the im2col
+    /// matrix is read in place from a zero-bordered, stride-phase-split copy
+    /// of the input (or, for tiny planes and 1×1 convs, packed from NCHW in
+    /// cache-sized panels); conv_transpose as one stride-1 correlation per
+    /// stride phase; the weight gradient as `dY · X̂ᵀ`.
     ImplicitGemm,
     /// Direct loops vectorised along the innermost spatial dim, one output
     /// plane per task: for depthwise and other thin-group convs.
