@@ -1,14 +1,32 @@
 //! The CPU backend: rayon over disjoint output slices, so every element is
 //! computed by one task in a fixed order and results are bitwise identical for
 //! any number of threads.
+//!
+//! Algorithms (see [`select_algorithm`]): implicit GEMM with SIMD micro-kernels
+//! (`gemm.rs`), direct loops vectorised along rows for thin groups
+//! (`sliding.rs`), and the plain direct loops (`direct.rs`), the reference.
+//! The forward correlation and each stride phase of its adjoint share one
+//! description (`pass.rs`), so conv_transpose runs as stride-1 correlations
+//! with no scratch the size of its output.
 
 mod direct;
+mod gemm;
+mod isa;
+mod kernels;
 mod padding;
+mod pass;
+mod sliding;
+#[cfg(test)]
+mod tests;
+
+pub use isa::CpuIsa;
 
 use crate::backend::{Activation, Backend, ConvPrimitives};
-use crate::element::Element;
+use crate::element::{DType, Element};
 use crate::error::{Result, try_filled_vec};
 use crate::geometry::ConvGeometry;
+use kernels::{Kernels, kernels};
+use pass::Pass;
 
 /// The CPU backend. Runs on rayon's global pool, or on a pool of its own.
 ///
@@ -26,38 +44,126 @@ use crate::geometry::ConvGeometry;
 pub struct CpuBackend {
     pool: Option<rayon::ThreadPool>,
     algorithm: CpuAlgorithm,
+    /// `None`: the detected instruction set.
+    isa: Option<CpuIsa>,
 }
 
 /// Which CPU algorithm computes the primitives.
 ///
-/// `Auto` picks per problem (see `select_algorithm`); the others force one, for
+/// `Auto` picks per problem (see [`select_algorithm`]); the others force one, for
 /// benchmarks and for tests that check every algorithm against the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum CpuAlgorithm {
     /// Chosen per problem.
     #[default]
     Auto,
-    /// Direct loops over kernel taps.
+    /// Direct loops over kernel taps, in scalar code: the reference.
     Direct,
+    /// Implicit GEMM with a register-blocked SIMD micro-kernel: the im2col
+    /// matrix is read in place from a zero-bordered, stride-phase-split copy
+    /// of the input (or, for tiny planes and 1×1 convs, packed from NCHW in
+    /// cache-sized panels); conv_transpose as one stride-1 correlation per
+    /// stride phase; the weight gradient as `dY · X̂ᵀ`.
+    ImplicitGemm,
+    /// Direct loops vectorised along the innermost spatial dim, one output
+    /// plane per task: for depthwise and other thin-group convs.
+    SimdDirect,
 }
 
 impl CpuAlgorithm {
     /// Every algorithm that can be forced.
-    pub const ALL: &'static [CpuAlgorithm] = &[CpuAlgorithm::Direct];
+    pub const ALL: &'static [CpuAlgorithm] =
+        &[CpuAlgorithm::Direct, CpuAlgorithm::ImplicitGemm, CpuAlgorithm::SimdDirect];
 
     /// A short name for tables and benchmark ids.
     pub fn name(self) -> &'static str {
         match self {
             CpuAlgorithm::Auto => "auto",
             CpuAlgorithm::Direct => "direct",
+            CpuAlgorithm::ImplicitGemm => "implicit_gemm",
+            CpuAlgorithm::SimdDirect => "simd_direct",
         }
     }
+}
+
+/// Output channels per group at or below which [`select_algorithm`] picks the direct SIMD path.
+const THIN_GROUP: usize = 8;
+
+/// The algorithm [`CpuAlgorithm::Auto`] runs for the forward pass of
+/// `geometry`'s op in `dtype` (see [`select_algorithm_for`] for each primitive).
+///
+/// ```
+/// use ferroconv::{ConvGeometry, ConvOptions, CpuAlgorithm, DType};
+/// use ferroconv::cpu::select_algorithm;
+/// let depthwise = ConvGeometry::conv(2, &[1, 8, 9, 9], &[8, 1, 3, 3], None, &ConvOptions::new().groups(8)).unwrap();
+/// assert_eq!(select_algorithm(&depthwise, DType::F32), CpuAlgorithm::SimdDirect);
+/// let dense = ConvGeometry::conv(2, &[1, 8, 9, 9], &[16, 8, 3, 3], None, &ConvOptions::new()).unwrap();
+/// assert_eq!(select_algorithm(&dense, DType::BF16), CpuAlgorithm::ImplicitGemm);
+/// ```
+pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
+    let forward = match geometry.op {
+        crate::geometry::OpKind::Conv => Primitive::Correlate,
+        crate::geometry::OpKind::ConvTranspose => Primitive::CorrelateAdjoint,
+    };
+    select_algorithm_for(geometry, forward, dtype)
+}
+
+/// The algorithm [`CpuAlgorithm::Auto`] runs for `primitive` of `geometry` in `dtype`.
+///
+/// The heuristic looks at the channels per group of the primitive's output:
+/// `y` for [`Correlate`](Primitive::Correlate), `x` for
+/// [`CorrelateAdjoint`](Primitive::CorrelateAdjoint), the rows of `dw` (`y`'s
+/// channels) for [`CorrelateWeight`](Primitive::CorrelateWeight).
+///
+/// - [`SimdDirect`](CpuAlgorithm::SimdDirect) when there are at most 8 of them
+///   (depthwise, channel multipliers, ResNeXt-style groups, a 3-channel image
+///   gradient): the GEMM's register tile spans 6 (AVX2) to 12 (AVX-512)
+///   output channels, so thinner groups waste most of it, and each im2col
+///   element would feed only a handful of multiply-adds. The direct path lays
+///   each input plane out once and sums every tap of a row chunk in
+///   registers, one load per multiply-add.
+/// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is
+///   `channels per group × prod(kernel)` long and each im2col element is
+///   reused by every output channel of the group.
+///
+/// The element type does not change the choice today (halves are widened to
+/// f32 while packing and run the f32 kernels); it is a parameter so that a
+/// kernel with native half arithmetic (e.g. AVX-512 BF16 dot products) can.
+///
+/// ```
+/// use ferroconv::{ConvGeometry, ConvOptions, CpuAlgorithm, DType};
+/// use ferroconv::cpu::{Primitive, select_algorithm_for};
+/// // ResNet's stem: 3 -> 64 channels. Its input gradient has 3 channels.
+/// let stem = ConvGeometry::conv(2, &[1, 3, 32, 32], &[64, 3, 7, 7], None, &ConvOptions::new().stride(2)).unwrap();
+/// assert_eq!(select_algorithm_for(&stem, Primitive::Correlate, DType::F32), CpuAlgorithm::ImplicitGemm);
+/// assert_eq!(select_algorithm_for(&stem, Primitive::CorrelateAdjoint, DType::F32), CpuAlgorithm::SimdDirect);
+/// ```
+pub fn select_algorithm_for(geometry: &ConvGeometry, primitive: Primitive, dtype: DType) -> CpuAlgorithm {
+    let _ = dtype;
+    let output_channels_per_group = match primitive {
+        Primitive::CorrelateAdjoint => geometry.in_channels_per_group(),
+        Primitive::Correlate | Primitive::CorrelateWeight | Primitive::ChannelSums => geometry.out_channels_per_group(),
+    };
+    if output_channels_per_group <= THIN_GROUP { CpuAlgorithm::SimdDirect } else { CpuAlgorithm::ImplicitGemm }
+}
+
+/// A primitive of [`ConvPrimitives`], to ask [`CpuBackend::workspace_bytes`] about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Primitive {
+    /// [`ConvPrimitives::correlate`]: conv forward, conv_transpose backward-data.
+    Correlate,
+    /// [`ConvPrimitives::correlate_adjoint`]: conv_transpose forward, conv backward-data.
+    CorrelateAdjoint,
+    /// [`ConvPrimitives::correlate_weight`]: the weight gradient of both ops.
+    CorrelateWeight,
+    /// [`ConvPrimitives::channel_sums`]: the bias gradient.
+    ChannelSums,
 }
 
 impl CpuBackend {
     /// A backend on rayon's global pool (as many threads as cores, or `RAYON_NUM_THREADS`).
     pub fn new() -> Self {
-        CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto }
+        CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None }
     }
 
     /// A backend with a pool of its own of `threads` threads.
@@ -65,7 +171,7 @@ impl CpuBackend {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| {
             crate::Error::InvalidArgument { what: "threads", detail: format!("cannot start {threads} threads: {e}") }
         })?;
-        Ok(CpuBackend { pool: Some(pool), algorithm: CpuAlgorithm::Auto })
+        Ok(CpuBackend { pool: Some(pool), algorithm: CpuAlgorithm::Auto, isa: None })
     }
 
     /// The same backend, forced to use `algorithm`.
@@ -79,9 +185,108 @@ impl CpuBackend {
         self.algorithm
     }
 
+    /// The same backend, with its SIMD kernels for `isa` (an error when this CPU lacks it).
+    ///
+    /// ```
+    /// use ferroconv::CpuBackend;
+    /// use ferroconv::cpu::CpuIsa;
+    /// let cpu = CpuBackend::new().with_isa(CpuIsa::Portable).unwrap();
+    /// assert_eq!(cpu.isa(), CpuIsa::Portable);
+    /// ```
+    pub fn with_isa(mut self, isa: CpuIsa) -> Result<Self> {
+        if !isa.is_supported() {
+            return Err(crate::Error::InvalidArgument {
+                what: "isa",
+                detail: format!("this CPU cannot run {isa} kernels (it supports {:?})", CpuIsa::supported()),
+            });
+        }
+        self.isa = Some(isa);
+        Ok(self)
+    }
+
+    /// The instruction set the SIMD kernels use.
+    pub fn isa(&self) -> CpuIsa {
+        self.isa.unwrap_or_else(CpuIsa::detect)
+    }
+
+    /// The algorithm that computes the forward pass of `geometry` in `dtype` on
+    /// this backend: the forced one, or [`select_algorithm`]'s choice.
+    pub fn algorithm_for(&self, geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
+        match self.algorithm {
+            CpuAlgorithm::Auto => select_algorithm(geometry, dtype),
+            forced => forced,
+        }
+    }
+
+    /// The algorithm that computes `primitive` of `geometry` in `dtype` on this
+    /// backend: the forced one, or [`select_algorithm_for`]'s choice.
+    pub fn algorithm_for_primitive(&self, geometry: &ConvGeometry, primitive: Primitive, dtype: DType) -> CpuAlgorithm {
+        match self.algorithm {
+            CpuAlgorithm::Auto => select_algorithm_for(geometry, primitive, dtype),
+            forced => forced,
+        }
+    }
+
+    /// Bytes of scratch memory `primitive` allocates for `geometry` in `dtype`
+    /// (packed weights, per-task panels and accumulators, with as many tasks
+    /// in flight as this backend has threads), beyond its inputs and outputs.
+    /// Excludes the padded copy of the input that non-zero padding modes make.
+    ///
+    /// ```
+    /// use ferroconv::{ConvGeometry, ConvOptions, CpuBackend, DType};
+    /// use ferroconv::cpu::Primitive;
+    /// let g = ConvGeometry::conv(2, &[4, 64, 56, 56], &[64, 64, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
+    /// let bytes = CpuBackend::new().workspace_bytes(&g, Primitive::Correlate, DType::F32);
+    /// assert!(bytes > 0 && bytes < 64 << 20);
+    /// ```
+    pub fn workspace_bytes(&self, geometry: &ConvGeometry, primitive: Primitive, dtype: DType) -> usize {
+        match dtype {
+            DType::F64 => self.workspace::<f64>(geometry, primitive, dtype),
+            DType::F32 | DType::F16 | DType::BF16 => self.workspace::<f32>(geometry, primitive, dtype),
+        }
+    }
+
+    fn workspace<A: Copy + 'static>(&self, g: &ConvGeometry, primitive: Primitive, dtype: DType) -> usize {
+        let threads = self.threads();
+        let elements = match (self.algorithm_for_primitive(g, primitive, dtype), kernels::<A>(self.isa())) {
+            (_, _) if primitive == Primitive::ChannelSums => 0,
+            (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
+                return match primitive {
+                    Primitive::Correlate => gemm::workspace_bytes(&ks, &[Pass::forward(g)], threads),
+                    Primitive::CorrelateAdjoint => gemm::workspace_bytes(&ks, &Pass::adjoint(g), threads),
+                    _ => gemm::weight_workspace_bytes(&ks, &Pass::forward(g), threads),
+                };
+            }
+            (CpuAlgorithm::SimdDirect, Some(ks)) => {
+                return match primitive {
+                    Primitive::Correlate => sliding::workspace_bytes(&ks, &[Pass::forward(g)], false, threads),
+                    Primitive::CorrelateAdjoint => sliding::workspace_bytes(&ks, &Pass::adjoint(g), false, threads),
+                    _ => sliding::workspace_bytes(&ks, &[Pass::forward(g)], true, threads),
+                };
+            }
+            _ => match primitive {
+                Primitive::Correlate => g.out_volume(),
+                Primitive::CorrelateAdjoint => g.in_volume(),
+                _ => g.in_channels_per_group() * g.kernel_volume(),
+            },
+        };
+        threads * elements * std::mem::size_of::<A>()
+    }
+
+    /// The kernels to run `primitive` of `geometry` with, or `None` for the direct loops.
+    fn plan<T: Element>(&self, g: &ConvGeometry, primitive: Primitive) -> (CpuAlgorithm, Option<Kernels<T::Accum>>) {
+        match self.algorithm_for_primitive(g, primitive, T::DTYPE) {
+            CpuAlgorithm::Direct | CpuAlgorithm::Auto => (CpuAlgorithm::Direct, None),
+            fast => match kernels::<T::Accum>(self.isa()) {
+                Some(ks) => (fast, Some(ks)),
+                None => (CpuAlgorithm::Direct, None),
+            },
+        }
+    }
+
     /// The shared backend on the global pool.
     pub fn global() -> &'static CpuBackend {
-        static GLOBAL: CpuBackend = CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto };
+        static GLOBAL: CpuBackend = CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None };
         &GLOBAL
     }
 
@@ -135,7 +340,16 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         if let Some(b) = bias {
             check_len("bias", b, &[g.out_channels])?;
         }
-        self.install(|| direct::correlate(g, x, w, bias.map(Vec::as_slice), activation, y));
+        let bias = bias.map(Vec::as_slice);
+        self.install(|| match self.plan::<T>(g, Primitive::Correlate) {
+            (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
+                gemm::correlate(&ks, &[Pass::forward(g)], x, w, bias, activation, y)
+            }
+            (CpuAlgorithm::SimdDirect, Some(ks)) => {
+                sliding::correlate(&ks, &[Pass::forward(g)], x, w, bias, activation, y)
+            }
+            _ => direct::correlate(g, x, w, bias, activation, y),
+        });
         Ok(())
     }
 
@@ -154,7 +368,16 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         if let Some(b) = bias {
             check_len("bias", b, &[g.in_channels])?;
         }
-        self.install(|| direct::correlate_adjoint(g, y, w, bias.map(Vec::as_slice), activation, x));
+        let bias = bias.map(Vec::as_slice);
+        self.install(|| match self.plan::<T>(g, Primitive::CorrelateAdjoint) {
+            (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
+                gemm::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
+            }
+            (CpuAlgorithm::SimdDirect, Some(ks)) => {
+                sliding::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
+            }
+            _ => direct::correlate_adjoint(g, y, w, bias, activation, x),
+        });
         Ok(())
     }
 
@@ -162,14 +385,23 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         check_len("x", x, &g.x_shape())?;
         check_len("y", y, &g.y_shape())?;
         check_len("grad_weight", dw, &g.weight_shape())?;
-        self.install(|| direct::correlate_weight(g, x, y, dw));
+        self.install(|| match self.plan::<T>(g, Primitive::CorrelateWeight) {
+            (CpuAlgorithm::ImplicitGemm, Some(ks)) => gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
+            (CpuAlgorithm::SimdDirect, Some(ks)) => sliding::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
+            _ => direct::correlate_weight(g, x, y, dw),
+        });
         Ok(())
     }
 
     fn channel_sums(&self, batch: usize, channels: usize, volume: usize, t: &Vec<T>, sums: &mut Vec<T>) -> Result<()> {
         check_len("tensor", t, &[batch, channels, volume])?;
         check_len("sums", sums, &[channels])?;
-        self.install(|| direct::channel_sums(batch, channels, volume, t, sums));
+        self.install(|| match kernels::<T::Accum>(self.isa()) {
+            Some(ks) if self.algorithm != CpuAlgorithm::Direct => {
+                sliding::channel_sums(&ks, batch, channels, volume, t, sums)
+            }
+            _ => direct::channel_sums(batch, channels, volume, t, sums),
+        });
         Ok(())
     }
 

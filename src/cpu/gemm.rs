@@ -1,0 +1,716 @@
+//! Implicit GEMM: each [`Pass`] is `Y[g] (cd × P) = W[g] (cd × K) · X̂[g] (K × P)`
+//! with `K = cs · taps` and `X̂` the im2col matrix, never formed whole.
+//!
+//! Tasks own disjoint blocks of `dst`: a column block (positions of one image,
+//! or several small images) × one group, every pass included; each task runs
+//! its channels in parallel row blocks on one shared source of `X̂`:
+//! - read in place from [`Bordered`], a copy of `src` made once per op with zero
+//!   borders and its stride phases split apart, so every im2col row is a
+//!   contiguous run of it (`nn_indirect`); or, where that would waste columns
+//!   (tiny planes) or is a plain 1×1 conv,
+//! - packed from the NCHW planes into a panel for the task's columns.
+//!
+//! The weights are packed once per op into `MR`-row strips.
+//!
+//! The weight gradient `dW[g] (cd × K) = dY[g] (cd × NP) · X̂[g]ᵀ` runs the `nt`
+//! kernel over column blocks in a fixed order; its tasks own blocks of `K`
+//! (each reads or packs only its rows of `X̂`), and `dY` is packed once per
+//! block, in the same columns as `X̂` (zeros in the gap columns of the
+//! in-place layout, which is therefore used only when `x` is all finite).
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::kernels::{Kernels, RowSet};
+use super::pass::{Direction, Pass, Segment, store_row, widen};
+use crate::backend::Activation;
+use crate::element::{Accumulator, Element};
+
+/// Rows of `X̂` a micro-kernel call reduces over: a `KC × columns` slice of
+/// the panel stays in L2, and a `MR × KC` weight strip in L1.
+const KC: usize = 256;
+/// Columns (grid points per pass) a column block aims for.
+const COLUMNS: usize = 256;
+/// At most this many bytes of im2col panel per column block (fewer columns when `K` is long).
+const PANEL_BYTES: usize = 4 << 20;
+/// Channels a row block of a forward or adjoint task aims for.
+const ROWS: usize = 128;
+/// Parallel pieces an op aims to split into when its shape allows, whatever
+/// the thread count: enough to keep a few threads busy and balanced.
+const MIN_TASKS: usize = 8;
+/// Rows of the panel one packing job fills.
+const PACK_ROWS: usize = 32;
+
+/// Column blocks: `batch` planes of `volume` positions cut into blocks of
+/// whole planes (`images` of them) or of `positions` positions of one plane.
+/// A function of the shape only.
+#[derive(Debug, Clone)]
+pub(crate) struct Columns {
+    images: usize,
+    positions: usize,
+    position_blocks: usize,
+    blocks: usize,
+}
+
+impl Columns {
+    /// Blocks of about `target` positions.
+    fn new(batch: usize, volume: usize, target: usize) -> Columns {
+        let target = target.max(1);
+        let (images, positions) =
+            if volume <= target { ((target / volume.max(1)).clamp(1, batch.max(1)), volume) } else { (1, target) };
+        let position_blocks = volume.div_ceil(positions.max(1)).max(1);
+        Columns { images, positions, position_blocks, blocks: batch.div_ceil(images) * position_blocks }
+    }
+
+    /// The images and positions of block `index`.
+    fn block(&self, index: usize, batch: usize, volume: usize) -> (Range<usize>, Range<usize>) {
+        let (ib, pb) = (index / self.position_blocks, index % self.position_blocks);
+        let images = ib * self.images..((ib + 1) * self.images).min(batch);
+        let positions = pb * self.positions..((pb + 1) * self.positions).min(volume);
+        (images, positions)
+    }
+}
+
+/// `rows` cut into about `parts` blocks, each a multiple of `align` and at most `cap` (rounded up to `align`).
+fn row_block(rows: usize, parts: usize, align: usize, cap: usize) -> usize {
+    rows.div_ceil(parts.max(1)).clamp(1, cap.max(1)).next_multiple_of(align)
+}
+
+/// How a forward or adjoint op is split: column blocks × groups are tasks,
+/// each cut into row blocks that run in parallel on the task's shared panel.
+#[derive(Debug, Clone)]
+struct Plan {
+    columns: Columns,
+    rows: usize,
+    /// Panel leading dimension bound (columns rounded up to `NR`).
+    max_ldb: usize,
+}
+
+impl Plan {
+    fn new(passes: &[Pass], mr: usize, nr: usize, element: usize) -> Option<Plan> {
+        let first = passes.first()?;
+        let k = passes.iter().map(Pass::reduction).max().unwrap_or(0).max(1);
+        let target = COLUMNS.min((PANEL_BYTES / (k * element)).max(nr));
+        // Positions so that each pass gets about `target` grid points.
+        let columns = Columns::new(first.batch, first.dst_volume(), target * passes.len());
+        let tasks = columns.blocks * first.groups;
+        let rows = row_block(first.dst_channels, MIN_TASKS.div_ceil(tasks.max(1)), mr, ROWS);
+        let max_ldb = passes.iter().map(|p| grid_columns(p, &columns)).max().unwrap_or(0).next_multiple_of(nr);
+        Some(Plan { columns, rows, max_ldb })
+    }
+}
+
+/// The `src` planes copied once with zero borders wide enough that every tap
+/// reads inside, and split into their stride phases (`x_r[i] = x[r + stride·i]`
+/// per dim), so that every tap reads one phase with unit stride. Grid point
+/// `m` of a pass then has the *virtual position* `v = m0·pitch[0] + m1·pitch[1] + m2`,
+/// and im2col row `(c, j)` at column `v` is `plane(c)[starts[j] + v]`: the `nn`
+/// kernel reads it in place (`nn_indirect`), with no panel to pack. Columns
+/// that fall in the borders are computed and dropped.
+struct Bordered<A> {
+    data: Vec<A>,
+    plane_len: usize,
+    pitch: [usize; 2],
+    /// Per pass, per tap: where the tap reads grid point 0.
+    starts: Vec<Vec<usize>>,
+}
+
+/// Where [`Bordered`] puts things: zeros before the data (in padded
+/// coordinates), the extent of a phase in each dim, and the length of a plane.
+struct BorderedLayout {
+    lo: [usize; 3],
+    extent: [usize; 3],
+    plane_len: usize,
+}
+
+impl<A: Accumulator> Bordered<A> {
+    /// The layout for `passes`, or `None` where packing serves better: borders
+    /// that would waste more than an eighth of the columns, or a single pass
+    /// with a single tap (a 1×1 conv: its panel is a straight copy, and reading
+    /// its rows in place touches a page per input channel for every strip).
+    fn layout(passes: &[Pass], nr: usize) -> Option<BorderedLayout> {
+        let first = passes.first()?;
+        let stride = first.src_stride;
+        if passes.iter().any(|p| p.src_stride != stride) || (passes.len() == 1 && first.taps.len() == 1) {
+            return None;
+        }
+        let offsets = |d: usize| passes.iter().flat_map(move |p| p.taps.iter().map(move |t| t.offset[d]));
+        let count = |d: usize| passes.iter().map(|p| p.count[d]).max().unwrap_or(0);
+        let lo: [usize; 3] = std::array::from_fn(|d| (-offsets(d).min().unwrap_or(0)).max(0) as usize);
+        let extent: [usize; 3] = std::array::from_fn(|d| {
+            let furthest = (lo[d] as i64 + offsets(d).max().unwrap_or(0)).max(0) as usize / stride[d];
+            (count(d).saturating_sub(1) + furthest + 1).max((lo[d] + first.src_size[d]).div_ceil(stride[d]))
+        });
+        if 8 * (extent[2] - count(2)) > extent[2] {
+            return None;
+        }
+        let phases = stride.iter().product::<usize>();
+        Some(BorderedLayout { lo, extent, plane_len: phases * extent.iter().product::<usize>() + nr })
+    }
+
+    /// Elements of the copy `new` would make for `passes`.
+    fn len(passes: &[Pass], nr: usize) -> usize {
+        Self::layout(passes, nr).map_or(0, |layout| {
+            let first = &passes[0];
+            first.batch * first.groups * first.src_channels * layout.plane_len
+        })
+    }
+
+    /// The copy of `src` for `passes`; with `finite_only`, `None` as well when
+    /// `src` holds an infinity or NaN (see `correlate_weight`).
+    fn new<T: Element<Accum = A>>(passes: &[Pass], src: &[T], nr: usize, finite_only: bool) -> Option<Self> {
+        let BorderedLayout { lo, extent, plane_len } = Self::layout(passes, nr)?;
+        let first = &passes[0];
+        let stride = first.src_stride;
+        let pitch = [extent[1] * extent[2], extent[2]];
+        let phase_len = extent.iter().product::<usize>();
+        // Where padded position `e` of dim `d` lands: its phase and index in it.
+        let place = |d: usize, e: usize| (e % stride[d], e / stride[d]);
+        let planes = first.batch * first.groups * first.src_channels;
+        let mut data = vec![A::ZERO; planes * plane_len];
+        let [_, h, w] = first.src_size;
+        let volume = first.src_volume();
+        if volume > 0 {
+            let finite = data.par_chunks_mut(plane_len).zip(src.par_chunks(volume)).all(|(dst, plane)| {
+                let mut row_buffer = vec![A::ZERO; w];
+                let mut finite = true;
+                for (row, values) in plane.chunks(w).enumerate() {
+                    let ((r0, i0), (r1, i1)) = (place(0, lo[0] + row / h), place(1, lo[1] + row % h));
+                    let phase_row = (r0 * stride[1] + r1) * stride[2];
+                    let at = i0 * pitch[0] + i1 * pitch[1];
+                    if stride[2] == 1 {
+                        let row = &mut dst[phase_row * phase_len + at + lo[2]..][..w];
+                        widen(values, row);
+                        finite &= row.iter().all(|&v| v.to_f64().is_finite());
+                        continue;
+                    }
+                    widen(values, &mut row_buffer);
+                    finite &= row_buffer.iter().all(|&v| v.to_f64().is_finite());
+                    // Element i lands in phase (lo + i) mod stride at (lo + i) / stride: walk each phase.
+                    for first in 0..stride[2].min(w) {
+                        let (r2, i2) = place(2, lo[2] + first);
+                        let phase = &mut dst[(phase_row + r2) * phase_len + at + i2..];
+                        for (d, &v) in phase.iter_mut().zip(row_buffer[first..].iter().step_by(stride[2])) {
+                            *d = v;
+                        }
+                    }
+                }
+                finite || !finite_only
+            });
+            if !finite {
+                return None;
+            }
+        }
+        let starts = passes
+            .iter()
+            .map(|p| {
+                p.taps
+                    .iter()
+                    .map(|t| {
+                        let q: [(usize, usize); 3] =
+                            std::array::from_fn(|d| place(d, (lo[d] as i64 + t.offset[d]) as usize));
+                        let phase = (q[0].0 * stride[1] + q[1].0) * stride[2] + q[2].0;
+                        phase * phase_len + q[0].1 * pitch[0] + q[1].1 * pitch[1] + q[2].1
+                    })
+                    .collect()
+            })
+            .collect();
+        Some(Bordered { data, plane_len, pitch, starts })
+    }
+
+    fn virtual_position(&self, m0: usize, m1: usize, m2: usize) -> usize {
+        m0 * self.pitch[0] + m1 * self.pitch[1] + m2
+    }
+}
+
+/// The columns of one image in an indirect tile: its virtual positions from `first`, at tile column `column`.
+struct ImageColumns {
+    n: usize,
+    first: usize,
+    column: usize,
+    len: usize,
+}
+
+/// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
+fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
+    passes
+        .iter()
+        .map(|pass| {
+            let (k, strips) = (pass.reduction(), pass.dst_channels.div_ceil(mr));
+            let mut packed = vec![T::Accum::ZERO; pass.groups * strips * k * mr];
+            if k > 0 {
+                packed.par_chunks_mut(k * mr).enumerate().for_each(|(strip_index, strip)| {
+                    let (group, first) = (strip_index / strips, strip_index % strips * mr);
+                    let rows = mr.min(pass.dst_channels - first);
+                    // w(group, first + i, c, j) is at `base + i·i_step + c·c_step + tap index`; for
+                    // a fixed c the strip's kernels are then near each other in either layout.
+                    let (base, i_step, c_step) = match pass.direction {
+                        Direction::Forward => {
+                            let row = pass.src_channels * pass.kernel_volume;
+                            ((group * pass.dst_channels + first) * row, row, pass.kernel_volume)
+                        }
+                        Direction::Adjoint => (
+                            (group * pass.src_channels * pass.dst_channels + first) * pass.kernel_volume,
+                            pass.kernel_volume,
+                            pass.dst_channels * pass.kernel_volume,
+                        ),
+                    };
+                    let ntaps = pass.taps.len();
+                    let kvol = pass.kernel_volume;
+                    for (c, block) in strip.chunks_mut(ntaps * mr).enumerate() {
+                        for i in 0..rows {
+                            let kernel = &w[base + i * i_step + c * c_step..][..kvol];
+                            for (dst, tap) in block[i..].iter_mut().step_by(mr).zip(&pass.taps) {
+                                *dst = kernel[tap.index].to_accum();
+                            }
+                        }
+                    }
+                });
+            }
+            packed
+        })
+        .collect()
+}
+
+/// One task's share of `dst`: the pieces of its planes, ordered by (channel, image).
+struct Task<'a, T> {
+    images: Range<usize>,
+    positions: Range<usize>,
+    group: usize,
+    pieces: Vec<&'a mut [T]>,
+}
+
+/// Pieces of `dst` keyed by their place in a task (channel-major, then image).
+type KeyedPieces<'a, T> = Vec<(usize, &'a mut [T])>;
+
+/// Splits `dst` (`[batch, groups·cd, volume]`) into one task per column block and group.
+fn split_tasks<'a, T>(dst: &'a mut [T], columns: &Columns, first: &Pass) -> Vec<Task<'a, T>> {
+    let (batch, groups, cd, volume) = (first.batch, first.groups, first.dst_channels, first.dst_volume());
+    let mut tasks: Vec<(Task<'a, T>, KeyedPieces<'a, T>)> = (0..columns.blocks * groups)
+        .map(|index| {
+            let (images, positions) = columns.block(index / groups, batch, volume);
+            (Task { images, positions, group: index % groups, pieces: Vec::new() }, Vec::new())
+        })
+        .collect();
+    if volume > 0 {
+        for (plane_index, plane) in dst.chunks_mut(volume).enumerate() {
+            let (n, channel) = (plane_index / (groups * cd), plane_index % (groups * cd));
+            let (group, o) = (channel / cd, channel % cd);
+            let mut rest = plane;
+            for pb in 0..columns.position_blocks {
+                let (piece, tail) = rest.split_at_mut(columns.positions.min(rest.len()));
+                rest = tail;
+                let block = n / columns.images * columns.position_blocks + pb;
+                let (task, keyed) = &mut tasks[block * groups + group];
+                keyed.push((o * columns.images + n - task.images.start, piece));
+            }
+        }
+    }
+    tasks
+        .into_iter()
+        .map(|(mut task, mut keyed)| {
+            keyed.sort_by_key(|&(key, _)| key);
+            task.pieces = keyed.into_iter().map(|(_, piece)| piece).collect();
+            task
+        })
+        .collect()
+}
+
+/// Bytes of extra memory a forward or adjoint op takes with `threads` threads.
+pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], threads: usize) -> usize {
+    let size = std::mem::size_of::<A>();
+    let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, size) else { return 0 };
+    let weights: usize =
+        passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(ks.nn_rows) * ks.nn_rows * p.reduction()).sum();
+    let k = passes.iter().map(Pass::reduction).max().unwrap_or(0);
+    // Each thread holds at most one task's panel and one row block's tile; the
+    // bordered copy replaces the panels where it is used.
+    let bordered = Bordered::<f64>::len(passes, ks.nn_cols);
+    let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
+    let per_thread = panel + plan.max_ldb * plan.rows;
+    (weights + bordered + threads.max(1) * per_thread) * size
+}
+
+/// The most grid points a column block holds in `pass`.
+fn grid_columns(pass: &Pass, columns: &Columns) -> usize {
+    let per_image = if columns.positions >= pass.dst_volume() {
+        pass.count.iter().product()
+    } else {
+        // A run of `positions` touches at most this many rows, each with at most this many points.
+        let rows = columns.positions.div_ceil(pass.dst_size[2]) + 1;
+        rows * pass.count[2].min(columns.positions)
+    };
+    per_image * columns.images
+}
+
+/// Runs `passes` (which together cover `dst`) by implicit GEMM.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn correlate<T: Element>(
+    ks: &Kernels<T::Accum>,
+    passes: &[Pass],
+    src: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    activation: Activation,
+    dst: &mut [T],
+) {
+    let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, std::mem::size_of::<T::Accum>()) else { return };
+    let packed = pack_weights(passes, w, ks.nn_rows);
+    let bordered = Bordered::new(passes, src, ks.nn_cols, false);
+    let tasks = split_tasks(dst, &plan.columns, &passes[0]);
+    tasks.into_par_iter().for_each(|mut task| {
+        let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
+        let mut panel_start = 0;
+        for (p, (pass, packed)) in passes.iter().zip(&packed).enumerate() {
+            let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut segments);
+            if columns == 0 {
+                continue;
+            }
+            let ldb = match &bordered {
+                Some(bordered) => virtual_columns(bordered, ks.nn_cols, &mut segments, &mut images),
+                None => {
+                    let ldb = columns.next_multiple_of(ks.nn_cols);
+                    panel_start = pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
+                    ldb
+                }
+            };
+            let image_count = task.images.len();
+            let group = task.group;
+            task.pieces.par_chunks_mut(plan.rows * image_count).enumerate().for_each(|(block, pieces)| {
+                let channels = block * plan.rows..(block * plan.rows + pieces.len() / image_count);
+                let (mut tile, start) = match &bordered {
+                    Some(bordered) => {
+                        multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone())
+                    }
+                    None => multiply(ks, pass, packed, &panel[panel_start..], ldb, group, channels.clone()),
+                };
+                let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
+                write_tile(pass, bias, activation, &mut tile[start..], ldb, &segments, &region, pieces);
+            });
+        }
+    });
+}
+
+/// Grows `buffer` (with zeros) to hold `len` elements from a 64-byte boundary
+/// (a cache line), so that the kernels' vector loads never straddle two
+/// lines, and returns the index of that boundary.
+fn cache_aligned<A: Accumulator>(buffer: &mut Vec<A>, len: usize) -> usize {
+    let slack = 64 / std::mem::size_of::<A>();
+    if buffer.len() < len + slack {
+        buffer.resize(len + slack, A::ZERO);
+    }
+    buffer.as_ptr().align_offset(64).min(slack)
+}
+
+/// The whole `K × ldb` im2col panel of `segments`, packed `PACK_ROWS` rows per job.
+fn pack_panel<T: Element>(
+    pass: &Pass,
+    src: &[T],
+    group: usize,
+    segments: &[Segment],
+    columns: usize,
+    ldb: usize,
+    panel: &mut Vec<T::Accum>,
+) -> usize {
+    let (k, ntaps) = (pass.reduction(), pass.taps.len());
+    // Every element is written below, so the buffer only grows, never needs clearing.
+    let start = cache_aligned(panel, k * ldb);
+    panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
+        for (i, row) in rows.chunks_mut(ldb).enumerate() {
+            let kk = job * PACK_ROWS + i;
+            pass.pack_row(src, group, kk / ntaps, kk % ntaps, segments, &mut row[..columns]);
+            row[columns..].fill(T::Accum::ZERO);
+        }
+    });
+    start
+}
+
+/// `W[group][channels] · panel`, `KC` rows at a time: `channels` (rounded up to
+/// `MR`) × `ldb`, returned in a buffer from the given index.
+fn multiply<A: Accumulator>(
+    ks: &Kernels<A>,
+    pass: &Pass,
+    packed: &[A],
+    panel: &[A],
+    ldb: usize,
+    group: usize,
+    channels: Range<usize>,
+) -> (Vec<A>, usize) {
+    let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, pass.reduction());
+    let strips = channels.len().div_ceil(mr);
+    let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
+    let mut buffer = Vec::new();
+    let start = cache_aligned(&mut buffer, strips * mr * ldb);
+    let tile = &mut buffer[start..][..strips * mr * ldb];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let b = &panel[k0 * ldb..];
+        // Each `KC × NR` block of the panel is read once and stays in L1 for every weight strip.
+        for jr in (0..ldb).step_by(nr) {
+            for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
+                let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
+                ks.nn(kc, a, &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
+            }
+        }
+    }
+    (buffer, start)
+}
+
+/// Lays the segments' grid points out as virtual positions, image by image
+/// (each image's run rounded up to `nr` columns), and points each segment at
+/// its tile column. Returns the tile width.
+fn virtual_columns<A: Accumulator>(
+    bordered: &Bordered<A>,
+    nr: usize,
+    segments: &mut [Segment],
+    images: &mut Vec<ImageColumns>,
+) -> usize {
+    images.clear();
+    let mut width = 0;
+    for seg in segments.iter_mut() {
+        let v = bordered.virtual_position(seg.m[0], seg.m[1], seg.m2.start);
+        match images.last_mut() {
+            Some(image) if image.n == seg.n => image.len = v + seg.m2.len() - image.first,
+            _ => {
+                if let Some(last) = images.last() {
+                    width = last.column + last.len.next_multiple_of(nr);
+                }
+                images.push(ImageColumns { n: seg.n, first: v, column: width, len: seg.m2.len() });
+            }
+        }
+        let image = images.last().map_or(0, |i| i.column + v - i.first);
+        seg.column = image;
+    }
+    images.last().map_or(0, |last| last.column + last.len.next_multiple_of(nr))
+}
+
+/// [`multiply`] with `X̂` read in place from the bordered planes.
+#[allow(clippy::too_many_arguments)]
+fn multiply_indirect<A: Accumulator>(
+    ks: &Kernels<A>,
+    pass: &Pass,
+    packed: &[A],
+    bordered: &Bordered<A>,
+    pass_index: usize,
+    images: &[ImageColumns],
+    ldb: usize,
+    group: usize,
+    channels: Range<usize>,
+) -> (Vec<A>, usize) {
+    let (mr, nr, k, ntaps) = (ks.nn_rows, ks.nn_cols, pass.reduction(), pass.taps.len());
+    let strips = channels.len().div_ceil(mr);
+    let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
+    let starts = &bordered.starts[pass_index];
+    let mut buffer = Vec::new();
+    let start = cache_aligned(&mut buffer, strips * mr * ldb);
+    let tile = &mut buffer[start..][..strips * mr * ldb];
+    let mut rows = RowSet::new();
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for image in images {
+            rows.clear();
+            for kk in k0..k0 + kc {
+                let (c, j) = (kk / ntaps, kk % ntaps);
+                let plane = ((image.n * pass.groups + group) * pass.src_channels + c) * bordered.plane_len;
+                rows.push(&bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]);
+            }
+            // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
+            for jr in (0..image.len).step_by(nr) {
+                for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
+                    let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
+                    ks.nn_indirect(a, &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
+                }
+            }
+        }
+    }
+    (buffer, start)
+}
+
+/// Where a tile goes: its images, positions, group and channels.
+struct Region {
+    images: Range<usize>,
+    positions: Range<usize>,
+    group: usize,
+    channels: Range<usize>,
+}
+
+/// Writes `act(tile + bias)` to the region's grid points of `pass`; `pieces` are ordered (channel, image).
+#[allow(clippy::too_many_arguments)]
+fn write_tile<T: Element>(
+    pass: &Pass,
+    bias: Option<&[T]>,
+    activation: Activation,
+    tile: &mut [T::Accum],
+    ldb: usize,
+    segments: &[Segment],
+    region: &Region,
+    pieces: &mut [&mut [T]],
+) {
+    let images = region.images.len();
+    for ((o, tile_row), planes) in region.channels.clone().zip(tile.chunks_mut(ldb)).zip(pieces.chunks_mut(images)) {
+        let b = bias.map_or(T::Accum::ZERO, |b| b[region.group * pass.dst_channels + o].to_accum());
+        for seg in segments {
+            let piece = &mut planes[seg.n - region.images.start];
+            let first = pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]) - region.positions.start;
+            let values = &mut tile_row[seg.column..][..seg.m2.len()];
+            store_row(values, b, activation, &mut piece[first..], pass.step[2]);
+        }
+    }
+}
+
+/// Columns per block of the weight gradient's reduction.
+const WEIGHT_COLUMNS: usize = 512;
+/// Rows of `K` a weight-gradient task aims for at most.
+const WEIGHT_ROWS: usize = 256;
+
+/// How the weight gradient is split: column blocks reduced in order, and `K`
+/// cut into blocks of `rows` (the parallel tasks, with the groups).
+struct WeightPlan {
+    columns: Columns,
+    rows: usize,
+    row_blocks: usize,
+    k: usize,
+}
+
+impl WeightPlan {
+    fn new(pass: &Pass, nt_cols: usize) -> WeightPlan {
+        let k = pass.src_channels * pass.kernel_volume;
+        let columns = Columns::new(pass.batch, pass.dst_volume(), WEIGHT_COLUMNS);
+        let rows = row_block(k, MIN_TASKS.div_ceil(pass.groups), nt_cols, WEIGHT_ROWS);
+        WeightPlan { columns, rows, row_blocks: k.div_ceil(rows).max(1), k }
+    }
+}
+
+/// Bytes of extra memory the weight gradient takes with `threads` threads.
+pub(crate) fn weight_workspace_bytes<A>(ks: &Kernels<A>, pass: &Pass, threads: usize) -> usize {
+    let plan = WeightPlan::new(pass, ks.nt_cols);
+    let ld = grid_columns(pass, &plan.columns).next_multiple_of(ks.lanes);
+    let cd = pass.dst_channels.next_multiple_of(ks.nt_rows);
+    let accumulators = pass.groups * plan.row_blocks * cd * plan.rows;
+    // `X̂` is read in place from a bordered copy of `x` where one fits, else packed per task.
+    let bordered = Bordered::<f64>::len(std::slice::from_ref(pass), ks.nn_cols);
+    let panels = if bordered > 0 { 0 } else { threads.max(1) * plan.rows * ld };
+    (accumulators + pass.groups * cd * ld + bordered + panels) * std::mem::size_of::<A>()
+}
+
+/// `dw[g·cd + o, k] = Σ_{n, p} y[n, g·cd + o, p] · X̂[g][k, (n, p)]` for the forward `pass`.
+///
+/// Column blocks are reduced in a fixed order; in each, `dY` is packed once
+/// and every (group, K block) task packs its own rows of `X̂` and adds
+/// `dY · X̂ᵀ` to its accumulator.
+pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, x: &[T], y: &[T], dw: &mut [T]) {
+    let plan = WeightPlan::new(pass, ks.nt_cols);
+    let (cd, groups, k) = (pass.dst_channels, pass.groups, plan.k);
+    if k == 0 || cd == 0 {
+        return;
+    }
+    let (mr, nr, lanes) = (ks.nt_rows, ks.nt_cols, ks.lanes);
+    let (cd_pad, ntaps, volume) = (cd.next_multiple_of(mr), pass.taps.len(), pass.dst_volume());
+    let mut accumulators = vec![vec![T::Accum::ZERO; cd_pad * plan.rows]; groups * plan.row_blocks];
+    // `X̂` read in place where it can be: its gap columns meet zeros of `dY`, which
+    // only leaves the sums unchanged when every value of `x` is finite.
+    let bordered = Bordered::new(std::slice::from_ref(pass), x, ks.nn_cols, true);
+    let (mut segments, mut dy, mut images) = (Vec::new(), Vec::new(), Vec::new());
+    for block in 0..plan.columns.blocks {
+        let (image_range, positions) = plan.columns.block(block, pass.batch, volume);
+        let columns = pass.segments(image_range, positions, &mut segments);
+        if columns == 0 {
+            continue;
+        }
+        let ld = match &bordered {
+            Some(bordered) => virtual_columns(bordered, lanes, &mut segments, &mut images),
+            None => columns.next_multiple_of(lanes),
+        };
+        dy.clear();
+        dy.resize(groups * cd_pad * ld, T::Accum::ZERO);
+        dy.par_chunks_mut(ld).enumerate().for_each(|(row, dy_row)| {
+            let (group, o) = (row / cd_pad, row % cd_pad);
+            if o < cd {
+                for seg in &segments {
+                    let plane = ((seg.n * groups + group) * cd + o) * volume;
+                    let first = plane + pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]);
+                    widen(&y[first..][..seg.m2.len()], &mut dy_row[seg.column..][..seg.m2.len()]);
+                }
+            }
+        });
+        accumulators.par_iter_mut().enumerate().for_each(|(task, acc)| {
+            let (group, rb) = (task / plan.row_blocks, task % plan.row_blocks);
+            let rows = rb * plan.rows..((rb + 1) * plan.rows).min(k);
+            let dy = &dy[group * cd_pad * ld..][..cd_pad * ld];
+            match &bordered {
+                Some(bordered) => {
+                    let zeros = vec![T::Accum::ZERO; ld];
+                    for image in &images {
+                        let mut xhat = RowSet::new();
+                        for kk in rows.clone() {
+                            let (c, j) = (kk / ntaps, kk % ntaps);
+                            let plane = ((image.n * groups + group) * pass.src_channels + c) * bordered.plane_len;
+                            let start = plane + bordered.starts[0][j] + image.first;
+                            xhat.push(&bordered.data[start..plane + bordered.plane_len]);
+                        }
+                        for _ in rows.len()..rows.len().next_multiple_of(nr) {
+                            xhat.push(&zeros);
+                        }
+                        let len = image.len.next_multiple_of(lanes);
+                        for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
+                            let a = &dy[s * mr * ld + image.column..];
+                            for jr in (0..rows.len()).step_by(nr) {
+                                ks.nt_indirect(len, a, ld, &xhat, jr, &mut acc_strip[jr..], plan.rows);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let mut xhat = vec![T::Accum::ZERO; rows.len().next_multiple_of(nr) * ld];
+                    for (kk, row) in rows.zip(xhat.chunks_mut(ld)) {
+                        pass.pack_row(x, group, kk / ntaps, kk % ntaps, &segments, &mut row[..columns]);
+                    }
+                    for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
+                        for jr in (0..xhat.len() / ld).step_by(nr) {
+                            ks.nt(ld, &dy[s * mr * ld..], ld, &xhat[jr * ld..], ld, &mut acc_strip[jr..], plan.rows);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    dw.par_chunks_mut(k).enumerate().for_each(|(channel, dw_row)| {
+        let (group, o) = (channel / cd, channel % cd);
+        for (rb, dw_part) in dw_row.chunks_mut(plan.rows).enumerate() {
+            let acc = &accumulators[group * plan.row_blocks + rb][o * plan.rows..];
+            for (d, &a) in dw_part.iter_mut().zip(acc) {
+                *d = T::from_accum(a);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::{ConvGeometry, ConvOptions, ConvTransposeOptions};
+
+    /// The shapes `cpu::tests` checks against the direct loops past the tile sizes
+    /// run both ways of reading `X̂`: in place and packed.
+    #[test]
+    fn large_test_shapes_cover_both_panel_sources() {
+        let nr = 16;
+        let conv = ConvGeometry::conv(2, &[2, 40, 19, 23], &[29, 40, 3, 3], None, &ConvOptions::new().padding(1));
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&conv.unwrap())], nr).is_some());
+        let opts = ConvTransposeOptions::new().stride(2);
+        let up = ConvGeometry::conv_transpose(2, &[1, 16, 30, 17], &[16, 20, 2, 2], None, &opts).unwrap();
+        assert!(Bordered::<f32>::layout(&Pass::adjoint(&up), nr).is_some());
+        let strided = ConvOptions::new().padding(1).stride(2);
+        let strided = ConvGeometry::conv(2, &[2, 8, 33, 40], &[24, 8, 3, 3], None, &strided).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&strided)], nr).is_some());
+        let stem = ConvOptions::new().padding(3).stride(2);
+        let stem = ConvGeometry::conv(2, &[1, 3, 40, 44], &[20, 3, 7, 7], None, &stem).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&stem)], nr).is_some());
+        let narrow = ConvOptions::new().padding([1, 0]).stride([2, 1]).groups(2);
+        let narrow = ConvGeometry::conv(2, &[3, 6, 7, 5], &[50, 3, 2, 3], None, &narrow).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&narrow)], nr).is_none());
+        let pointwise = ConvGeometry::conv(2, &[1, 8, 6, 6], &[16, 8, 1, 1], None, &ConvOptions::new()).unwrap();
+        assert!(Bordered::<f32>::layout(&[Pass::forward(&pointwise)], nr).is_none());
+    }
+}

@@ -1,0 +1,323 @@
+//! Run-time instruction-set dispatch: which SIMD kernels this CPU runs,
+//! decided once, and the few vector operations the kernels are written in.
+//!
+//! Every kernel is one generic function over [`Lanes`]; an instruction set is
+//! a marker type implementing it with `std::arch` intrinsics. The generic body
+//! is instantiated inside a `#[target_feature]` wrapper per instruction set
+//! (see `kernels.rs`), so the AVX-512 and AVX2 kernels are the same code with
+//! different register widths, and the portable one is plain Rust arrays that
+//! the compiler vectorises for whatever target it builds for.
+
+use std::sync::OnceLock;
+
+/// The SIMD instruction set the CPU kernels use.
+///
+/// [`CpuIsa::detect`] picks the widest one this CPU supports (once, then
+/// cached); `FERROCONV_CPU_ISA=avx512|avx2|portable` caps it, for testing a
+/// narrower path on a wider machine.
+///
+/// ```
+/// use ferroconv::cpu::CpuIsa;
+/// let isa = CpuIsa::detect();
+/// assert!(isa.is_supported());
+/// assert!(CpuIsa::supported().contains(&CpuIsa::Portable));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CpuIsa {
+    /// Plain Rust, vectorised by the compiler for the build target; runs anywhere.
+    Portable,
+    /// x86-64 AVX2 with FMA (and F16C for f16 conversions): 8 f32 lanes, 16 registers.
+    Avx2,
+    /// x86-64 AVX-512 F: 16 f32 lanes, 32 registers.
+    Avx512,
+}
+
+impl CpuIsa {
+    /// Every instruction set, narrowest first.
+    pub const ALL: [CpuIsa; 3] = [CpuIsa::Portable, CpuIsa::Avx2, CpuIsa::Avx512];
+
+    /// A short name (`"avx512"`, `"avx2"`, `"portable"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuIsa::Portable => "portable",
+            CpuIsa::Avx2 => "avx2",
+            CpuIsa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the kernels of `self`.
+    pub fn is_supported(self) -> bool {
+        match self {
+            CpuIsa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx512 => CpuIsa::Avx2.is_supported() && std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            CpuIsa::Avx2 | CpuIsa::Avx512 => false,
+        }
+    }
+
+    /// The instruction sets this CPU supports, narrowest first.
+    pub fn supported() -> Vec<CpuIsa> {
+        CpuIsa::ALL.into_iter().filter(|isa| isa.is_supported()).collect()
+    }
+
+    /// The widest supported instruction set, capped by `FERROCONV_CPU_ISA`
+    /// when it names one; decided on the first call and cached.
+    pub fn detect() -> CpuIsa {
+        static DETECTED: OnceLock<CpuIsa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let widest = CpuIsa::supported().into_iter().max().unwrap_or(CpuIsa::Portable);
+            let cap = std::env::var("FERROCONV_CPU_ISA").ok();
+            match cap.and_then(|name| CpuIsa::ALL.into_iter().find(|isa| isa.name() == name)) {
+                Some(cap) => widest.min(cap),
+                None => widest,
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for CpuIsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A SIMD register of `LANES` values of `A` and the operations the kernels need.
+///
+/// # Safety
+/// Implementors use instructions of one instruction set: a caller must only
+/// call these functions where the CPU supports it (the kernels are reached
+/// through `Kernels`, which is only built for a supported [`CpuIsa`]), and
+/// every pointer must be valid for `LANES` elements.
+pub(crate) unsafe trait Lanes<A: Copy>: Copy + 'static {
+    type V: Copy;
+    const LANES: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(a: A) -> Self::V;
+    /// Loads `LANES` values from `p` (no alignment needed).
+    unsafe fn load(p: *const A) -> Self::V;
+    /// Stores `LANES` values at `p` (no alignment needed).
+    unsafe fn store(p: *mut A, v: Self::V);
+    /// `c + a * b`, fused where the instruction set has FMA.
+    unsafe fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// The sum of the lanes, in a fixed order.
+    unsafe fn reduce_sum(v: Self::V) -> A;
+    /// `c + a * b` on scalars, with the same rounding as [`Lanes::mul_add`].
+    fn mul_add_scalar(a: A, b: A, c: A) -> A;
+}
+
+/// Plain arrays, vectorised by the compiler.
+#[derive(Clone, Copy)]
+pub(crate) struct Portable;
+
+macro_rules! portable_lanes {
+    ($a:ty) => {
+        // SAFETY: plain Rust, valid on every CPU; pointers are the caller's contract.
+        unsafe impl Lanes<$a> for Portable {
+            type V = [$a; 4];
+            const LANES: usize = 4;
+            #[inline(always)]
+            unsafe fn zero() -> Self::V {
+                [0.0; 4]
+            }
+            #[inline(always)]
+            unsafe fn splat(a: $a) -> Self::V {
+                [a; 4]
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const $a) -> Self::V {
+                // SAFETY: the caller guarantees 4 readable elements at `p`.
+                unsafe { p.cast::<[$a; 4]>().read_unaligned() }
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut $a, v: Self::V) {
+                // SAFETY: the caller guarantees 4 writable elements at `p`.
+                unsafe { p.cast::<[$a; 4]>().write_unaligned(v) }
+            }
+            #[inline(always)]
+            unsafe fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                std::array::from_fn(|i| c[i] + a[i] * b[i])
+            }
+            #[inline(always)]
+            unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+                std::array::from_fn(|i| a[i] + b[i])
+            }
+            #[inline(always)]
+            unsafe fn reduce_sum(v: Self::V) -> $a {
+                (v[0] + v[2]) + (v[1] + v[3])
+            }
+            #[inline(always)]
+            fn mul_add_scalar(a: $a, b: $a, c: $a) -> $a {
+                c + a * b
+            }
+        }
+    };
+}
+portable_lanes!(f32);
+portable_lanes!(f64);
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    /// AVX2 + FMA, 256-bit registers.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2;
+
+    /// AVX-512 F, 512-bit registers.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512;
+
+    /// Implements [`Lanes`] by naming the intrinsics; `$hsum` reduces to a scalar.
+    macro_rules! x86_lanes {
+        ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
+         $fma:ident, $add:ident, |$r:ident| $hsum:expr) => {
+            // SAFETY: each method is one intrinsic of `$isa`; callers run them only
+            // where the CPU supports it and pass pointers valid for `$lanes` elements.
+            unsafe impl Lanes<$a> for $isa {
+                type V = $v;
+                const LANES: usize = $lanes;
+                #[inline(always)]
+                unsafe fn zero() -> $v {
+                    // SAFETY: see the impl.
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                unsafe fn splat(a: $a) -> $v {
+                    // SAFETY: see the impl.
+                    unsafe { $splat(a) }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const $a) -> $v {
+                    // SAFETY: see the impl.
+                    unsafe { $load(p) }
+                }
+                #[inline(always)]
+                unsafe fn store(p: *mut $a, v: $v) {
+                    // SAFETY: see the impl.
+                    unsafe { $store(p, v) }
+                }
+                #[inline(always)]
+                unsafe fn mul_add(a: $v, b: $v, c: $v) -> $v {
+                    // SAFETY: see the impl.
+                    unsafe { $fma(a, b, c) }
+                }
+                #[inline(always)]
+                unsafe fn add(a: $v, b: $v) -> $v {
+                    // SAFETY: see the impl.
+                    unsafe { $add(a, b) }
+                }
+                #[inline(always)]
+                unsafe fn reduce_sum($r: $v) -> $a {
+                    // SAFETY: see the impl.
+                    unsafe { $hsum }
+                }
+                #[inline(always)]
+                fn mul_add_scalar(a: $a, b: $a, c: $a) -> $a {
+                    a.mul_add(b, c)
+                }
+            }
+        };
+    }
+
+    // Horizontal sums halve the register until one lane is left: a fixed order.
+    #[inline(always)]
+    unsafe fn hsum_ps128(v: __m128) -> f32 {
+        // SAFETY: SSE is part of x86-64.
+        unsafe {
+            let h = _mm_add_ps(v, _mm_movehl_ps(v, v));
+            _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum_pd128(v: __m128d) -> f64 {
+        // SAFETY: SSE2 is part of x86-64.
+        unsafe { _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v))) }
+    }
+
+    x86_lanes!(
+        Avx2,
+        f32,
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        |v| hsum_ps128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)))
+    );
+    x86_lanes!(
+        Avx2,
+        f64,
+        __m256d,
+        4,
+        _mm256_setzero_pd,
+        _mm256_set1_pd,
+        _mm256_loadu_pd,
+        _mm256_storeu_pd,
+        _mm256_fmadd_pd,
+        _mm256_add_pd,
+        |v| hsum_pd128(_mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v)))
+    );
+    x86_lanes!(
+        Avx512,
+        f32,
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        |v| {
+            let h = _mm256_add_ps(
+                _mm512_castps512_ps256(v),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+            );
+            hsum_ps128(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h)))
+        }
+    );
+    x86_lanes!(
+        Avx512,
+        f64,
+        __m512d,
+        8,
+        _mm512_setzero_pd,
+        _mm512_set1_pd,
+        _mm512_loadu_pd,
+        _mm512_storeu_pd,
+        _mm512_fmadd_pd,
+        _mm512_add_pd,
+        |v| {
+            let h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd::<1>(v));
+            hsum_pd128(_mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd::<1>(h)))
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_detected_isa_is_supported_and_portable_always_is() {
+        assert!(CpuIsa::detect().is_supported());
+        assert!(CpuIsa::Portable.is_supported());
+        assert_eq!(CpuIsa::supported()[0], CpuIsa::Portable);
+    }
+}

@@ -1,0 +1,837 @@
+//! The SIMD kernels, written once over [`Lanes`] and instantiated per
+//! instruction set, and the table ([`Kernels`]) an op looks them up in.
+//!
+//! - `nn`: the GEMM micro-kernel `C[MR×NR] (+)= Σ_k a[k][MR] ⊗ b[k][NR]`
+//!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint.
+//! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
+//!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
+//! - `taps_row`, `dots`: rows of the direct (depthwise) path; `sum`: bias gradients.
+//!
+//! Each output element is one chain of multiply-adds in a fixed order, so a
+//! result depends on the data and the instruction set only, never on tiling
+//! or threads.
+
+use std::any::Any;
+
+#[cfg(target_arch = "x86_64")]
+use super::isa::{Avx2, Avx512};
+use super::isa::{CpuIsa, Lanes, Portable};
+
+/// The operands of one `nn` micro-tile.
+pub(crate) struct NnTile<A> {
+    /// Reduction length.
+    pub k: usize,
+    /// `k` rows of `MR` values.
+    pub a: *const A,
+    /// `k` rows of `NR` values, `ldb` apart.
+    pub b: *const A,
+    pub ldb: usize,
+    /// `MR` rows of `NR` values, `ldc` apart.
+    pub c: *mut A,
+    pub ldc: usize,
+    /// Add to `c` rather than overwrite it.
+    pub accumulate: bool,
+}
+
+/// The operands of one `nt` micro-tile.
+pub(crate) struct NtTile<A> {
+    /// Reduction length, a multiple of the lane count.
+    pub k: usize,
+    /// `MR` rows of `k` values, `lda` apart.
+    pub a: *const A,
+    pub lda: usize,
+    /// `NR` rows of `k` values, `ldb` apart.
+    pub b: *const A,
+    pub ldb: usize,
+    /// `MR` rows of `NR` values, `ldc` apart; always accumulated into.
+    pub c: *mut A,
+    pub ldc: usize,
+}
+
+/// The operands of one `nn` micro-tile whose `b` rows are anywhere: row `k` is
+/// `rows[k] + offset`.
+pub(crate) struct NnRowsTile<A> {
+    pub k: usize,
+    pub a: *const A,
+    pub rows: *const *const A,
+    pub offset: usize,
+    pub c: *mut A,
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+/// Where the `b` rows of a micro-tile are.
+trait BRows<A> {
+    unsafe fn row(&self, k: usize) -> *const A;
+}
+
+impl<A> BRows<A> for NnTile<A> {
+    #[inline(always)]
+    unsafe fn row(&self, k: usize) -> *const A {
+        // SAFETY: the caller keeps `k` below the tile's reduction length.
+        unsafe { self.b.add(k * self.ldb) }
+    }
+}
+
+impl<A> BRows<A> for NnRowsTile<A> {
+    #[inline(always)]
+    unsafe fn row(&self, k: usize) -> *const A {
+        // SAFETY: the caller keeps `k` below the tile's reduction length.
+        unsafe { (*self.rows.add(k)).add(self.offset) }
+    }
+}
+
+#[inline(always)]
+unsafe fn nn<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
+    // SAFETY: forwarded.
+    unsafe { nn_body::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
+}
+
+#[inline(always)]
+unsafe fn nn_rows<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>) {
+    // SAFETY: forwarded.
+    unsafe { nn_body::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
+}
+
+#[inline(always)]
+unsafe fn nn_body<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const A,
+    b: &impl BRows<A>,
+    c: *mut A,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let l = S::LANES;
+    // SAFETY (whole body): `Kernels::nn` / `Kernels::nn_indirect` checked the operands against the tile.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        if accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = S::load(c.add(i * ldc + v * l));
+                }
+            }
+        }
+        let mut a = a;
+        for kk in 0..k {
+            let row = b.row(kk);
+            let bv: [S::V; NV] = std::array::from_fn(|v| S::load(row.add(v * l)));
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let av = S::splat(*a.add(i));
+                for (r, &bv) in acc_row.iter_mut().zip(&bv) {
+                    *r = S::mul_add(av, bv, *r);
+                }
+            }
+            a = a.add(MR);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &r) in row.iter().enumerate() {
+                S::store(c.add(i * ldc + v * l), r);
+            }
+        }
+    }
+}
+
+/// The operands of one `nt` micro-tile whose `b` rows are anywhere: row `j` is `rows[j] + offset`.
+pub(crate) struct NtRowsTile<A> {
+    pub k: usize,
+    pub a: *const A,
+    pub lda: usize,
+    pub rows: *const *const A,
+    pub offset: usize,
+    pub c: *mut A,
+    pub ldc: usize,
+}
+
+/// The operands an `nt` body needs, wherever its `b` rows are.
+trait NtOperands<A> {
+    fn k(&self) -> usize;
+    fn a(&self) -> (*const A, usize);
+    fn c(&self) -> (*mut A, usize);
+    unsafe fn b_row(&self, j: usize) -> *const A;
+}
+
+impl<A> NtOperands<A> for NtTile<A> {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn a(&self) -> (*const A, usize) {
+        (self.a, self.lda)
+    }
+    fn c(&self) -> (*mut A, usize) {
+        (self.c, self.ldc)
+    }
+    #[inline(always)]
+    unsafe fn b_row(&self, j: usize) -> *const A {
+        // SAFETY: the caller keeps `j` below the tile's column count.
+        unsafe { self.b.add(j * self.ldb) }
+    }
+}
+
+impl<A> NtOperands<A> for NtRowsTile<A> {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn a(&self) -> (*const A, usize) {
+        (self.a, self.lda)
+    }
+    fn c(&self) -> (*mut A, usize) {
+        (self.c, self.ldc)
+    }
+    #[inline(always)]
+    unsafe fn b_row(&self, j: usize) -> *const A {
+        // SAFETY: the caller keeps `j` below the tile's column count.
+        unsafe { (*self.rows.add(j)).add(self.offset) }
+    }
+}
+
+#[inline(always)]
+unsafe fn nt<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(t: &NtTile<A>) {
+    // SAFETY: forwarded.
+    unsafe { nt_body::<S, A, MR, NR>(t) }
+}
+
+#[inline(always)]
+unsafe fn nt_rows<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+    t: &NtRowsTile<A>,
+) {
+    // SAFETY: forwarded.
+    unsafe { nt_body::<S, A, MR, NR>(t) }
+}
+
+#[inline(always)]
+unsafe fn nt_body<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+    t: &impl NtOperands<A>,
+) {
+    let ((a, lda), (c, ldc), k) = (t.a(), t.c(), t.k());
+    // SAFETY (whole body): `Kernels::nt` / `Kernels::nt_indirect` checked the operands against the tile.
+    unsafe {
+        let b: [*const A; NR] = std::array::from_fn(|j| t.b_row(j));
+        let mut acc = [[S::zero(); NR]; MR];
+        let mut r = 0;
+        while r < k {
+            let av: [S::V; MR] = std::array::from_fn(|i| S::load(a.add(i * lda + r)));
+            for j in 0..NR {
+                let bv = S::load(b[j].add(r));
+                for (row, &av) in acc.iter_mut().zip(&av) {
+                    row[j] = S::mul_add(av, bv, row[j]);
+                }
+            }
+            r += S::LANES;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let c = c.add(i * ldc + j);
+                *c = *c + S::reduce_sum(v);
+            }
+        }
+    }
+}
+
+/// `Σ a[i]`: four vector chains, combined in a fixed order, then the tail.
+#[inline(always)]
+unsafe fn sum<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A {
+    // SAFETY (whole body): `Kernels::sum` checked the length is `n`.
+    unsafe {
+        let l = S::LANES;
+        let mut acc = [S::zero(); 4];
+        let mut i = 0;
+        while i + 4 * l <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = S::add(S::load(a.add(i + j * l)), *acc);
+            }
+            i += 4 * l;
+        }
+        let mut s = S::reduce_sum(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])));
+        for i in i..n {
+            s = s + *a.add(i);
+        }
+        s
+    }
+}
+
+/// The operands of one `taps` row: `out[i] (+)= Σ_t w[t] · src[t][i]`, `i < len`.
+pub(crate) struct TapsRow<A> {
+    /// A multiple of the lane count.
+    pub len: usize,
+    /// One pointer per tap, each valid for `len` elements.
+    pub src: *const *const A,
+    pub weights: *const A,
+    pub taps: usize,
+    pub out: *mut A,
+    pub accumulate: bool,
+}
+
+/// `out[i] (+)= Σ_t w[t] · src[t][i]`: all taps of a chunk of `V` registers
+/// summed in registers, one load per multiply-add, taps in order.
+#[inline(always)]
+unsafe fn taps_row<S: Lanes<A>, A: Copy, const V: usize>(r: &TapsRow<A>) {
+    let l = S::LANES;
+    let full = r.len / (V * l) * (V * l);
+    // SAFETY: `Kernels::taps_row` checked the lengths; the caller the pointers.
+    unsafe {
+        for i in (0..full).step_by(V * l) {
+            taps_chunk::<S, A, V>(r, i);
+        }
+        for i in (full..r.len).step_by(l) {
+            taps_chunk::<S, A, 1>(r, i);
+        }
+    }
+}
+
+/// [`taps_row`] for the `W` registers at `i` (a compile-time width, so they stay in registers).
+#[inline(always)]
+unsafe fn taps_chunk<S: Lanes<A>, A: Copy, const W: usize>(r: &TapsRow<A>, i: usize) {
+    let l = S::LANES;
+    // SAFETY: `i + W·LANES <= len`, and every pointer is valid for `len` elements.
+    unsafe {
+        let mut acc = [S::zero(); W];
+        if r.accumulate {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = S::load(r.out.add(i + v * l));
+            }
+        }
+        for t in 0..r.taps {
+            let w = S::splat(*r.weights.add(t));
+            let src = (*r.src.add(t)).add(i);
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = S::mul_add(w, S::load(src.add(v * l)), *acc);
+            }
+        }
+        for (v, &acc) in acc.iter().enumerate() {
+            S::store(r.out.add(i + v * l), acc);
+        }
+    }
+}
+
+/// The operands of one `dots` call: `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
+pub(crate) struct DotsRow<A> {
+    pub len: usize,
+    pub rows: usize,
+    pub a: *const A,
+    pub lda: usize,
+    /// One pointer per output, each valid for `(rows - 1)·ldb + len` elements.
+    pub b: *const *const A,
+    pub ldb: usize,
+    pub count: usize,
+    pub out: *mut A,
+}
+
+/// `out[t] += Σ_r Σ_i a[r][i] · b[t][r][i]`, `T` outputs at a time (then one at
+/// a time): each `a` register loaded once per group, one vector chain and one
+/// scalar chain (the row tails) per output, reduced once at the end.
+#[inline(always)]
+unsafe fn dots_row<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const T: usize>(r: &DotsRow<A>) {
+    let full = r.count / T * T;
+    // SAFETY: `Kernels::dots_row` checked the lengths; the caller the pointers.
+    unsafe {
+        for t0 in (0..full).step_by(T) {
+            dots_group::<S, A, T>(r, t0);
+        }
+        for t0 in full..r.count {
+            dots_group::<S, A, 1>(r, t0);
+        }
+    }
+}
+
+/// [`dots_row`] for outputs `t0..t0 + W`.
+#[inline(always)]
+unsafe fn dots_group<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const W: usize>(r: &DotsRow<A>, t0: usize) {
+    let l = S::LANES;
+    // SAFETY: `t0 + W <= count`; `a` and every `b` row are valid for `len` elements.
+    unsafe {
+        let b: [*const A; W] = std::array::from_fn(|t| *r.b.add(t0 + t));
+        let mut acc = [S::zero(); W];
+        let zero = S::reduce_sum(S::zero());
+        let mut tails = [zero; W];
+        let vector_len = r.len / l * l;
+        for row in 0..r.rows {
+            let a_row = r.a.add(row * r.lda);
+            for i in (0..vector_len).step_by(l) {
+                let a = S::load(a_row.add(i));
+                for (acc, &b) in acc.iter_mut().zip(&b) {
+                    *acc = S::mul_add(a, S::load(b.add(row * r.ldb + i)), *acc);
+                }
+            }
+            for (tail, &b) in tails.iter_mut().zip(&b) {
+                for i in vector_len..r.len {
+                    *tail = S::mul_add_scalar(*a_row.add(i), *b.add(row * r.ldb + i), *tail);
+                }
+            }
+        }
+        for (t, (&acc, tail)) in acc.iter().zip(tails).enumerate() {
+            let sum = S::reduce_sum(acc) + tail;
+            let out = r.out.add(t0 + t);
+            *out = *out + sum;
+        }
+    }
+}
+
+/// The `b` rows of [`Kernels::nn_indirect`]: borrowed slices, all at least `len` long.
+pub(crate) struct RowSet<'a, A> {
+    pointers: Vec<*const A>,
+    len: usize,
+    _rows: std::marker::PhantomData<&'a [A]>,
+}
+
+impl<'a, A> RowSet<'a, A> {
+    pub fn new() -> Self {
+        RowSet { pointers: Vec::new(), len: usize::MAX, _rows: std::marker::PhantomData }
+    }
+
+    pub fn clear(&mut self) {
+        self.pointers.clear();
+        self.len = usize::MAX;
+    }
+
+    pub fn push(&mut self, row: &'a [A]) {
+        self.pointers.push(row.as_ptr());
+        self.len = self.len.min(row.len());
+    }
+}
+
+/// The kernels of one instruction set for accumulator `A`, as function pointers.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels<A: 'static> {
+    /// Lanes per register.
+    pub lanes: usize,
+    /// `nn` tile rows (MR) and columns (NR).
+    pub nn_rows: usize,
+    pub nn_cols: usize,
+    /// `nt` tile rows and columns.
+    pub nt_rows: usize,
+    pub nt_cols: usize,
+    nn: unsafe fn(&NnTile<A>),
+    nn_indirect: unsafe fn(&NnRowsTile<A>),
+    nt: unsafe fn(&NtTile<A>),
+    nt_indirect: unsafe fn(&NtRowsTile<A>),
+    sum: unsafe fn(usize, *const A) -> A,
+    taps_row: unsafe fn(&TapsRow<A>),
+    dots_row: unsafe fn(&DotsRow<A>),
+}
+
+/// Instantiates the generic kernels for one instruction set inside
+/// `#[target_feature]` wrappers, and builds its table for `f32` and `f64`.
+macro_rules! isa_kernels {
+    ($module:ident, $isa:ty, $features:literal, f32: ($mr:literal, $nv:literal, $tr:literal, $tc:literal),
+     f64: ($mr64:literal, $nv64:literal, $tr64:literal, $tc64:literal)) => {
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn nn_k<A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller (a supported ISA, valid operands).
+                unsafe { nn::<$isa, A, MR, NV>(t) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn nn_rows_k<A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { nn_rows::<$isa, A, MR, NV>(t) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn nt_k<A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+                t: &NtTile<A>,
+            ) where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { nt::<$isa, A, MR, NR>(t) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn nt_rows_k<A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+                t: &NtRowsTile<A>,
+            ) where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { nt_rows::<$isa, A, MR, NR>(t) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn sum_k<A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { sum::<$isa, A>(n, a) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn taps_k<A: Copy>(r: &TapsRow<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { taps_row::<$isa, A, 4>(r) }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn dots_k<A: Copy + std::ops::Add<Output = A>>(r: &DotsRow<A>)
+            where
+                $isa: Lanes<A>,
+            {
+                // SAFETY: forwarded from the caller.
+                unsafe { dots_row::<$isa, A, 9>(r) }
+            }
+
+            pub(super) static F32: Kernels<f32> = Kernels {
+                lanes: <$isa as Lanes<f32>>::LANES,
+                nn_rows: $mr,
+                nn_cols: $nv * <$isa as Lanes<f32>>::LANES,
+                nt_rows: $tr,
+                nt_cols: $tc,
+                nn: nn_k::<f32, $mr, $nv>,
+                nn_indirect: nn_rows_k::<f32, $mr, $nv>,
+                nt: nt_k::<f32, $tr, $tc>,
+                nt_indirect: nt_rows_k::<f32, $tr, $tc>,
+                sum: sum_k::<f32>,
+                taps_row: taps_k::<f32>,
+                dots_row: dots_k::<f32>,
+            };
+
+            pub(super) static F64: Kernels<f64> = Kernels {
+                lanes: <$isa as Lanes<f64>>::LANES,
+                nn_rows: $mr64,
+                nn_cols: $nv64 * <$isa as Lanes<f64>>::LANES,
+                nt_rows: $tr64,
+                nt_cols: $tc64,
+                nn: nn_k::<f64, $mr64, $nv64>,
+                nn_indirect: nn_rows_k::<f64, $mr64, $nv64>,
+                nt: nt_k::<f64, $tr64, $tc64>,
+                nt_indirect: nt_rows_k::<f64, $tr64, $tc64>,
+                sum: sum_k::<f64>,
+                taps_row: taps_k::<f64>,
+                dots_row: dots_k::<f64>,
+            };
+        }
+    };
+}
+
+// Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
+// a broadcast; nt: 4×6 + 4 + 1), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
+#[cfg(target_arch = "x86_64")]
+isa_kernels!(avx512, Avx512, "avx512f,avx2,fma", f32: (12, 2, 4, 6), f64: (12, 2, 4, 6));
+#[cfg(target_arch = "x86_64")]
+isa_kernels!(avx2, Avx2, "avx2,fma", f32: (6, 2, 3, 4), f64: (6, 2, 3, 4));
+
+mod portable {
+    use super::*;
+
+    pub(super) fn table<A>() -> Kernels<A>
+    where
+        A: Copy + std::ops::Add<Output = A>,
+        Portable: Lanes<A>,
+    {
+        // SAFETY (each wrapper): forwarded from the caller (valid operands); portable code runs anywhere.
+        unsafe fn nn_k<A: Copy>(t: &NnTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nn::<Portable, A, 4, 2>(t) }
+        }
+        unsafe fn nn_rows_k<A: Copy>(t: &NnRowsTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nn_rows::<Portable, A, 4, 2>(t) }
+        }
+        unsafe fn nt_k<A: Copy + std::ops::Add<Output = A>>(t: &NtTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nt::<Portable, A, 2, 2>(t) }
+        }
+        unsafe fn nt_rows_k<A: Copy + std::ops::Add<Output = A>>(t: &NtRowsTile<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { nt_rows::<Portable, A, 2, 2>(t) }
+        }
+        unsafe fn taps_k<A: Copy>(r: &TapsRow<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { taps_row::<Portable, A, 2>(r) }
+        }
+        unsafe fn dots_k<A: Copy + std::ops::Add<Output = A>>(r: &DotsRow<A>)
+        where
+            Portable: Lanes<A>,
+        {
+            unsafe { dots_row::<Portable, A, 4>(r) }
+        }
+        Kernels {
+            lanes: <Portable as Lanes<A>>::LANES,
+            nn_rows: 4,
+            nn_cols: 2 * <Portable as Lanes<A>>::LANES,
+            nt_rows: 2,
+            nt_cols: 2,
+            nn: nn_k::<A>,
+            nn_indirect: nn_rows_k::<A>,
+            nt: nt_k::<A>,
+            nt_indirect: nt_rows_k::<A>,
+            sum: sum::<Portable, A>,
+            taps_row: taps_k::<A>,
+            dots_row: dots_k::<A>,
+        }
+    }
+}
+
+/// The kernel table for accumulator `A` on `isa`; `None` when the CPU does not
+/// support `isa` or there are no kernels for `A` (only `f32` and `f64` have them).
+pub(crate) fn kernels<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
+    if !isa.is_supported() {
+        return None;
+    }
+    let (f32_table, f64_table): (Kernels<f32>, Kernels<f64>) = match isa {
+        CpuIsa::Portable => (portable::table(), portable::table()),
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx2 => (avx2::F32, avx2::F64),
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx512 => (avx512::F32, avx512::F64),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => return None,
+    };
+    let f32_any: &dyn Any = &f32_table;
+    let f64_any: &dyn Any = &f64_table;
+    f32_any.downcast_ref::<Kernels<A>>().or_else(|| f64_any.downcast_ref::<Kernels<A>>()).copied()
+}
+
+impl<A: Copy + 'static> Kernels<A> {
+    /// Runs one `nn` micro-tile on slices, checking every operand holds the tile.
+    #[allow(clippy::too_many_arguments)] // the BLAS operand list: each slice with its leading dimension
+    pub fn nn(&self, k: usize, a: &[A], b: &[A], ldb: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+        let (mr, nr) = (self.nn_rows, self.nn_cols);
+        assert!(a.len() >= k * mr, "nn: a holds {} < {k}×{mr}", a.len());
+        assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
+        let tile = NnTile { k, a: a.as_ptr(), b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
+        unsafe { (self.nn)(&tile) }
+    }
+
+    /// Runs one `nn` micro-tile whose `b` row `k` is `rows.row(k)[offset..]`.
+    pub fn nn_indirect(&self, a: &[A], rows: &RowSet<'_, A>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+        let (mr, nr, k) = (self.nn_rows, self.nn_cols, rows.pointers.len());
+        assert!(a.len() >= k * mr, "nn_indirect: a holds {} < {k}×{mr}", a.len());
+        assert!(offset + nr <= rows.len, "nn_indirect: rows hold {} < {offset} + {nr}", rows.len);
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn_indirect: c too short");
+        let tile =
+            NnRowsTile { k, a: a.as_ptr(), rows: rows.pointers.as_ptr(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: as in `nn`; every row holds `offset + nr` elements (checked by `RowSet`).
+        unsafe { (self.nn_indirect)(&tile) }
+    }
+
+    /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn nt(&self, k: usize, a: &[A], lda: usize, b: &[A], ldb: usize, c: &mut [A], ldc: usize) {
+        let (mr, nr) = (self.nt_rows, self.nt_cols);
+        assert!(k.is_multiple_of(self.lanes), "nt: k = {k} is not a multiple of {}", self.lanes);
+        assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt: a too short");
+        assert!(k == 0 || (ldb >= k && b.len() >= (nr - 1) * ldb + k), "nt: b too short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt: c too short");
+        let tile = NtTile { k, a: a.as_ptr(), lda, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
+        // SAFETY: as in `nn`.
+        unsafe { (self.nt)(&tile) }
+    }
+
+    /// Runs one `nt` micro-tile whose `b` row `j` is `rows.row(first + j)[..k]`.
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn nt_indirect(
+        &self,
+        k: usize,
+        a: &[A],
+        lda: usize,
+        rows: &RowSet<'_, A>,
+        first: usize,
+        c: &mut [A],
+        ldc: usize,
+    ) {
+        let (mr, nr) = (self.nt_rows, self.nt_cols);
+        assert!(k.is_multiple_of(self.lanes), "nt_indirect: k = {k} is not a multiple of {}", self.lanes);
+        assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt_indirect: a too short");
+        assert!(first + nr <= rows.pointers.len() && k <= rows.len, "nt_indirect: rows too few or short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt_indirect: c too short");
+        let tile = NtRowsTile {
+            k,
+            a: a.as_ptr(),
+            lda,
+            // SAFETY: `first + nr <= pointers.len()`, checked above.
+            rows: unsafe { rows.pointers.as_ptr().add(first) },
+            offset: 0,
+            c: c.as_mut_ptr(),
+            ldc,
+        };
+        // SAFETY: as in `nn`; every row holds `k` elements (checked by `RowSet`).
+        unsafe { (self.nt_indirect)(&tile) }
+    }
+
+    /// `out[i] (+)= Σ_t weights[t] · src[t][i]` (`out.len()` a multiple of the lane count).
+    pub fn taps_row(&self, src: &[&[A]], weights: &[A], out: &mut [A], accumulate: bool) {
+        let len = out.len();
+        assert!(len.is_multiple_of(self.lanes), "taps_row: {len} is not a multiple of {}", self.lanes);
+        assert_eq!(src.len(), weights.len(), "taps_row: one weight per tap");
+        assert!(src.iter().all(|s| s.len() >= len), "taps_row: a source row is too short");
+        let mut pointers = [std::ptr::null::<A>(); 32];
+        assert!(src.len() <= pointers.len(), "taps_row: at most {} taps a call", pointers.len());
+        for (p, s) in pointers.iter_mut().zip(src) {
+            *p = s.as_ptr();
+        }
+        let row = TapsRow {
+            len,
+            src: pointers.as_ptr(),
+            weights: weights.as_ptr(),
+            taps: weights.len(),
+            out: out.as_mut_ptr(),
+            accumulate,
+        };
+        // SAFETY: as in `nn`; every pointer is valid for `len` elements.
+        unsafe { (self.taps_row)(&row) }
+    }
+
+    /// `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn dots(&self, len: usize, rows: usize, a: &[A], lda: usize, b: &[&[A]], ldb: usize, out: &mut [A]) {
+        assert_eq!(b.len(), out.len(), "dots: one output per row");
+        if rows == 0 || len == 0 {
+            return;
+        }
+        assert!(a.len() >= (rows - 1) * lda + len, "dots: a too short");
+        assert!(b.iter().all(|s| s.len() >= (rows - 1) * ldb + len), "dots: a row of b is too short");
+        let mut pointers = [std::ptr::null::<A>(); 32];
+        assert!(b.len() <= pointers.len(), "dots_row: at most {} rows a call", pointers.len());
+        for (p, s) in pointers.iter_mut().zip(b) {
+            *p = s.as_ptr();
+        }
+        let row = DotsRow {
+            len,
+            rows,
+            a: a.as_ptr(),
+            lda,
+            b: pointers.as_ptr(),
+            ldb,
+            count: out.len(),
+            out: out.as_mut_ptr(),
+        };
+        // SAFETY: as in `nn`; every pointer is valid for `len` elements.
+        unsafe { (self.dots_row)(&row) }
+    }
+
+    /// `Σ a[i]` in a fixed order.
+    pub fn sum(&self, a: &[A]) -> A {
+        // SAFETY: as in `nn`; `a` holds `a.len()` elements.
+        unsafe { (self.sum)(a.len(), a.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        (0..n).map(|i| (((i as u64 * 2654435761 + seed * 40503) % 1000) as f64 - 500.0) / 250.0).collect()
+    }
+
+    fn check_isa<A>(isa: CpuIsa)
+    where
+        A: Copy + 'static + crate::element::Accumulator,
+    {
+        let ks = kernels::<A>(isa).expect("supported isa has kernels");
+        let (mr, nr) = (ks.nn_rows, ks.nn_cols);
+        let tol = if std::mem::size_of::<A>() == 4 { 1e-4 } else { 1e-12 };
+        let close = |got: A, want: f64, what: &str| {
+            assert!((got.to_f64() - want).abs() <= tol * (1.0 + want.abs()), "{isa:?} {what}: {got:?} vs {want}")
+        };
+        // nn: c = a·b, then accumulated once more.
+        let k = 7;
+        let a: Vec<A> = values(k * mr, 1).into_iter().map(A::from_f64).collect();
+        let ldb = nr + 3;
+        let b: Vec<A> = values(k * ldb, 2).into_iter().map(A::from_f64).collect();
+        let ldc = nr + 1;
+        let mut c = vec![A::ZERO; mr * ldc];
+        ks.nn(k, &a, &b, ldb, &mut c, ldc, false);
+        ks.nn(k, &a, &b, ldb, &mut c, ldc, true);
+        for i in 0..mr {
+            for j in 0..nr {
+                let want: f64 = (0..k).map(|kk| a[kk * mr + i].to_f64() * b[kk * ldb + j].to_f64()).sum();
+                close(c[i * ldc + j], 2.0 * want, "nn");
+            }
+        }
+        // nt
+        let (mr, nr, k) = (ks.nt_rows, ks.nt_cols, 3 * ks.lanes);
+        let lda = k + 2;
+        let a: Vec<A> = values(mr * lda, 3).into_iter().map(A::from_f64).collect();
+        let b: Vec<A> = values(nr * lda, 4).into_iter().map(A::from_f64).collect();
+        let mut c = vec![A::ONE; mr * nr];
+        ks.nt(k, &a, lda, &b, lda, &mut c, nr);
+        for i in 0..mr {
+            for j in 0..nr {
+                let want: f64 = (0..k).map(|r| a[i * lda + r].to_f64() * b[j * lda + r].to_f64()).sum();
+                close(c[i * nr + j], 1.0 + want, "nt");
+            }
+        }
+        // rows, with lengths around the vector and unrolled widths
+        for n in [0, 1, ks.lanes - 1, ks.lanes, 4 * ks.lanes + 3, 37] {
+            let x: Vec<A> = values(n, 5).into_iter().map(A::from_f64).collect();
+            close(ks.sum(&x), x.iter().map(|a| a.to_f64()).sum(), "sum");
+        }
+    }
+
+    fn check_rows<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa) {
+        let ks = kernels::<A>(isa).expect("supported isa has kernels");
+        let data: Vec<A> = values(200, 7).into_iter().map(A::from_f64).collect();
+        for taps in [1, 3, 9, 12] {
+            let weights: Vec<A> = values(taps, 8).into_iter().map(A::from_f64).collect();
+            let src: Vec<&[A]> = (0..taps).map(|t| &data[t * 5..]).collect();
+            for len in [ks.lanes, 5 * ks.lanes, 9 * ks.lanes] {
+                let mut out = vec![A::ONE; len];
+                ks.taps_row(&src, &weights, &mut out, true);
+                for (i, &o) in out.iter().enumerate() {
+                    let want = 1.0 + (0..taps).map(|t| weights[t].to_f64() * src[t][i].to_f64()).sum::<f64>();
+                    assert!((o.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "taps_row {isa:?}");
+                }
+                let (n, rows, lda, ldb) = (len / 3 + 1, 3, len / 3 + 2, len / 3 + 4);
+                let mut dots = vec![A::ONE; taps];
+                ks.dots(n, rows, &data, lda, &src, ldb, &mut dots);
+                for (t, &d) in dots.iter().enumerate() {
+                    let want = 1.0
+                        + (0..rows)
+                            .flat_map(|r| (0..n).map(move |i| (r, i)))
+                            .map(|(r, i)| data[r * lda + i].to_f64() * src[t][r * ldb + i].to_f64())
+                            .sum::<f64>();
+                    assert!((d.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "dots {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_supported_isa_computes_the_row_kernels() {
+        for isa in CpuIsa::supported() {
+            check_rows::<f32>(isa);
+            check_rows::<f64>(isa);
+        }
+    }
+
+    #[test]
+    fn every_supported_isa_computes_the_kernels_exactly_enough() {
+        for isa in CpuIsa::supported() {
+            check_isa::<f32>(isa);
+            check_isa::<f64>(isa);
+        }
+    }
+
+    #[test]
+    fn unsupported_accumulators_have_no_kernels() {
+        assert!(kernels::<u8>(CpuIsa::Portable).is_none());
+    }
+}

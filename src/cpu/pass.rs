@@ -1,0 +1,406 @@
+//! One shape for every fast CPU algorithm: a *pass* writes a sub-grid of `dst`
+//! planes as a correlation of `src` planes,
+//!
+//! `dst[n, g·cd + o, start + m·step] = Σ_{c < cs, j} w(g, o, c, j) · src[n, g·cs + c, m·src_stride + offset_j]`
+//!
+//! with taps outside `src` reading zero. The forward correlation is one pass
+//! (`dst = y`, `src = x`, the whole grid). Its adjoint is one pass per stride
+//! phase `r` (`dst = x`, `src = y`, the grid `r + m·stride`): the taps `t` that
+//! reach phase `r` are those with `(r + padding_lo - t·dilation) ≡ 0 (mod stride)`, at
+//! `src` offset `(r + padding_lo - t·dilation) / stride` — a plain stride-1
+//! correlation of `y`, with no scatter and no overlap between phases. For
+//! stride 1 that is the usual "flipped kernel" form.
+
+use std::any::TypeId;
+use std::ops::Range;
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+use super::direct::tap_range;
+use crate::backend::Activation;
+use crate::element::{Accumulator, Element};
+use crate::geometry::ConvGeometry;
+
+/// One tap of a pass: where it reads in `src`, and which kernel tap of the weight it is.
+#[derive(Debug, Clone)]
+pub(crate) struct Tap {
+    pub offset: [i64; 3],
+    pub index: usize,
+    /// The grid points `m2` of a row for which this tap reads inside `src` along dim 2.
+    pub inner: Range<usize>,
+}
+
+/// Whether `dst` is `y` (the forward correlation) or `x` (its adjoint), which
+/// decides where `w(g, o, c, j)` lives in the `[out_channels, in_channels/groups, k]` weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Forward,
+    Adjoint,
+}
+
+/// A correlation from `src` planes to a sub-grid of `dst` planes (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct Pass {
+    pub direction: Direction,
+    pub batch: usize,
+    pub groups: usize,
+    /// Channels per group of `src` (the reduction's channels) and of `dst`.
+    pub src_channels: usize,
+    pub dst_channels: usize,
+    pub src_size: [usize; 3],
+    pub dst_size: [usize; 3],
+    pub src_stride: [usize; 3],
+    /// The grid of `dst` positions this pass writes: `start + m·step`, `m < count`.
+    pub start: [usize; 3],
+    pub step: [usize; 3],
+    pub count: [usize; 3],
+    pub taps: Vec<Tap>,
+    pub kernel_volume: usize,
+}
+
+impl Pass {
+    /// The forward correlation `y = x ⋆ w`.
+    pub fn forward(g: &ConvGeometry) -> Pass {
+        let [kd, kh, kw] = g.kernel_size;
+        let taps = (0..kd * kh * kw)
+            .map(|index| {
+                let t = [index / (kh * kw), index / kw % kh, index % kw];
+                let offset = std::array::from_fn(|d| (t[d] * g.dilation[d]) as i64 - g.padding_lo[d] as i64);
+                let inner = tap_range(g.in_size[2], g.out_size[2], g.stride[2], offset[2]);
+                Tap { offset, index, inner }
+            })
+            .collect();
+        Pass {
+            direction: Direction::Forward,
+            batch: g.batch,
+            groups: g.groups,
+            src_channels: g.in_channels_per_group(),
+            dst_channels: g.out_channels_per_group(),
+            src_size: g.in_size,
+            dst_size: g.out_size,
+            src_stride: g.stride,
+            start: [0; 3],
+            step: [1; 3],
+            count: g.out_size,
+            taps,
+            kernel_volume: g.kernel_volume(),
+        }
+    }
+
+    /// The adjoint `x = yᵀ ⋆ w`, one pass per stride phase that holds a position of `x`.
+    pub fn adjoint(g: &ConvGeometry) -> Vec<Pass> {
+        let [kd, kh, kw] = g.kernel_size;
+        let [s0, s1, s2] = g.stride;
+        let mut passes = Vec::with_capacity(s0 * s1 * s2);
+        for r in (0..s0).flat_map(|a| (0..s1).flat_map(move |b| (0..s2).map(move |c| [a, b, c]))) {
+            let count: [usize; 3] = std::array::from_fn(|d| g.in_size[d].saturating_sub(r[d]).div_ceil(g.stride[d]));
+            if count.contains(&0) {
+                continue;
+            }
+            let taps = (0..kd * kh * kw)
+                .filter_map(|index| {
+                    let t = [index / (kh * kw), index / kw % kh, index % kw];
+                    let mut offset = [0i64; 3];
+                    for d in 0..3 {
+                        let shift = (r[d] + g.padding_lo[d]) as i64 - (t[d] * g.dilation[d]) as i64;
+                        let stride = g.stride[d] as i64;
+                        if shift.rem_euclid(stride) != 0 {
+                            return None;
+                        }
+                        offset[d] = shift.div_euclid(stride);
+                    }
+                    let inner = tap_range(g.out_size[2], count[2], 1, offset[2]);
+                    Some(Tap { offset, index, inner })
+                })
+                .collect();
+            passes.push(Pass {
+                direction: Direction::Adjoint,
+                batch: g.batch,
+                groups: g.groups,
+                src_channels: g.out_channels_per_group(),
+                dst_channels: g.in_channels_per_group(),
+                src_size: g.out_size,
+                dst_size: g.in_size,
+                src_stride: [1; 3],
+                start: r,
+                step: g.stride,
+                count,
+                taps,
+                kernel_volume: g.kernel_volume(),
+            });
+        }
+        passes
+    }
+
+    /// The reduction length `cs · taps` of one output element.
+    pub fn reduction(&self) -> usize {
+        self.src_channels * self.taps.len()
+    }
+
+    pub fn src_volume(&self) -> usize {
+        self.src_size.iter().product()
+    }
+
+    pub fn dst_volume(&self) -> usize {
+        self.dst_size.iter().product()
+    }
+
+    /// Index in the weight of `w(group, o, c, j)`.
+    pub fn weight_index(&self, group: usize, o: usize, c: usize, j: usize) -> usize {
+        let (out, inner) = match self.direction {
+            Direction::Forward => (group * self.dst_channels + o, c),
+            Direction::Adjoint => (group * self.src_channels + c, o),
+        };
+        let in_per_group = match self.direction {
+            Direction::Forward => self.src_channels,
+            Direction::Adjoint => self.dst_channels,
+        };
+        (out * in_per_group + inner) * self.kernel_volume + self.taps[j].index
+    }
+
+    /// Offset of the `src` plane `(n, group, c)`.
+    #[inline]
+    pub fn src_plane(&self, n: usize, group: usize, c: usize) -> usize {
+        ((n * self.groups + group) * self.src_channels + c) * self.src_volume()
+    }
+
+    /// The flat `dst` position of grid point `m`.
+    #[inline]
+    pub fn dst_position(&self, m: [usize; 3]) -> usize {
+        let q: [usize; 3] = std::array::from_fn(|d| self.start[d] + m[d] * self.step[d]);
+        (q[0] * self.dst_size[1] + q[1]) * self.dst_size[2] + q[2]
+    }
+
+    /// The grid points of this pass whose `dst` position lies in `positions`, as
+    /// runs along the innermost dim (in grid order), numbered as consecutive columns.
+    pub fn segments(&self, images: Range<usize>, positions: Range<usize>, out: &mut Vec<Segment>) -> usize {
+        out.clear();
+        let mut column = 0;
+        for n in images {
+            for m0 in 0..self.count[0] {
+                for m1 in 0..self.count[1] {
+                    let row_start = self.dst_position([m0, m1, 0]);
+                    // Grid points m2 with row_start + m2·step2 in positions.
+                    let lo = positions.start.saturating_sub(row_start).div_ceil(self.step[2]);
+                    let hi = positions.end.saturating_sub(row_start).div_ceil(self.step[2]).min(self.count[2]);
+                    if lo < hi {
+                        out.push(Segment { n, m: [m0, m1], m2: lo..hi, column });
+                        column += hi - lo;
+                    }
+                }
+            }
+        }
+        column
+    }
+
+    /// Writes row `(c, j)` of the im2col panel for `segments` into `row`
+    /// (one value per column; taps outside `src` read zero).
+    pub fn pack_row<T: Element>(
+        &self,
+        src: &[T],
+        group: usize,
+        c: usize,
+        j: usize,
+        segments: &[Segment],
+        row: &mut [T::Accum],
+    ) {
+        let (offset, inner) = (self.taps[j].offset, &self.taps[j].inner);
+        let [_, h, _] = self.src_size;
+        let w = self.src_size[2];
+        for seg in segments {
+            let dst = &mut row[seg.column..][..seg.m2.len()];
+            let i0 = (seg.m[0] * self.src_stride[0]) as i64 + offset[0];
+            let i1 = (seg.m[1] * self.src_stride[1]) as i64 + offset[1];
+            if !(0..self.src_size[0] as i64).contains(&i0) || !(0..h as i64).contains(&i1) {
+                dst.fill(T::Accum::ZERO);
+                continue;
+            }
+            let base = self.src_plane(seg.n, group, c) + (i0 as usize * h + i1 as usize) * w;
+            let valid = inner.start.max(seg.m2.start)..inner.end.min(seg.m2.end).max(inner.start.max(seg.m2.start));
+            let (lo, hi) = (valid.start - seg.m2.start, valid.end - seg.m2.start);
+            dst[..lo].fill(T::Accum::ZERO);
+            dst[hi..].fill(T::Accum::ZERO);
+            if lo == hi {
+                continue;
+            }
+            let first = (base as i64 + (valid.start * self.src_stride[2]) as i64 + offset[2]) as usize;
+            if self.src_stride[2] == 1 {
+                widen(&src[first..][..hi - lo], &mut dst[lo..hi]);
+            } else {
+                for (d, s) in dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(self.src_stride[2])) {
+                    *d = s.to_accum();
+                }
+            }
+        }
+    }
+}
+
+/// A run of grid points `(m[0], m[1], m2)` of one image, written to consecutive columns.
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    /// Image index.
+    pub n: usize,
+    pub m: [usize; 2],
+    pub m2: Range<usize>,
+    /// The column of the first point.
+    pub column: usize,
+}
+
+/// `dst[i] = src[i].to_accum()`, with the half types converted a register at a time.
+pub(crate) fn widen<T: Element>(src: &[T], dst: &mut [T::Accum]) {
+    debug_assert_eq!(src.len(), dst.len());
+    let t = TypeId::of::<T>();
+    if t == TypeId::of::<T::Accum>() {
+        // SAFETY: T and T::Accum are the same type.
+        let src = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<T::Accum>(), src.len()) };
+        dst.copy_from_slice(src);
+    } else if TypeId::of::<T::Accum>() == TypeId::of::<f32>() && (t == TypeId::of::<f16>() || t == TypeId::of::<bf16>())
+    {
+        // SAFETY: T::Accum is f32, checked above.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()) };
+        if t == TypeId::of::<f16>() {
+            // SAFETY: T is f16, checked above.
+            unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<f16>(), src.len()) }.convert_to_f32_slice(dst);
+        } else {
+            // SAFETY: T is bf16, checked above.
+            unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<bf16>(), src.len()) }.convert_to_f32_slice(dst);
+        }
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_accum();
+        }
+    }
+}
+
+/// `dst[i] = T::from_accum(src[i])`, with the half types converted a register at a time.
+pub(crate) fn narrow<T: Element>(src: &[T::Accum], dst: &mut [T]) {
+    debug_assert_eq!(src.len(), dst.len());
+    let t = TypeId::of::<T>();
+    if t == TypeId::of::<T::Accum>() {
+        // SAFETY: T and T::Accum are the same type.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<T::Accum>(), dst.len()) };
+        dst.copy_from_slice(src);
+    } else if TypeId::of::<T::Accum>() == TypeId::of::<f32>() && (t == TypeId::of::<f16>() || t == TypeId::of::<bf16>())
+    {
+        // SAFETY: T::Accum is f32, checked above.
+        let src = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len()) };
+        if t == TypeId::of::<f16>() {
+            // SAFETY: T is f16, checked above.
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f16>(), dst.len()) }
+                .convert_from_f32_slice(src);
+        } else {
+            // SAFETY: T is bf16, checked above.
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<bf16>(), dst.len()) }
+                .convert_from_f32_slice(src);
+        }
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = T::from_accum(*s);
+        }
+    }
+}
+
+/// The epilogue of one row: `values = act(values + bias)`, stored to `dst[i·step]`.
+pub(crate) fn store_row<T: Element>(
+    values: &mut [T::Accum],
+    bias: T::Accum,
+    activation: Activation,
+    dst: &mut [T],
+    step: usize,
+) {
+    // One loop per activation, so each is a plain vectorisable loop.
+    match activation {
+        Activation::Identity => values.iter_mut().for_each(|v| *v += bias),
+        Activation::Relu => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v + bias)),
+    }
+    if step == 1 {
+        narrow(values, &mut dst[..values.len()]);
+    } else {
+        for (d, &v) in dst.iter_mut().step_by(step).zip(values.iter()) {
+            *d = T::from_accum(v);
+        }
+    }
+}
+
+/// `src` widened to the accumulator type: borrowed as it is when `T` already is
+/// that type, converted into `buffer` otherwise.
+pub(crate) fn widened<'a, T: Element>(src: &'a [T], buffer: &'a mut Vec<T::Accum>) -> &'a [T::Accum] {
+    if TypeId::of::<T>() == TypeId::of::<T::Accum>() {
+        // SAFETY: T and T::Accum are the same type.
+        return unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<T::Accum>(), src.len()) };
+    }
+    buffer.clear();
+    buffer.resize(src.len(), T::Accum::ZERO);
+    widen(src, buffer);
+    buffer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::{ConvOptions, ConvTransposeOptions};
+
+    /// Every (x position, y position, tap) link of the adjoint appears in exactly one phase, once.
+    #[test]
+    fn adjoint_phases_cover_every_link_once() {
+        let opts = ConvTransposeOptions::new().stride([2, 3]).padding([1, 2]).dilation([2, 1]).output_padding([1, 2]);
+        let g = ConvGeometry::conv_transpose(2, &[1, 1, 4, 5], &[1, 1, 3, 4], None, &opts).unwrap();
+        let forward = Pass::forward(&g);
+        let mut links = std::collections::BTreeSet::new();
+        let mut segs = Vec::new();
+        forward.segments(0..1, 0..g.out_volume(), &mut segs);
+        for seg in &segs {
+            for m2 in seg.m2.clone() {
+                for tap in &forward.taps {
+                    let m = [seg.m[0], seg.m[1], m2];
+                    let i: [i64; 3] = std::array::from_fn(|d| (m[d] * g.stride[d]) as i64 + tap.offset[d]);
+                    if (0..3).all(|d| (0..g.in_size[d] as i64).contains(&i[d])) {
+                        links.insert((i, m, tap.index));
+                    }
+                }
+            }
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for pass in Pass::adjoint(&g) {
+            let mut segs = Vec::new();
+            pass.segments(0..1, 0..g.in_volume(), &mut segs);
+            for seg in &segs {
+                for m2 in seg.m2.clone() {
+                    for tap in &pass.taps {
+                        let m = [seg.m[0], seg.m[1], m2];
+                        let q: [i64; 3] = std::array::from_fn(|d| (pass.start[d] + m[d] * pass.step[d]) as i64);
+                        let p: [i64; 3] = std::array::from_fn(|d| m[d] as i64 + tap.offset[d]);
+                        if (0..3).all(|d| (0..g.out_size[d] as i64).contains(&p[d])) {
+                            let p = p.map(|v| v as usize);
+                            assert!(found.insert((q, p, tap.index)), "link found twice");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(found, links);
+    }
+
+    #[test]
+    fn segments_clip_to_the_position_range_in_grid_order() {
+        let g = ConvGeometry::conv(2, &[2, 1, 3, 4], &[1, 1, 1, 1], None, &ConvOptions::new()).unwrap();
+        let pass = Pass::forward(&g);
+        let mut segs = Vec::new();
+        let columns = pass.segments(0..2, 5..11, &mut segs);
+        assert_eq!(columns, 12);
+        let runs: Vec<_> = segs.iter().map(|s| (s.n, s.m, s.m2.clone(), s.column)).collect();
+        assert_eq!(runs[..2], [(0, [0, 1], 1..4, 0), (0, [0, 2], 0..3, 3)]);
+    }
+
+    #[test]
+    fn widening_matches_to_accum() {
+        let v: Vec<f16> = (0..37).map(|i| f16::from_f32(i as f32 * 0.37 - 5.0)).collect();
+        let mut out = vec![0f32; v.len()];
+        widen(&v, &mut out);
+        assert!(v.iter().zip(&out).all(|(a, b)| a.to_f32() == *b));
+        let v: Vec<bf16> = v.iter().map(|x| bf16::from_f32(x.to_f32())).collect();
+        widen(&v, &mut out);
+        assert!(v.iter().zip(&out).all(|(a, b)| a.to_f32() == *b));
+    }
+}

@@ -1,0 +1,305 @@
+//! Direct loops vectorised along the innermost dim: for convs whose groups
+//! are too thin for a GEMM tile (depthwise, small channel multipliers).
+//!
+//! Each `src` plane is first copied into a [`Layout`]: zero borders in every
+//! dim wide enough that no tap reads outside it, rows split into their
+//! `src_stride[2]` phases so that the elements a tap reads for consecutive
+//! outputs are contiguous. A `dst` row is then a sum over taps of contiguous
+//! slices (`taps_row`, all taps of a chunk accumulated in registers; with unit
+//! row strides the whole plane is one such row, its pad columns computed and
+//! dropped), and a `dw` row a set of dot products of one `dy` row with shifted
+//! slices (`dots_row`).
+//!
+//! A task owns the `dst` planes of one (image, group) (terms summed by channel, then tap), the `dw` rows of
+//! one group (images, then rows, in order), or one channel of the bias gradient:
+//! nothing depends on the thread count.
+
+use rayon::prelude::*;
+
+use super::kernels::Kernels;
+use super::pass::{Pass, store_row, widened};
+use crate::backend::Activation;
+use crate::element::{Accumulator, Element};
+
+/// Taps handed to one kernel call: bounded so their pointers live on the stack.
+const TAP_CHUNK: usize = 32;
+
+/// How one `src` plane is laid out so that no tap of the passes reads outside
+/// it: zero borders in every dim, rows split into `stride2` phases.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Zeros before the data in dims 0 and 1, and in a row.
+    lo: [usize; 3],
+    phase_len: usize,
+    stride2: usize,
+    /// Distance between rows (dim 1) and between slabs (dim 0).
+    pitch: [usize; 2],
+    /// Output points per row, rounded up to the lane count.
+    outputs: usize,
+    len: usize,
+}
+
+impl Layout {
+    fn new(passes: &[Pass], lanes: usize) -> Layout {
+        let first = &passes[0];
+        let offsets = |d: usize| passes.iter().flat_map(move |p| p.taps.iter().map(move |t| t.offset[d]));
+        let lo: [usize; 3] = std::array::from_fn(|d| (-offsets(d).min().unwrap_or(0)).max(0) as usize);
+        // The extent each dim must have (past `lo`) for every output's furthest tap.
+        let reach = |d: usize, outputs: usize| {
+            let max_offset = offsets(d).max().unwrap_or(0).max(0) as usize;
+            (outputs.saturating_sub(1) * first.src_stride[d] + max_offset + 1).max(first.src_size[d])
+        };
+        let count = |d: usize| passes.iter().map(|p| p.count[d]).max().unwrap_or(0);
+        let outputs = count(2).next_multiple_of(lanes);
+        let stride2 = first.src_stride[2];
+        let phase_len = (lo[2] + reach(2, outputs)).div_ceil(stride2);
+        let pitch1 = phase_len * stride2;
+        let pitch0 = (lo[1] + reach(1, count(1))) * pitch1;
+        let slabs = lo[0] + reach(0, count(0));
+        // Slack so a whole-volume run starting at any tap stays inside.
+        let len = slabs * pitch0 + pitch0 + lanes;
+        Layout { lo, phase_len, stride2, pitch: [pitch0, pitch1], outputs, len }
+    }
+
+    /// Where tap `offset` reads the output at grid point 0.
+    fn tap_start(&self, offset: [i64; 3]) -> usize {
+        let e = (self.lo[2] as i64 + offset[2]) as usize;
+        let row = (self.lo[0] as i64 + offset[0]) as usize * self.pitch[0]
+            + (self.lo[1] as i64 + offset[1]) as usize * self.pitch[1];
+        row + (e % self.stride2) * self.phase_len + e / self.stride2
+    }
+
+    /// Whether the whole grid of `pass` is one run with the volume's pitches
+    /// (unit strides along dims 0 and 1), so one kernel call covers it.
+    fn single_run(&self, pass: &Pass) -> bool {
+        pass.src_stride[0] == 1 && pass.src_stride[1] == 1
+    }
+
+    /// Length of the accumulator of `pass`, and where grid row `(m0, m1)` starts in it.
+    fn acc_len(&self, pass: &Pass) -> usize {
+        if self.single_run(pass) {
+            let [c0, c1, _] = pass.count;
+            ((c0 - 1) * self.pitch[0] + (c1 - 1) * self.pitch[1] + self.outputs).next_multiple_of(self.outputs.max(1))
+        } else {
+            pass.count[0] * pass.count[1] * self.outputs
+        }
+    }
+
+    fn acc_row(&self, pass: &Pass, m0: usize, m1: usize) -> usize {
+        if self.single_run(pass) {
+            m0 * self.pitch[0] + m1 * self.pitch[1]
+        } else {
+            (m0 * pass.count[1] + m1) * self.outputs
+        }
+    }
+}
+
+/// One `src` plane laid out per [`Layout`].
+fn fill<T: Element>(plane: &[T], size: [usize; 3], layout: &Layout, data: &mut [T::Accum], buffer: &mut Vec<T::Accum>) {
+    let width = size[2];
+    if width == 0 || layout.stride2 != 1 {
+        data.fill(T::Accum::ZERO);
+    }
+    if width == 0 {
+        return;
+    }
+    let plane = widened(plane, buffer);
+    if layout.stride2 == 1 {
+        // Row by row, writing every element once: zeros around the data, the data in place.
+        let rows1 = layout.pitch[0] / layout.pitch[1];
+        for (r, row) in data.chunks_mut(layout.pitch[1]).enumerate() {
+            let i0 = (r / rows1).wrapping_sub(layout.lo[0]);
+            let i1 = (r % rows1).wrapping_sub(layout.lo[1]);
+            if i0 < size[0] && i1 < size[1] && row.len() == layout.pitch[1] {
+                let (left, rest) = row.split_at_mut(layout.lo[2]);
+                let (middle, right) = rest.split_at_mut(width);
+                left.fill(T::Accum::ZERO);
+                middle.copy_from_slice(&plane[(i0 * size[1] + i1) * width..][..width]);
+                right.fill(T::Accum::ZERO);
+            } else {
+                row.fill(T::Accum::ZERO);
+            }
+        }
+        return;
+    }
+    for (row, src) in plane.chunks(width).enumerate() {
+        let (i0, i1) = (row / size[1], row % size[1]);
+        let dst = &mut data[(layout.lo[0] + i0) * layout.pitch[0] + (layout.lo[1] + i1) * layout.pitch[1]..];
+        for (i, &v) in src.iter().enumerate() {
+            let e = layout.lo[2] + i;
+            dst[(e % layout.stride2) * layout.phase_len + e / layout.stride2] = v;
+        }
+    }
+}
+
+/// Bytes of scratch `correlate` (or, with `weight`, `correlate_weight`) takes for
+/// `passes` with `threads` tasks in flight: each task's laid-out source planes
+/// and accumulators.
+pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], weight: bool, threads: usize) -> usize {
+    let Some(first) = passes.first() else { return 0 };
+    if first.dst_volume() == 0 {
+        return 0;
+    }
+    let layout = Layout::new(passes, ks.lanes);
+    let sources = first.src_channels * layout.len;
+    let accumulators = if weight {
+        first.dst_channels * first.src_channels * first.taps.len() + first.dst_volume()
+    } else {
+        passes.iter().map(|p| layout.acc_len(p)).sum()
+    };
+    threads.max(1) * (sources + accumulators) * std::mem::size_of::<A>()
+}
+
+/// Runs `passes` (which together cover `dst`), one `dst` plane per task.
+pub(crate) fn correlate<T: Element>(
+    ks: &Kernels<T::Accum>,
+    passes: &[Pass],
+    src: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    activation: Activation,
+    dst: &mut [T],
+) {
+    let Some(first) = passes.first() else { return };
+    let (volume, cd, cs) = (first.dst_volume(), first.dst_channels, first.src_channels);
+    if volume == 0 {
+        return;
+    }
+    let layout = Layout::new(passes, ks.lanes);
+    let starts: Vec<Vec<usize>> =
+        passes.iter().map(|p| p.taps.iter().map(|t| layout.tap_start(t.offset)).collect()).collect();
+    // A task owns the `cd` planes of one (image, group): each src plane is laid out once.
+    dst.par_chunks_mut(cd * volume).enumerate().for_each(|(task, dst_planes)| {
+        let (n, group) = (task / first.groups, task % first.groups);
+        let mut sources = vec![T::Accum::ZERO; cs * layout.len];
+        let mut buffer = Vec::new();
+        for (c, data) in sources.chunks_mut(layout.len).enumerate() {
+            let start = first.src_plane(n, group, c);
+            fill(&src[start..][..first.src_volume()], first.src_size, &layout, data, &mut buffer);
+        }
+        let mut accs: Vec<Vec<T::Accum>> = passes.iter().map(|p| vec![T::Accum::ZERO; layout.acc_len(p)]).collect();
+        for (o, dst_plane) in dst_planes.chunks_mut(volume).enumerate() {
+            // Channel by channel, so one laid-out plane at a time streams through L1;
+            // the first one overwrites the accumulators (zeroed only for passes without taps).
+            for (pass, acc) in passes.iter().zip(&mut accs) {
+                if pass.taps.is_empty() || cs == 0 {
+                    acc.fill(T::Accum::ZERO);
+                }
+            }
+            for (c, data) in sources.chunks(layout.len).enumerate() {
+                for ((pass, acc), starts) in passes.iter().zip(&mut accs).zip(&starts) {
+                    let weights: Vec<T::Accum> =
+                        (0..pass.taps.len()).map(|j| w[pass.weight_index(group, o, c, j)].to_accum()).collect();
+                    let run = |acc: &mut [T::Accum], base: usize| {
+                        for (chunk, (starts, weights)) in
+                            starts.chunks(TAP_CHUNK).zip(weights.chunks(TAP_CHUNK)).enumerate()
+                        {
+                            let mut slices = [&data[..0]; TAP_CHUNK];
+                            for (slice, &s) in slices.iter_mut().zip(starts) {
+                                *slice = &data[base + s..];
+                            }
+                            ks.taps_row(&slices[..starts.len()], weights, acc, c > 0 || chunk > 0);
+                        }
+                    };
+                    if layout.single_run(pass) {
+                        run(acc, 0);
+                    } else {
+                        for (row, out) in acc.chunks_mut(layout.outputs).enumerate() {
+                            let (m0, m1) = (row / pass.count[1], row % pass.count[1]);
+                            let stride = pass.src_stride;
+                            run(out, m0 * stride[0] * layout.pitch[0] + m1 * stride[1] * layout.pitch[1]);
+                        }
+                    }
+                }
+            }
+            let b = bias.map_or(T::Accum::ZERO, |b| b[group * cd + o].to_accum());
+            for (pass, acc) in passes.iter().zip(&mut accs) {
+                for m0 in 0..pass.count[0] {
+                    for m1 in 0..pass.count[1] {
+                        let out = &mut acc[layout.acc_row(pass, m0, m1)..][..pass.count[2]];
+                        let q = pass.dst_position([m0, m1, 0]);
+                        store_row(out, b, activation, &mut dst_plane[q..], pass.step[2]);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `dw[g·cd + o, c·taps + j] = Σ_n Σ_rows dot(dy row, shifted x row)` for the
+/// forward `pass`. A task owns the `cd` rows of `dw` of one group, so each `x`
+/// plane is laid out once per image for all of them; terms are summed by
+/// image, then row.
+pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, x: &[T], y: &[T], dw: &mut [T]) {
+    let (cd, cs, ntaps) = (pass.dst_channels, pass.src_channels, pass.taps.len());
+    let (y_volume, x_volume) = (pass.dst_volume(), pass.src_volume());
+    if cd * cs * ntaps == 0 || y_volume == 0 {
+        return;
+    }
+    let layout = Layout::new(std::slice::from_ref(pass), ks.lanes);
+    let starts: Vec<usize> = pass.taps.iter().map(|t| layout.tap_start(t.offset)).collect();
+    let [_, c1, c2] = pass.count;
+    dw.par_chunks_mut(cd * cs * ntaps).enumerate().for_each(|(group, dw_rows)| {
+        let mut acc = vec![T::Accum::ZERO; cd * cs * ntaps];
+        let mut sources = vec![T::Accum::ZERO; cs * layout.len];
+        let (mut x_buffer, mut y_buffer) = (Vec::new(), Vec::new());
+        let mut partial = [T::Accum::ZERO; TAP_CHUNK];
+        for n in 0..pass.batch {
+            for (c, data) in sources.chunks_mut(layout.len).enumerate() {
+                let start = pass.src_plane(n, group, c);
+                fill(&x[start..][..x_volume], pass.src_size, &layout, data, &mut x_buffer);
+            }
+            for (o, acc) in acc.chunks_mut(cs * ntaps).enumerate() {
+                let plane = (n * pass.groups + group) * cd + o;
+                let dy = widened(&y[plane * y_volume..][..y_volume], &mut y_buffer);
+                let stride = pass.src_stride;
+                for (c, data) in sources.chunks(layout.len).enumerate() {
+                    // One slab (dim 0) at a time: its rows are evenly spaced in both planes.
+                    for (m0, dy_slab) in dy.chunks(c1 * c2).enumerate() {
+                        let base = m0 * stride[0] * layout.pitch[0];
+                        for (chunk, starts) in starts.chunks(TAP_CHUNK).enumerate() {
+                            let mut slices = [&data[..0]; TAP_CHUNK];
+                            for (slice, &s) in slices.iter_mut().zip(starts) {
+                                *slice = &data[base + s..];
+                            }
+                            let partial = &mut partial[..starts.len()];
+                            partial.fill(T::Accum::ZERO);
+                            let ldb = stride[1] * layout.pitch[1];
+                            ks.dots(c2, c1, dy_slab, c2, &slices[..starts.len()], ldb, partial);
+                            for (a, &p) in acc[c * ntaps + chunk * TAP_CHUNK..].iter_mut().zip(partial.iter()) {
+                                *a += p;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (d, a) in dw_rows.iter_mut().zip(acc) {
+            *d = T::from_accum(a);
+        }
+    });
+}
+
+/// Elements summed per `sum` call in [`channel_sums`]: the widening buffer stays in L1.
+const SUM_CHUNK: usize = 2048;
+
+/// `sums[c] = Σ_{n, p} t[n, c, p]`, one channel per task, in fixed chunks.
+pub(crate) fn channel_sums<T: Element>(
+    ks: &Kernels<T::Accum>,
+    batch: usize,
+    channels: usize,
+    volume: usize,
+    t: &[T],
+    sums: &mut [T],
+) {
+    sums.par_iter_mut().enumerate().for_each(|(c, dst)| {
+        let mut acc = T::Accum::ZERO;
+        let mut buffer = Vec::new();
+        for n in 0..batch {
+            for chunk in t[(n * channels + c) * volume..][..volume].chunks(SUM_CHUNK) {
+                acc += ks.sum(widened(chunk, &mut buffer));
+            }
+        }
+        *dst = T::from_accum(acc);
+    });
+}

@@ -1,0 +1,270 @@
+//! Every shipped algorithm, on every instruction set this CPU has, against the
+//! direct loops, on random geometries of every parameter kind.
+//!
+//! Inputs are multiples of 1/8 in [-2, 2]: every product and partial sum is
+//! then exact in f32, so any summation order gives the same value and the
+//! algorithms must agree *bitwise* with the reference, in every dtype.
+
+use super::*;
+use crate::geometry::{ConvOptions, ConvTransposeOptions};
+use half::{bf16, f16};
+
+/// SplitMix64: a tiny seeded generator for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn eighths<T: Element>(&mut self, len: usize) -> Vec<T> {
+        (0..len).map(|_| T::from_f64((self.below(33) as f64 - 16.0) / 8.0)).collect()
+    }
+
+    fn uniform<T: Element>(&mut self, len: usize) -> Vec<T> {
+        (0..len).map(|_| T::from_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)).collect()
+    }
+}
+
+/// A random valid conv or conv_transpose geometry with every parameter drawn.
+fn random_geometry(rng: &mut Rng) -> ConvGeometry {
+    loop {
+        let dims = rng.range(1, 3);
+        let groups = rng.range(1, 3);
+        let (cin_g, cout_g) = if rng.below(4) == 0 { (1, rng.range(1, 2)) } else { (rng.range(1, 5), rng.range(1, 7)) };
+        let batch = if rng.below(16) == 0 { 0 } else { rng.range(1, 3) };
+        let size: Vec<usize> = (0..dims).map(|_| rng.range(1, if dims == 3 { 5 } else { 9 })).collect();
+        let kernel: Vec<usize> = (0..dims).map(|_| rng.range(1, 4)).collect();
+        let stride: Vec<i64> = (0..dims).map(|_| rng.range(1, 3) as i64).collect();
+        let dilation: Vec<i64> = (0..dims).map(|_| rng.range(1, 2) as i64).collect();
+        let padding: Vec<i64> = (0..dims).map(|d| rng.range(0, kernel[d]) as i64).collect();
+        let transposed = rng.below(2) == 0;
+        let geometry = if transposed {
+            let output_padding: Vec<i64> =
+                (0..dims).map(|d| rng.range(0, (stride[d].max(dilation[d]) - 1) as usize) as i64).collect();
+            let x = [vec![batch, groups * cout_g], size].concat();
+            let w = [vec![groups * cout_g, cin_g], kernel].concat();
+            let opts = ConvTransposeOptions::new()
+                .stride(stride)
+                .padding(padding)
+                .dilation(dilation)
+                .output_padding(output_padding)
+                .groups(groups as i64);
+            ConvGeometry::conv_transpose(dims, &x, &w, None, &opts)
+        } else {
+            let x = [vec![batch, groups * cin_g], size].concat();
+            let w = [vec![groups * cout_g, cin_g], kernel].concat();
+            let opts = ConvOptions::new().stride(stride).padding(padding).dilation(dilation).groups(groups as i64);
+            ConvGeometry::conv(dims, &x, &w, None, &opts)
+        };
+        if let Ok(g) = geometry {
+            return g;
+        }
+    }
+}
+
+/// Shapes past the tile sizes: several `KC` blocks, position blocks, grouped images, strips.
+fn large_geometries() -> Vec<ConvGeometry> {
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    let convt = |x: &[usize], w: &[usize], o: ConvTransposeOptions| {
+        ConvGeometry::conv_transpose(x.len() - 2, x, w, None, &o).unwrap()
+    };
+    vec![
+        conv(&[2, 40, 19, 23], &[29, 40, 3, 3], ConvOptions::new().padding(1)),
+        conv(&[3, 6, 7, 5], &[50, 3, 2, 3], ConvOptions::new().padding([1, 0]).stride([2, 1]).groups(2)),
+        conv(&[1, 8, 700], &[13, 8, 5], ConvOptions::new().padding(2).dilation(2)),
+        convt(&[2, 24, 9, 10], &[24, 14, 4, 4], ConvTransposeOptions::new().stride(2).padding(1)),
+        convt(&[1, 16, 30, 17], &[16, 20, 2, 2], ConvTransposeOptions::new().stride(2)),
+        conv(&[2, 12, 33, 20], &[12, 1, 3, 3], ConvOptions::new().padding(1).groups(12)),
+        conv(&[2, 8, 33, 40], &[24, 8, 3, 3], ConvOptions::new().padding(1).stride(2)),
+        conv(&[1, 3, 40, 44], &[20, 3, 7, 7], ConvOptions::new().padding(3).stride(2)),
+        conv(&[1, 4, 9, 12, 20], &[10, 4, 3, 2, 3], ConvOptions::new().padding([1, 0, 1]).stride([1, 2, 2])),
+    ]
+}
+
+/// The four primitives of `g` on `backend`, on inputs drawn by `draw`.
+fn outputs<T: Element>(backend: &CpuBackend, g: &ConvGeometry, seed: u64, exact: bool) -> Vec<Vec<T>> {
+    let mut rng = Rng(seed);
+    let mut draw = |len: usize| if exact { rng.eighths::<T>(len) } else { rng.uniform::<T>(len) };
+    let len = |shape: Vec<usize>| shape.iter().product::<usize>();
+    let x = draw(len(g.x_shape()));
+    let w = draw(len(g.weight_shape()));
+    let y = draw(len(g.y_shape()));
+    let bias_y = draw(g.out_channels);
+    let bias_x = draw(g.in_channels);
+    let poison = |n: usize| vec![T::nan(); n];
+    let mut fwd = poison(y.len());
+    backend.correlate(g, &x, &w, Some(&bias_y), Activation::Relu, &mut fwd).unwrap();
+    let mut adj = poison(x.len());
+    backend.correlate_adjoint(g, &y, &w, Some(&bias_x), Activation::Identity, &mut adj).unwrap();
+    let mut adj_plain = poison(x.len());
+    backend.correlate_adjoint(g, &y, &w, None, Activation::Relu, &mut adj_plain).unwrap();
+    let mut dw = poison(w.len());
+    backend.correlate_weight(g, &x, &y, &mut dw).unwrap();
+    let mut sums = poison(g.out_channels);
+    backend.channel_sums(g.batch, g.out_channels, g.out_volume(), &y, &mut sums).unwrap();
+    vec![fwd, adj, adj_plain, dw, sums]
+}
+
+fn backends() -> Vec<(CpuAlgorithm, CpuIsa, CpuBackend)> {
+    let mut all = Vec::new();
+    for &algorithm in CpuAlgorithm::ALL.iter().filter(|&&a| a != CpuAlgorithm::Direct) {
+        for isa in CpuIsa::supported() {
+            let backend = CpuBackend::with_threads(2).unwrap().with_algorithm(algorithm).with_isa(isa).unwrap();
+            all.push((algorithm, isa, backend));
+        }
+    }
+    all
+}
+
+fn check_against_direct<T: Element>(geometries: &[ConvGeometry]) {
+    let reference = CpuBackend::with_threads(2).unwrap().with_algorithm(CpuAlgorithm::Direct);
+    let names =
+        ["correlate", "correlate_adjoint", "correlate_adjoint (no bias, relu)", "correlate_weight", "channel_sums"];
+    for (i, g) in geometries.iter().enumerate() {
+        let want = outputs::<T>(&reference, g, i as u64, true);
+        for (algorithm, isa, backend) in backends() {
+            let got = outputs::<T>(&backend, g, i as u64, true);
+            for ((name, got), want) in names.iter().zip(&got).zip(&want) {
+                let same = got.iter().zip(want).all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits());
+                assert!(same, "{} {:?} {isa} {name} differs from direct on {g:?}", T::DTYPE, algorithm);
+            }
+        }
+    }
+}
+
+fn random_geometries(seed: u64, count: usize) -> Vec<ConvGeometry> {
+    let mut rng = Rng(seed);
+    (0..count).map(|_| random_geometry(&mut rng)).collect()
+}
+
+#[test]
+fn every_algorithm_equals_direct_on_random_geometries_f32() {
+    check_against_direct::<f32>(&random_geometries(1, 60));
+}
+
+#[test]
+fn every_algorithm_equals_direct_on_random_geometries_f64() {
+    check_against_direct::<f64>(&random_geometries(2, 30));
+}
+
+#[test]
+fn every_algorithm_equals_direct_on_random_geometries_halves() {
+    check_against_direct::<f16>(&random_geometries(3, 25));
+    check_against_direct::<bf16>(&random_geometries(4, 25));
+}
+
+#[test]
+fn every_algorithm_equals_direct_past_the_tile_sizes() {
+    check_against_direct::<f32>(&large_geometries());
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut geometries = random_geometries(5, 12);
+    geometries.extend(large_geometries());
+    for (i, g) in geometries.iter().enumerate() {
+        for &algorithm in CpuAlgorithm::ALL {
+            let run = |threads| {
+                let backend = CpuBackend::with_threads(threads).unwrap().with_algorithm(algorithm);
+                outputs::<f32>(&backend, g, 100 + i as u64, false)
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                let many = run(threads);
+                let same = one.iter().flatten().zip(many.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{algorithm:?} with {threads} threads differs from 1 thread on {g:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn auto_picks_the_direct_simd_path_for_thin_groups_only() {
+    let g = |x: &[usize], w: &[usize], groups| {
+        ConvGeometry::conv(2, x, w, None, &ConvOptions::new().groups(groups)).unwrap()
+    };
+    let simd = CpuAlgorithm::SimdDirect;
+    assert_eq!(select_algorithm(&g(&[1, 8, 5, 5], &[8, 1, 3, 3], 8), DType::F32), simd);
+    assert_eq!(select_algorithm(&g(&[1, 8, 5, 5], &[16, 1, 3, 3], 8), DType::F32), simd);
+    assert_eq!(select_algorithm(&g(&[1, 64, 5, 5], &[64, 8, 3, 3], 8), DType::F32), simd);
+    assert_eq!(select_algorithm(&g(&[1, 64, 5, 5], &[256, 8, 3, 3], 8), DType::F32), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(select_algorithm(&g(&[1, 3, 5, 5], &[16, 3, 3, 3], 1), DType::F16), CpuAlgorithm::ImplicitGemm);
+    // A transposed conv's output is x: 16 -> 3 channels is thin.
+    let up =
+        ConvGeometry::conv_transpose(2, &[1, 16, 4, 4], &[16, 3, 3, 3], None, &ConvTransposeOptions::new().stride(2))
+            .unwrap();
+    assert_eq!(select_algorithm(&up, DType::F32), simd);
+}
+
+#[test]
+fn unsupported_isas_are_refused() {
+    for isa in CpuIsa::ALL.into_iter().filter(|isa| !isa.is_supported()) {
+        assert!(CpuBackend::new().with_isa(isa).is_err());
+    }
+}
+
+#[test]
+fn workspace_stays_bounded_on_large_layers() {
+    let cpu = CpuBackend::with_threads(2).unwrap();
+    let convt = ConvGeometry::conv_transpose(
+        2,
+        &[16, 512, 4, 4],
+        &[512, 256, 4, 4],
+        None,
+        &ConvTransposeOptions::new().stride(2).padding(1),
+    )
+    .unwrap();
+    let dense =
+        ConvGeometry::conv(2, &[4, 512, 7, 7], &[512, 512, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
+    for g in [&convt, &dense] {
+        for primitive in [Primitive::Correlate, Primitive::CorrelateAdjoint, Primitive::CorrelateWeight] {
+            let bytes = cpu.workspace_bytes(g, primitive, DType::F32);
+            assert!(bytes > 0 && bytes < 64 << 20, "{primitive:?}: {bytes} bytes");
+        }
+    }
+}
+
+/// An infinity in `x` reaches the outputs exactly as in the direct loops: the
+/// in-place paths drop the columns between rows (forward) or fall back to
+/// packing (weight gradient), where the infinity would meet a zero.
+#[test]
+fn infinities_propagate_as_in_the_direct_loops() {
+    // 40 columns, 3-wide kernel, no padding: 38 outputs per row, and the pad
+    // columns of row r read the first columns of row r + 1.
+    let g = ConvGeometry::conv(2, &[1, 2, 5, 40], &[12, 2, 3, 3], None, &ConvOptions::new()).unwrap();
+    let mut rng = Rng(7);
+    let mut x: Vec<f32> = rng.eighths(g.x_shape().iter().product());
+    x[40] = f32::INFINITY; // channel 0, row 1, column 0: never read by a tap of column offset 2
+    let w: Vec<f32> = rng.eighths(g.weight_shape().iter().product());
+    let y: Vec<f32> = (0..g.y_shape().iter().product()).map(|i| if i % 7 == 0 { 0.0 } else { 0.5 }).collect();
+    let run = |algorithm| {
+        let cpu = CpuBackend::with_threads(2).unwrap().with_algorithm(algorithm);
+        let mut fwd = vec![0f32; y.len()];
+        cpu.correlate(&g, &x, &w, None, Activation::Identity, &mut fwd).unwrap();
+        let mut dw = vec![0f32; w.len()];
+        cpu.correlate_weight(&g, &x, &y, &mut dw).unwrap();
+        (fwd, dw)
+    };
+    let same =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+    let (fwd, dw) = run(CpuAlgorithm::Direct);
+    assert!(dw.iter().any(|v| v.is_finite()) && dw.iter().any(|v| !v.is_finite()));
+    for &algorithm in &[CpuAlgorithm::ImplicitGemm, CpuAlgorithm::SimdDirect] {
+        let (f, d) = run(algorithm);
+        assert!(same(&f, &fwd), "{algorithm:?} forward");
+        assert!(same(&d, &dw), "{algorithm:?} weight gradient");
+    }
+}
