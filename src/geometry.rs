@@ -834,6 +834,31 @@ impl ConvGeometry {
         g
     }
 
+    /// The same problem with no parameter larger than it has to be: a dim with
+    /// one output position has no stride (stride 1), and a dim with a one-tap
+    /// kernel no dilation (dilation 1). Every index `o*stride + t*dilation - padding_lo`
+    /// a kernel forms is unchanged, but an absurd stride or dilation that PyTorch
+    /// accepts can no longer overflow a backend's arithmetic.
+    ///
+    /// ```
+    /// use ferroconv::{ConvGeometry, ConvOptions};
+    /// let g = ConvGeometry::conv(1, &[1, 1, 3], &[1, 1, 1], None, &ConvOptions::new().stride(i64::MAX)).unwrap();
+    /// assert_eq!(g.out_size, [1, 1, 1]);
+    /// assert_eq!(g.canonical().stride, [1, 1, 1]);
+    /// ```
+    pub fn canonical(&self) -> ConvGeometry {
+        let mut g = self.clone();
+        for d in 0..MAX_SPATIAL_DIMS {
+            if g.out_size[d] == 1 {
+                g.stride[d] = 1;
+            }
+            if g.kernel_size[d] == 1 {
+                g.dilation[d] = 1;
+            }
+        }
+        g
+    }
+
     /// Multiply-adds of the forward op: `N * C_out * prod(out) * (C_in/groups) * prod(k)`
     /// (the same count for a transposed conv, seen from its weight).
     pub fn macs(&self) -> u128 {

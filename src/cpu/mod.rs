@@ -275,6 +275,11 @@ impl CpuBackend {
 
     /// The kernels to run `primitive` of `geometry` with, or `None` for the direct loops.
     fn plan<T: Element>(&self, g: &ConvGeometry, primitive: Primitive) -> (CpuAlgorithm, Option<Kernels<T::Accum>>) {
+        // An empty batch or a side without channels leaves nothing to tile: the direct loops
+        // write what there is (zeros or the bias) without the fast paths' layout arithmetic.
+        if g.batch == 0 || g.in_channels == 0 || g.out_channels == 0 {
+            return (CpuAlgorithm::Direct, None);
+        }
         match self.algorithm_for_primitive(g, primitive, T::DTYPE) {
             CpuAlgorithm::Direct | CpuAlgorithm::Auto => (CpuAlgorithm::Direct, None),
             fast => match kernels::<T::Accum>(self.isa()) {
@@ -340,6 +345,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         if let Some(b) = bias {
             check_len("bias", b, &[g.out_channels])?;
         }
+        let g = &g.canonical();
         let bias = bias.map(Vec::as_slice);
         self.install(|| match self.plan::<T>(g, Primitive::Correlate) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
@@ -368,6 +374,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         if let Some(b) = bias {
             check_len("bias", b, &[g.in_channels])?;
         }
+        let g = &g.canonical();
         let bias = bias.map(Vec::as_slice);
         self.install(|| match self.plan::<T>(g, Primitive::CorrelateAdjoint) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
@@ -385,6 +392,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         check_len("x", x, &g.x_shape())?;
         check_len("y", y, &g.y_shape())?;
         check_len("grad_weight", dw, &g.weight_shape())?;
+        let g = &g.canonical();
         self.install(|| match self.plan::<T>(g, Primitive::CorrelateWeight) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             (CpuAlgorithm::SimdDirect, Some(ks)) => sliding::correlate_weight(&ks, &Pass::forward(g), x, y, dw),

@@ -91,7 +91,8 @@ impl Pass {
     /// The adjoint `x = yᵀ ⋆ w`, one pass per stride phase that holds a position of `x`.
     pub fn adjoint(g: &ConvGeometry) -> Vec<Pass> {
         let [kd, kh, kw] = g.kernel_size;
-        let [s0, s1, s2] = g.stride;
+        // Phases beyond the size of x hold no position (and a stride may be absurdly large).
+        let [s0, s1, s2]: [usize; 3] = std::array::from_fn(|d| g.stride[d].min(g.in_size[d]));
         let mut passes = Vec::with_capacity(s0 * s1 * s2);
         for r in (0..s0).flat_map(|a| (0..s1).flat_map(move |b| (0..s2).map(move |c| [a, b, c]))) {
             let count: [usize; 3] = std::array::from_fn(|d| g.in_size[d].saturating_sub(r[d]).div_ceil(g.stride[d]));
@@ -217,7 +218,9 @@ impl Pass {
                 continue;
             }
             let base = self.src_plane(seg.n, group, c) + (i0 as usize * h + i1 as usize) * w;
-            let valid = inner.start.max(seg.m2.start)..inner.end.min(seg.m2.end).max(inner.start.max(seg.m2.start));
+            // The tap's valid columns within this segment (possibly none, on either side of it).
+            let start = inner.start.clamp(seg.m2.start, seg.m2.end);
+            let valid = start..inner.end.clamp(start, seg.m2.end);
             let (lo, hi) = (valid.start - seg.m2.start, valid.end - seg.m2.start);
             dst[..lo].fill(T::Accum::ZERO);
             dst[hi..].fill(T::Accum::ZERO);
