@@ -114,8 +114,11 @@ pub trait ConvPrimitives<T: Element>: Backend {
 /// Which gradients a backward pass computes; the others are skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GradRequest {
+    /// The gradient with respect to the op's input.
     pub input: bool,
+    /// The gradient with respect to the weight.
     pub weight: bool,
+    /// The gradient with respect to the bias (only where the op has one).
     pub bias: bool,
 }
 

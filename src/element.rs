@@ -5,9 +5,13 @@ use half::{bf16, f16};
 /// The run-time name of an element type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// `f32`.
     F32,
+    /// `f64`.
     F64,
+    /// `half::f16` (IEEE binary16).
     F16,
+    /// `half::bf16` (bfloat16).
     BF16,
 }
 
@@ -75,9 +79,13 @@ pub trait Accumulator:
     + std::iter::Sum
     + 'static
 {
+    /// Zero.
     const ZERO: Self;
+    /// One.
     const ONE: Self;
+    /// Rounds from f64 (exact for f64).
     fn from_f64(v: f64) -> Self;
+    /// Widens to f64 (exact).
     fn to_f64(self) -> f64;
     /// True for NaN.
     fn is_nan(self) -> bool;

@@ -23,6 +23,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// assert!(err.to_string().contains("weight"));
 /// # Ok(()) }
 /// ```
+// Variant fields are the values each variant's message names.
+#[allow(missing_docs)]
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {

@@ -49,6 +49,7 @@ use crate::{bf16, f16};
 /// A tensor as a fixture stores it: a shape and its values in row-major order.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TensorData {
+    /// The shape, row-major.
     pub shape: Vec<usize>,
     /// `prod(shape)` values, the last index varying fastest.
     pub data: Vec<f64>,
@@ -95,10 +96,13 @@ pub enum PaddingParam {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// The stride as the file gives it (validated by the library, not here).
     pub stride: Option<IntParam>,
     /// Amounts, or `"same"` / `"valid"`.
     pub padding: Option<PaddingParam>,
+    /// The dilation as the file gives it.
     pub dilation: Option<IntParam>,
+    /// The number of groups as the file gives it.
     pub groups: Option<i64>,
     /// conv only: `"zeros"`, `"reflect"`, `"replicate"` or `"circular"`.
     pub padding_mode: Option<String>,
@@ -222,7 +226,9 @@ impl fmt::Display for Checked {
 /// `|actual - expected| <= atol + rtol * |expected|`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 pub struct Tolerance {
+    /// Relative tolerance.
     pub rtol: f64,
+    /// Absolute tolerance.
     pub atol: f64,
 }
 
@@ -238,8 +244,11 @@ impl Tolerance {
 pub struct ExpectedValues {
     /// The upstream gradient fed to backward.
     pub grad_output: TensorData,
+    /// The expected output.
     pub output: TensorData,
+    /// The expected gradient of the input.
     pub grad_input: TensorData,
+    /// The expected gradient of the weight.
     pub grad_weight: TensorData,
     /// `None` exactly when the case has no bias.
     pub grad_bias: Option<TensorData>,
@@ -267,6 +276,8 @@ impl ExpectedValues {
 }
 
 /// What a case expects.
+// Variant fields are described by their variant's doc.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expected {
     /// The call fails with this [`Error::kind`]; `message` is PyTorch's, for information.
@@ -280,17 +291,21 @@ pub enum Expected {
 pub struct Fixture {
     /// The file name without `.json`.
     pub name: String,
+    /// The op the case runs.
     pub op: OpKind,
     /// Spatial dims (1, 2 or 3 in a valid case).
     pub spatial_dims: usize,
     /// The element type to compute in.
     pub dtype: DType,
+    /// The op's parameters as the file gives them.
     pub params: Params,
     /// `[N, C_in, *spatial]`.
     pub input: TensorData,
     /// In PyTorch's layout for the op.
     pub weight: TensorData,
+    /// The bias, if the case has one.
     pub bias: Option<TensorData>,
+    /// What the case expects: results, or an error kind.
     pub expected: Expected,
 }
 
@@ -319,6 +334,8 @@ struct RawFixture {
 }
 
 /// A fixture file that cannot be read or is not a well-formed case.
+// Variant fields are described by their variant's doc.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file (or folder) cannot be read.
@@ -522,7 +539,9 @@ pub struct TensorComparison {
 pub struct ElementMismatch {
     /// Its index, one entry per dim of the tensor.
     pub index: Vec<usize>,
+    /// The value computed.
     pub actual: f64,
+    /// The value expected.
     pub expected: f64,
     /// The deviation the tolerance allows there.
     pub allowed: f64,
@@ -591,6 +610,8 @@ impl TensorComparison {
 }
 
 /// Why a case passed.
+// Variant fields are described by their variant's doc.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pass {
     /// Every checked tensor within its tolerance.
@@ -603,6 +624,8 @@ pub enum Pass {
 }
 
 /// Why a case failed.
+// Variant fields are described by their variant's doc.
+#[allow(missing_docs)]
 #[derive(Debug)]
 pub enum Fail {
     /// The file could not be loaded.
@@ -637,6 +660,7 @@ pub type Outcome = std::result::Result<Pass, Fail>;
 pub struct CaseReport {
     /// The case's name (its path, when the file did not load).
     pub name: String,
+    /// How the case ended.
     pub outcome: Outcome,
 }
 
@@ -747,7 +771,9 @@ pub fn run_file(path: &Path, device: Device) -> CaseReport {
 /// Pass and fail counts of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Cases that passed.
     pub passed: usize,
+    /// Cases that failed.
     pub failed: usize,
 }
 

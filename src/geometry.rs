@@ -174,10 +174,15 @@ impl std::str::FromStr for PaddingMode {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvOptions {
+    /// Step between output positions, per spatial dim.
     pub stride: Dims,
+    /// Padding: explicit amounts, `"same"` or `"valid"`.
     pub padding: Padding,
+    /// Spacing between kernel taps, per spatial dim.
     pub dilation: Dims,
+    /// Number of channel groups (both channel counts must divide by it).
     pub groups: i64,
+    /// How the padding is filled.
     pub padding_mode: PaddingMode,
 }
 
@@ -246,13 +251,17 @@ impl ConvOptions {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvTransposeOptions {
+    /// Step between output positions, per spatial dim.
     pub stride: Dims,
     /// Only [`Padding::Explicit`] is valid; the strings are rejected as PyTorch does.
     pub padding: Padding,
+    /// Extra size added at the end of each output dim (below the stride or the dilation).
     pub output_padding: Dims,
     /// When set, `output_padding` is ignored and derived from this size.
     pub output_size: Option<Dims>,
+    /// Spacing between kernel taps, per spatial dim.
     pub dilation: Dims,
+    /// Number of channel groups (both channel counts must divide by it).
     pub groups: i64,
 }
 
@@ -340,10 +349,13 @@ impl OpKind {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConvGeometry {
+    /// The op this geometry was validated for.
     pub op: OpKind,
     /// Spatial dims as the caller sees them (1, 2 or 3).
     pub spatial_dims: usize,
+    /// Items in the batch (N).
     pub batch: usize,
+    /// Number of channel groups (both channel counts must divide by it).
     pub groups: usize,
     /// Channels of `x` (the conv's input; the transposed conv's output).
     pub in_channels: usize,
@@ -353,8 +365,11 @@ pub struct ConvGeometry {
     pub in_size: [usize; 3],
     /// Spatial size of `y`.
     pub out_size: [usize; 3],
+    /// Kernel taps per spatial dim.
     pub kernel_size: [usize; 3],
+    /// Step between output positions, per spatial dim.
     pub stride: [usize; 3],
+    /// Spacing between kernel taps, per spatial dim.
     pub dilation: [usize; 3],
     /// Padding before the start of `x` in each dim: `y[o]` reads `x[o*stride + t*dilation - padding_lo]`.
     pub padding_lo: [usize; 3],
@@ -363,6 +378,7 @@ pub struct ConvGeometry {
     pub padding_hi: [usize; 3],
     /// How padded positions of `x` are filled (always zeros for a transposed conv).
     pub padding_mode: PaddingMode,
+    /// Whether the op adds a bias.
     pub has_bias: bool,
 }
 

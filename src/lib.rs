@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # ferroconv
 //!
 //! Convolution layer kernels with PyTorch's exact semantics: `Conv` and

@@ -22,12 +22,19 @@ use crate::tensor::Tensor;
 /// `[batch, dst_channels, volume]` one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelBlock {
+    /// Items in the batch (dim 0 of both tensors).
     pub batch: usize,
+    /// Elements of one channel plane (the product of the spatial dims).
     pub volume: usize,
+    /// Channels copied.
     pub count: usize,
+    /// Channels of the source tensor.
     pub src_channels: usize,
+    /// First source channel copied.
     pub src_offset: usize,
+    /// Channels of the destination tensor.
     pub dst_channels: usize,
+    /// Destination channel the first copied channel lands on.
     pub dst_offset: usize,
 }
 

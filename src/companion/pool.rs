@@ -14,11 +14,15 @@ use crate::geometry::{Dims, MAX_SPATIAL_DIMS, check_non_negative, check_positive
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaxPoolOptions {
+    /// The window size, per spatial dim.
     pub kernel_size: Dims,
     /// `None` means the kernel size, as in PyTorch.
     pub stride: Option<Dims>,
+    /// Implicit `-inf` padding on both sides, per spatial dim (at most half the window).
     pub padding: Dims,
+    /// Spacing between window taps, per spatial dim.
     pub dilation: Dims,
+    /// Round the output size up instead of down.
     pub ceil_mode: bool,
 }
 
@@ -60,13 +64,21 @@ impl MaxPoolOptions {
 pub struct PoolGeometry {
     /// Spatial dims as the caller sees them.
     pub spatial_dims: usize,
+    /// Items in the batch (N).
     pub batch: usize,
+    /// Channels (C), pooled independently.
     pub channels: usize,
+    /// Spatial size of the input, lifted to three dims.
     pub in_size: [usize; 3],
+    /// Spatial size of the output, lifted to three dims.
     pub out_size: [usize; 3],
+    /// The window size, per spatial dim.
     pub kernel_size: [usize; 3],
+    /// Step between windows, per dim.
     pub stride: [usize; 3],
+    /// Implicit `-inf` padding on both sides, per spatial dim (at most half the window).
     pub padding: [usize; 3],
+    /// Spacing between window taps, per spatial dim.
     pub dilation: [usize; 3],
 }
 
