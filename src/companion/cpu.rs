@@ -3,16 +3,9 @@
 use rayon::prelude::*;
 
 use super::{ChannelBlock, CompanionPrimitives, PoolGeometry};
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, check_len};
 use crate::element::{Accumulator, Element};
-use crate::error::{Error, Result, checked_product};
-
-fn check_len<T>(what: &'static str, buffer: &[T], expected: usize) -> Result<()> {
-    if buffer.len() != expected {
-        return Err(Error::DataLength { what, shape: vec![expected], expected, got: buffer.len() });
-    }
-    Ok(())
-}
+use crate::error::{Error, Result};
 
 /// The flat index (in one input plane) of the first maximum of output position
 /// `out`'s window, NaN winning; `None` if the window holds no input element.
@@ -57,7 +50,7 @@ fn for_each_output(g: &PoolGeometry, mut f: impl FnMut(usize, [usize; 3])) {
 
 impl<T: Element> CompanionPrimitives<T> for CpuBackend {
     fn relu(&self, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
-        check_len("output", y, x.len())?;
+        check_len("output", y, &[x.len()])?;
         y.par_iter_mut().zip(x.par_iter()).for_each(|(dst, &v)| {
             // max(v, 0) that keeps NaN: PyTorch's relu propagates it.
             *dst = if v.to_accum() < T::Accum::ZERO { T::from_accum(T::Accum::ZERO) } else { v };
@@ -66,8 +59,8 @@ impl<T: Element> CompanionPrimitives<T> for CpuBackend {
     }
 
     fn relu_backward(&self, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
-        check_len("grad_output", dy, y.len())?;
-        check_len("grad_input", dx, y.len())?;
+        check_len("grad_output", dy, &[y.len()])?;
+        check_len("grad_input", dx, &[y.len()])?;
         dx.par_iter_mut().zip(y.par_iter().zip(dy.par_iter())).for_each(|(dst, (&v, &g))| {
             *dst = if v.to_accum() > T::Accum::ZERO { g } else { T::from_accum(T::Accum::ZERO) };
         });
@@ -75,8 +68,8 @@ impl<T: Element> CompanionPrimitives<T> for CpuBackend {
     }
 
     fn max_pool(&self, g: &PoolGeometry, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
-        check_len("input", x, checked_product("input", &g.input_shape())?)?;
-        check_len("output", y, checked_product("output", &g.output_shape())?)?;
+        check_len("input", x, &g.input_shape())?;
+        check_len("output", y, &g.output_shape())?;
         let (in_vol, out_vol) = (g.in_volume(), g.out_volume());
         if out_vol == 0 {
             return Ok(());
@@ -91,9 +84,9 @@ impl<T: Element> CompanionPrimitives<T> for CpuBackend {
     }
 
     fn max_pool_backward(&self, g: &PoolGeometry, x: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
-        check_len("input", x, checked_product("input", &g.input_shape())?)?;
-        check_len("grad_output", dy, checked_product("grad_output", &g.output_shape())?)?;
-        check_len("grad_input", dx, x.len())?;
+        check_len("input", x, &g.input_shape())?;
+        check_len("grad_output", dy, &g.output_shape())?;
+        check_len("grad_input", dx, &[x.len()])?;
         let (in_vol, out_vol) = (g.in_volume(), g.out_volume());
         if in_vol == 0 {
             return Ok(());
@@ -115,8 +108,8 @@ impl<T: Element> CompanionPrimitives<T> for CpuBackend {
     }
 
     fn add(&self, a: &Vec<T>, b: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
-        check_len("b", b, a.len())?;
-        check_len("output", out, a.len())?;
+        check_len("b", b, &[a.len()])?;
+        check_len("output", out, &[a.len()])?;
         out.par_iter_mut().zip(a.par_iter().zip(b.par_iter())).for_each(|(dst, (&x, &y))| {
             *dst = T::from_accum(x.to_accum() + y.to_accum());
         });
@@ -125,8 +118,8 @@ impl<T: Element> CompanionPrimitives<T> for CpuBackend {
 
     fn copy_channels(&self, block: &ChannelBlock, src: &Vec<T>, dst: &mut Vec<T>) -> Result<()> {
         let b = *block;
-        check_len("source", src, checked_product("source", &[b.batch, b.src_channels, b.volume])?)?;
-        check_len("destination", dst, checked_product("destination", &[b.batch, b.dst_channels, b.volume])?)?;
+        check_len("source", src, &[b.batch, b.src_channels, b.volume])?;
+        check_len("destination", dst, &[b.batch, b.dst_channels, b.volume])?;
         if b.src_offset + b.count > b.src_channels || b.dst_offset + b.count > b.dst_channels {
             return Err(Error::InvalidArgument {
                 what: "channel block",

@@ -1,17 +1,9 @@
 //! The companion primitives on a GPU (or the emulator): one grid-stride launch each (kernels/companion.cu).
 
 use super::{ChannelBlock, CompanionPrimitives, PoolGeometry};
-use crate::cuda::{Executor, GpuBackend, KernelArgs, KernelFamily, check_len};
+use crate::cuda::{Executor, GpuBackend, KernelArgs, KernelFamily, check_len, to_i64, to_i64s};
 use crate::element::Element;
 use crate::error::{Error, Result, checked_product};
-
-fn to_i64(what: &'static str, v: usize) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::overflow(what, format!("{v} exceeds the kernels' 64-bit index range")))
-}
-
-fn to_i64s(what: &'static str, v: &[usize; 3]) -> Result<[i64; 3]> {
-    Ok([to_i64(what, v[0])?, to_i64(what, v[1])?, to_i64(what, v[2])?])
-}
 
 fn pool_args(g: &PoolGeometry) -> Result<KernelArgs> {
     Ok(KernelArgs {

@@ -317,7 +317,7 @@ impl Backend for CpuBackend {
 }
 
 /// Checks that a buffer has the length its geometry implies.
-fn check_len<T>(what: &'static str, buffer: &[T], shape: &[usize]) -> Result<()> {
+pub(crate) fn check_len<T>(what: &'static str, buffer: &[T], shape: &[usize]) -> Result<()> {
     let expected = crate::error::checked_product(what, shape)?;
     if buffer.len() != expected {
         return Err(crate::Error::DataLength { what, shape: shape.to_vec(), expected, got: buffer.len() });

@@ -25,6 +25,7 @@ pub use backend::{GpuBackend, GpuBuffer};
 pub use executor::{CudaExecutor, Executor, LoadedKernels};
 pub use kernels::{KernelFamily, KernelId};
 pub use params::{KernelArgs, activation_code, padding_mode_code};
+pub(crate) use params::{to_i64, to_i64s};
 pub use plan::{BufferWrite, CorrelateBuffers, GpuAlgorithm, Launch, Plan, Planner, Step, WeightBuffers, Workspace};
 pub use stream_ops::StreamOps;
 

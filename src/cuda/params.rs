@@ -113,7 +113,7 @@ pub(crate) fn to_i64(what: &'static str, v: usize) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::overflow(what, format!("{v} exceeds the kernels' 64-bit index range")))
 }
 
-fn to_i64s(what: &'static str, v: &[usize; 3]) -> Result<[i64; 3]> {
+pub(crate) fn to_i64s(what: &'static str, v: &[usize; 3]) -> Result<[i64; 3]> {
     Ok([to_i64(what, v[0])?, to_i64(what, v[1])?, to_i64(what, v[2])?])
 }
 
