@@ -82,7 +82,13 @@ fn row_block(rows: usize, parts: usize, align: usize, cap: usize) -> usize {
 #[derive(Debug, Clone)]
 struct Plan {
     columns: Columns,
+    /// The most channels in a row block.
     rows: usize,
+    /// Row blocks per task: whole `MR` strips, as even in count as they can be,
+    /// so that no block is a straggler.
+    row_blocks: usize,
+    strips: usize,
+    mr: usize,
     /// Panel leading dimension bound (columns rounded up to `NR`).
     max_ldb: usize,
 }
@@ -96,8 +102,17 @@ impl Plan {
         let columns = Columns::new(first.batch, first.dst_volume(), target * passes.len());
         let tasks = columns.blocks * first.groups;
         let rows = row_block(first.dst_channels, MIN_TASKS.div_ceil(tasks.max(1)), mr, ROWS);
+        let strips = first.dst_channels.div_ceil(mr);
+        let row_blocks = strips.div_ceil(rows / mr).max(1);
+        let rows = strips.div_ceil(row_blocks) * mr;
         let max_ldb = passes.iter().map(|p| grid_columns(p, &columns)).max().unwrap_or(0).next_multiple_of(nr);
-        Some(Plan { columns, rows, max_ldb })
+        Some(Plan { columns, rows, row_blocks, strips, mr, max_ldb })
+    }
+
+    /// The channels of row block `index` among `channels` (those of one group).
+    fn row_block_channels(&self, index: usize, channels: usize) -> Range<usize> {
+        let strip = |b: usize| b * self.strips / self.row_blocks;
+        (strip(index) * self.mr).min(channels)..(strip(index + 1) * self.mr).min(channels)
     }
 }
 
@@ -233,44 +248,49 @@ struct ImageColumns {
 }
 
 /// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
+///
+/// Every pass of one op shares the weight, so all are packed in one sweep over
+/// it: each kernel is read once (the adjoint's strips gather kernels far apart,
+/// and re-reading them per stride phase would cost a trip to memory each).
 fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
-    passes
-        .iter()
-        .map(|pass| {
-            let (k, strips) = (pass.reduction(), pass.dst_channels.div_ceil(mr));
-            let mut packed = vec![T::Accum::ZERO; pass.groups * strips * k * mr];
-            if k > 0 {
-                packed.par_chunks_mut(k * mr).enumerate().for_each(|(strip_index, strip)| {
-                    let (group, first) = (strip_index / strips, strip_index % strips * mr);
-                    let rows = mr.min(pass.dst_channels - first);
-                    // w(group, first + i, c, j) is at `base + i·i_step + c·c_step + tap index`; for
-                    // a fixed c the strip's kernels are then near each other in either layout.
-                    let (base, i_step, c_step) = match pass.direction {
-                        Direction::Forward => {
-                            let row = pass.src_channels * pass.kernel_volume;
-                            ((group * pass.dst_channels + first) * row, row, pass.kernel_volume)
-                        }
-                        Direction::Adjoint => (
-                            (group * pass.src_channels * pass.dst_channels + first) * pass.kernel_volume,
-                            pass.kernel_volume,
-                            pass.dst_channels * pass.kernel_volume,
-                        ),
-                    };
+    let Some(first) = passes.first() else { return Vec::new() };
+    let (groups, cs, cd, kvol) = (first.groups, first.src_channels, first.dst_channels, first.kernel_volume);
+    let strips = cd.div_ceil(mr);
+    let mut packed: Vec<Vec<T::Accum>> =
+        passes.iter().map(|pass| vec![T::Accum::ZERO; groups * strips * pass.reduction() * mr]).collect();
+    // One entry per (group, strip): that strip's slice of every pass.
+    let mut strip_slices: Vec<Vec<&mut [T::Accum]>> = (0..groups * strips).map(|_| Vec::new()).collect();
+    for (pass, buffer) in passes.iter().zip(packed.iter_mut()) {
+        let len = pass.reduction() * mr;
+        if len == 0 {
+            strip_slices.iter_mut().for_each(|slices| slices.push(&mut []));
+        } else {
+            strip_slices.iter_mut().zip(buffer.chunks_mut(len)).for_each(|(slices, strip)| slices.push(strip));
+        }
+    }
+    strip_slices.into_par_iter().enumerate().for_each(|(strip_index, mut slices)| {
+        let (group, first_row) = (strip_index / strips, strip_index % strips * mr);
+        let rows = mr.min(cd - first_row);
+        // w(group, first_row + i, c, j) is at `base + i·i_step + c·c_step + tap index`; for
+        // a fixed c the strip's kernels are then near each other in either layout.
+        let (base, i_step, c_step) = match first.direction {
+            Direction::Forward => ((group * cd + first_row) * cs * kvol, cs * kvol, kvol),
+            Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
+        };
+        for c in 0..cs {
+            for i in 0..rows {
+                let kernel = &w[base + i * i_step + c * c_step..][..kvol];
+                for (pass, strip) in passes.iter().zip(slices.iter_mut()).filter(|(pass, _)| !pass.taps.is_empty()) {
                     let ntaps = pass.taps.len();
-                    let kvol = pass.kernel_volume;
-                    for (c, block) in strip.chunks_mut(ntaps * mr).enumerate() {
-                        for i in 0..rows {
-                            let kernel = &w[base + i * i_step + c * c_step..][..kvol];
-                            for (dst, tap) in block[i..].iter_mut().step_by(mr).zip(&pass.taps) {
-                                *dst = kernel[tap.index].to_accum();
-                            }
-                        }
+                    let block = &mut strip[c * ntaps * mr..][..ntaps * mr];
+                    for (dst, tap) in block[i..].iter_mut().step_by(mr).zip(&pass.taps) {
+                        *dst = kernel[tap.index].to_accum();
                     }
-                });
+                }
             }
-            packed
-        })
-        .collect()
+        }
+    });
+    packed
 }
 
 /// One task's share of `dst`: the pieces of its planes, ordered by (channel, image).
@@ -377,8 +397,17 @@ pub(crate) fn correlate<T: Element>(
             };
             let image_count = task.images.len();
             let group = task.group;
-            task.pieces.par_chunks_mut(plan.rows * image_count).enumerate().for_each(|(block, pieces)| {
-                let channels = block * plan.rows..(block * plan.rows + pieces.len() / image_count);
+            let mut rest = &mut task.pieces[..];
+            let mut blocks = Vec::with_capacity(plan.row_blocks);
+            for index in 0..plan.row_blocks {
+                let channels = plan.row_block_channels(index, pass.dst_channels);
+                let (pieces, tail) = std::mem::take(&mut rest).split_at_mut(channels.len() * image_count);
+                rest = tail;
+                if !channels.is_empty() {
+                    blocks.push((channels, pieces));
+                }
+            }
+            blocks.into_par_iter().for_each(|(channels, pieces)| {
                 let (mut tile, start) = match &bordered {
                     Some(bordered) => {
                         multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone())
@@ -690,6 +719,23 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
 mod tests {
     use super::*;
     use crate::geometry::{ConvGeometry, ConvOptions, ConvTransposeOptions};
+
+    /// Row blocks cover a group's channels once, in whole strips, none more than a strip longer than another.
+    #[test]
+    fn row_blocks_are_whole_strips_of_even_length() {
+        let opts = ConvTransposeOptions::new().stride(2).padding(1);
+        let up = ConvGeometry::conv_transpose(2, &[16, 512, 4, 4], &[512, 256, 4, 4], None, &opts).unwrap();
+        let mr = 6;
+        let plan = Plan::new(&Pass::adjoint(&up), mr, 16, 4).unwrap();
+        assert!(plan.row_blocks > 1);
+        let blocks: Vec<_> = (0..plan.row_blocks).map(|b| plan.row_block_channels(b, 256)).collect();
+        assert_eq!(blocks[0].start, 0);
+        assert_eq!(blocks.last().unwrap().end, 256);
+        assert!(blocks.windows(2).all(|pair| pair[0].end == pair[1].start));
+        assert!(blocks.iter().all(|b| b.start % mr == 0 && b.len() <= plan.rows));
+        let strips: Vec<_> = blocks.iter().map(|b| b.len().div_ceil(mr)).collect();
+        assert!(strips.iter().max().unwrap() - strips.iter().min().unwrap() <= 1, "{strips:?}");
+    }
 
     /// The shapes `cpu::tests` checks against the direct loops past the tile sizes
     /// run both ways of reading `X̂`: in place and packed.

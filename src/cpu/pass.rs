@@ -22,6 +22,9 @@ use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
 
+/// Runs shorter than this are packed value by value (see [`Pass::pack_row`]).
+const SHORT_RUN: usize = 16;
+
 /// One tap of a pass: where it reads in `src`, and which kernel tap of the weight it is.
 #[derive(Debug, Clone)]
 pub(crate) struct Tap {
@@ -213,7 +216,22 @@ impl Pass {
             let dst = &mut row[seg.column..][..seg.m2.len()];
             let i0 = (seg.m[0] * self.src_stride[0]) as i64 + offset[0];
             let i1 = (seg.m[1] * self.src_stride[1]) as i64 + offset[1];
-            if !(0..self.src_size[0] as i64).contains(&i0) || !(0..h as i64).contains(&i1) {
+            let inside = (0..self.src_size[0] as i64).contains(&i0) && (0..h as i64).contains(&i1);
+            if seg.m2.len() < SHORT_RUN {
+                // Tiny planes: one select per value costs less than calls to copy and fill a few.
+                let base =
+                    if inside { self.src_plane(seg.n, group, c) + (i0 as usize * h + i1 as usize) * w } else { 0 };
+                for (d, m2) in dst.iter_mut().zip(seg.m2.clone()) {
+                    let i2 = (m2 * self.src_stride[2]) as i64 + offset[2];
+                    *d = if inside && (0..w as i64).contains(&i2) {
+                        src[base + i2 as usize].to_accum()
+                    } else {
+                        T::Accum::ZERO
+                    };
+                }
+                continue;
+            }
+            if !inside {
                 dst.fill(T::Accum::ZERO);
                 continue;
             }
