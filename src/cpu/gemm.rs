@@ -578,7 +578,7 @@ fn write_tile<T: Element>(
 ) {
     let images = region.images.len();
     for ((o, tile_row), planes) in region.channels.clone().zip(tile.chunks_mut(ldb)).zip(pieces.chunks_mut(images)) {
-        let b = bias.map_or(T::Accum::ZERO, |b| b[region.group * pass.dst_channels + o].to_accum());
+        let b = bias.map(|b| b[region.group * pass.dst_channels + o].to_accum());
         for seg in segments {
             let piece = &mut planes[seg.n - region.images.start];
             let first = pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]) - region.positions.start;

@@ -5,7 +5,8 @@
 //!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint.
 //! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
 //!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
-//! - `taps_row`, `dots`: rows of the direct (depthwise) path; `sum`: bias gradients.
+//! - `taps`, `dots`: rows of the direct path for thin groups (a few outputs
+//!   summed over every source channel and tap); `sum`: bias gradients.
 //!
 //! Each output element is one chain of multiply-adds in a fixed order, so a
 //! result depends on the data and the instruction set only, never on tiling
@@ -251,56 +252,63 @@ unsafe fn sum<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *co
     }
 }
 
-/// The operands of one `taps` row: `out[i] (+)= Σ_t w[t] · src[t][i]`, `i < len`.
-pub(crate) struct TapsRow<A> {
+/// The operands of one `taps` block, `O` outputs of one thin group at a time:
+/// `out[o·ldo + i] = Σ_t weights[o·taps + t] · src[t][offset + i]`, `i < len`.
+pub(crate) struct TapsBlock<A> {
     /// A multiple of the lane count.
     pub len: usize,
-    /// One pointer per tap, each valid for `len` elements.
+    /// One pointer per tap (a source channel at a kernel offset), each valid
+    /// for `offset + len` elements.
     pub src: *const *const A,
-    pub weights: *const A,
+    pub offset: usize,
     pub taps: usize,
+    /// `O` rows of `taps` weights.
+    pub weights: *const A,
+    /// `O` rows of `len` values, `ldo` apart.
     pub out: *mut A,
-    pub accumulate: bool,
+    pub ldo: usize,
 }
 
-/// `out[i] (+)= Σ_t w[t] · src[t][i]`: all taps of a chunk of `V` registers
-/// summed in registers, one load per multiply-add, taps in order.
+/// [`TapsBlock`] for `O` outputs: every tap's source vectors are loaded once
+/// for all of them, and `O·V` chains run side by side (enough to hide the
+/// multiply-add latency), each summing its taps in order.
 #[inline(always)]
-unsafe fn taps_row<S: Lanes<A>, A: Copy, const V: usize>(r: &TapsRow<A>) {
+unsafe fn taps_block<S: Lanes<A>, A: Copy, const O: usize, const V: usize>(r: &TapsBlock<A>) {
     let l = S::LANES;
     let full = r.len / (V * l) * (V * l);
-    // SAFETY: `Kernels::taps_row` checked the lengths; the caller the pointers.
+    // SAFETY: `Kernels::taps` checked the lengths; the caller the pointers.
     unsafe {
         for i in (0..full).step_by(V * l) {
-            taps_chunk::<S, A, V>(r, i);
+            taps_chunk::<S, A, O, V>(r, i);
         }
         for i in (full..r.len).step_by(l) {
-            taps_chunk::<S, A, 1>(r, i);
+            taps_chunk::<S, A, O, 1>(r, i);
         }
     }
 }
 
-/// [`taps_row`] for the `W` registers at `i` (a compile-time width, so they stay in registers).
+/// [`taps_block`] for the `W` registers at `i` (a compile-time width, so they stay in registers).
 #[inline(always)]
-unsafe fn taps_chunk<S: Lanes<A>, A: Copy, const W: usize>(r: &TapsRow<A>, i: usize) {
+unsafe fn taps_chunk<S: Lanes<A>, A: Copy, const O: usize, const W: usize>(r: &TapsBlock<A>, i: usize) {
     let l = S::LANES;
-    // SAFETY: `i + W·LANES <= len`, and every pointer is valid for `len` elements.
+    // SAFETY: `i + W·LANES <= len`; every pointer is valid for `offset + len`
+    // elements, the weights for `O·taps`, the outputs for `O` rows.
     unsafe {
-        let mut acc = [S::zero(); W];
-        if r.accumulate {
-            for (v, acc) in acc.iter_mut().enumerate() {
-                *acc = S::load(r.out.add(i + v * l));
-            }
-        }
+        let mut acc = [[S::zero(); W]; O];
         for t in 0..r.taps {
-            let w = S::splat(*r.weights.add(t));
-            let src = (*r.src.add(t)).add(i);
-            for (v, acc) in acc.iter_mut().enumerate() {
-                *acc = S::mul_add(w, S::load(src.add(v * l)), *acc);
+            let src = (*r.src.add(t)).add(r.offset + i);
+            let x: [S::V; W] = std::array::from_fn(|v| S::load(src.add(v * l)));
+            for (o, acc) in acc.iter_mut().enumerate() {
+                let w = S::splat(*r.weights.add(o * r.taps + t));
+                for (acc, &x) in acc.iter_mut().zip(&x) {
+                    *acc = S::mul_add(w, x, *acc);
+                }
             }
         }
-        for (v, &acc) in acc.iter().enumerate() {
-            S::store(r.out.add(i + v * l), acc);
+        for (o, acc) in acc.iter().enumerate() {
+            for (v, &acc) in acc.iter().enumerate() {
+                S::store(r.out.add(o * r.ldo + i + v * l), acc);
+            }
         }
     }
 }
@@ -407,7 +415,8 @@ pub(crate) struct Kernels<A: 'static> {
     nt: unsafe fn(&NtTile<A>),
     nt_indirect: unsafe fn(&NtRowsTile<A>),
     sum: unsafe fn(usize, *const A) -> A,
-    taps_row: unsafe fn(&TapsRow<A>),
+    /// `taps` blocks of 1, 2 and 4 outputs.
+    taps: [unsafe fn(&TapsBlock<A>); 3],
     dots_row: unsafe fn(&DotsRow<A>),
 }
 
@@ -467,12 +476,12 @@ macro_rules! isa_kernels {
             }
 
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn taps_k<A: Copy>(r: &TapsRow<A>)
+            pub(super) unsafe fn taps_k<A: Copy, const O: usize, const V: usize>(r: &TapsBlock<A>)
             where
                 $isa: Lanes<A>,
             {
                 // SAFETY: forwarded from the caller.
-                unsafe { taps_row::<$isa, A, 4>(r) }
+                unsafe { taps_block::<$isa, A, O, V>(r) }
             }
 
             #[target_feature(enable = $features)]
@@ -495,7 +504,7 @@ macro_rules! isa_kernels {
                 nt: nt_k::<f32, $tr, $tc>,
                 nt_indirect: nt_rows_k::<f32, $tr, $tc>,
                 sum: sum_k::<f32>,
-                taps_row: taps_k::<f32>,
+                taps: [taps_k::<f32, 1, 8>, taps_k::<f32, 2, 4>, taps_k::<f32, 4, 2>],
                 dots_row: dots_k::<f32>,
             };
 
@@ -510,7 +519,7 @@ macro_rules! isa_kernels {
                 nt: nt_k::<f64, $tr64, $tc64>,
                 nt_indirect: nt_rows_k::<f64, $tr64, $tc64>,
                 sum: sum_k::<f64>,
-                taps_row: taps_k::<f64>,
+                taps: [taps_k::<f64, 1, 8>, taps_k::<f64, 2, 4>, taps_k::<f64, 4, 2>],
                 dots_row: dots_k::<f64>,
             };
         }
@@ -557,11 +566,11 @@ mod portable {
         {
             unsafe { nt_rows::<Portable, A, 2, 2>(t) }
         }
-        unsafe fn taps_k<A: Copy>(r: &TapsRow<A>)
+        unsafe fn taps_k<A: Copy, const O: usize, const V: usize>(r: &TapsBlock<A>)
         where
             Portable: Lanes<A>,
         {
-            unsafe { taps_row::<Portable, A, 2>(r) }
+            unsafe { taps_block::<Portable, A, O, V>(r) }
         }
         unsafe fn dots_k<A: Copy + std::ops::Add<Output = A>>(r: &DotsRow<A>)
         where
@@ -580,7 +589,7 @@ mod portable {
             nt: nt_k::<A>,
             nt_indirect: nt_rows_k::<A>,
             sum: sum::<Portable, A>,
-            taps_row: taps_k::<A>,
+            taps: [taps_k::<A, 1, 2>, taps_k::<A, 2, 2>, taps_k::<A, 4, 1>],
             dots_row: dots_k::<A>,
         }
     }
@@ -675,27 +684,38 @@ impl<A: Copy + 'static> Kernels<A> {
         unsafe { (self.nt_indirect)(&tile) }
     }
 
-    /// `out[i] (+)= Σ_t weights[t] · src[t][i]` (`out.len()` a multiple of the lane count).
-    pub fn taps_row(&self, src: &[&[A]], weights: &[A], out: &mut [A], accumulate: bool) {
-        let len = out.len();
-        assert!(len.is_multiple_of(self.lanes), "taps_row: {len} is not a multiple of {}", self.lanes);
-        assert_eq!(src.len(), weights.len(), "taps_row: one weight per tap");
-        assert!(src.iter().all(|s| s.len() >= len), "taps_row: a source row is too short");
-        let mut pointers = [std::ptr::null::<A>(); 32];
-        assert!(src.len() <= pointers.len(), "taps_row: at most {} taps a call", pointers.len());
-        for (p, s) in pointers.iter_mut().zip(src) {
-            *p = s.as_ptr();
+    /// `out[o·ldo + i] = Σ_t weights[o·taps + t] · src.row(t)[offset + i]` for
+    /// every output `o` (`weights.len() / taps` of them) and `i < len` (a
+    /// multiple of the lane count); outputs go four, then two, then one at a time.
+    pub fn taps(&self, src: &RowSet<'_, A>, offset: usize, weights: &[A], out: &mut [A], ldo: usize, len: usize) {
+        let taps = src.pointers.len();
+        assert!(taps > 0, "taps: no source rows");
+        assert!(len.is_multiple_of(self.lanes), "taps: {len} is not a multiple of {}", self.lanes);
+        assert!(offset + len <= src.len, "taps: rows hold {} < {offset} + {len}", src.len);
+        let outputs = weights.len() / taps;
+        assert!(weights.len() == outputs * taps, "taps: {} weights for {taps} taps", weights.len());
+        assert!(outputs == 0 || (ldo >= len && out.len() >= (outputs - 1) * ldo + len), "taps: out too short");
+        let mut o = 0;
+        while o < outputs {
+            let log2 = match outputs - o {
+                1 => 0,
+                2 | 3 => 1,
+                _ => 2,
+            };
+            let block = TapsBlock {
+                len,
+                src: src.pointers.as_ptr(),
+                offset,
+                taps,
+                // SAFETY: `o < outputs`, so both offsets are inside their slices (checked above).
+                weights: unsafe { weights.as_ptr().add(o * taps) },
+                out: unsafe { out.as_mut_ptr().add(o * ldo) },
+                ldo,
+            };
+            // SAFETY: as in `nn`; `1 << log2` outputs remain, each valid per the asserts.
+            unsafe { (self.taps[log2])(&block) }
+            o += 1 << log2;
         }
-        let row = TapsRow {
-            len,
-            src: pointers.as_ptr(),
-            weights: weights.as_ptr(),
-            taps: weights.len(),
-            out: out.as_mut_ptr(),
-            accumulate,
-        };
-        // SAFETY: as in `nn`; every pointer is valid for `len` elements.
-        unsafe { (self.taps_row)(&row) }
     }
 
     /// `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
@@ -788,17 +808,31 @@ mod tests {
 
     fn check_rows<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa) {
         let ks = kernels::<A>(isa).expect("supported isa has kernels");
-        let data: Vec<A> = values(200, 7).into_iter().map(A::from_f64).collect();
+        let data: Vec<A> = values(400, 7).into_iter().map(A::from_f64).collect();
         for taps in [1, 3, 9, 12] {
-            let weights: Vec<A> = values(taps, 8).into_iter().map(A::from_f64).collect();
-            let src: Vec<&[A]> = (0..taps).map(|t| &data[t * 5..]).collect();
+            let weights: Vec<A> = values(7 * taps, 8).into_iter().map(A::from_f64).collect();
+            let mut src = RowSet::new();
+            for t in 0..taps {
+                src.push(&data[t * 5..]);
+            }
             for len in [ks.lanes, 5 * ks.lanes, 9 * ks.lanes] {
-                let mut out = vec![A::ONE; len];
-                ks.taps_row(&src, &weights, &mut out, true);
-                for (i, &o) in out.iter().enumerate() {
-                    let want = 1.0 + (0..taps).map(|t| weights[t].to_f64() * src[t][i].to_f64()).sum::<f64>();
-                    assert!((o.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "taps_row {isa:?}");
+                // Every block width and remainder: 1..=7 outputs, rows `ldo` apart, read from `offset`.
+                for outputs in 1..=7 {
+                    let (offset, ldo) = (3, len + 2);
+                    let mut out = vec![A::ONE; outputs * ldo];
+                    ks.taps(&src, offset, &weights[..outputs * taps], &mut out, ldo, len);
+                    for o in 0..outputs {
+                        for i in 0..len {
+                            let want = (0..taps)
+                                .map(|t| weights[o * taps + t].to_f64() * data[t * 5 + offset + i].to_f64())
+                                .sum::<f64>();
+                            let got = out[o * ldo + i].to_f64();
+                            assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "taps {isa:?} {outputs} {o} {i}");
+                        }
+                        assert!(out[o * ldo + len..][..2].iter().all(|v| v.to_f64() == 1.0), "taps wrote between rows");
+                    }
                 }
+                let src: Vec<&[A]> = (0..taps).map(|t| &data[t * 5..]).collect();
                 let (n, rows, lda, ldb) = (len / 3 + 1, 3, len / 3 + 2, len / 3 + 4);
                 let mut dots = vec![A::ONE; taps];
                 ks.dots(n, rows, &data, lda, &src, ldb, &mut dots);

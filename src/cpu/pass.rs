@@ -322,18 +322,21 @@ pub(crate) fn narrow<T: Element>(src: &[T::Accum], dst: &mut [T]) {
     }
 }
 
-/// The epilogue of one row: `values = act(values + bias)`, stored to `dst[i·step]`.
+/// The epilogue of one row: `values = act(values + bias)` (no addition without
+/// a bias, so a `-0.0` stays one), stored to `dst[i·step]`.
 pub(crate) fn store_row<T: Element>(
     values: &mut [T::Accum],
-    bias: T::Accum,
+    bias: Option<T::Accum>,
     activation: Activation,
     dst: &mut [T],
     step: usize,
 ) {
-    // One loop per activation, so each is a plain vectorisable loop.
-    match activation {
-        Activation::Identity => values.iter_mut().for_each(|v| *v += bias),
-        Activation::Relu => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v + bias)),
+    // One loop per case, so each is a plain vectorisable loop.
+    match (activation, bias) {
+        (Activation::Identity, None) => {}
+        (Activation::Identity, Some(b)) => values.iter_mut().for_each(|v| *v += b),
+        (Activation::Relu, None) => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v)),
+        (Activation::Relu, Some(b)) => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v + b)),
     }
     if step == 1 {
         narrow(values, &mut dst[..values.len()]);

@@ -4,10 +4,10 @@
 //! Each `src` plane is first copied into a [`Layout`]: zero borders in every
 //! dim wide enough that no tap reads outside it, rows split into their
 //! `src_stride[2]` phases so that the elements a tap reads for consecutive
-//! outputs are contiguous. A `dst` row is then a sum over taps of contiguous
-//! slices (`taps_row`, all taps of a chunk accumulated in registers; with unit
-//! row strides the whole plane is one such row, its pad columns computed and
-//! dropped), and a `dw` row a set of dot products of one `dy` row with shifted
+//! outputs are contiguous. A `dst` row is then a sum over source channels and
+//! taps of contiguous slices (`taps`: up to four output channels at once, all
+//! terms accumulated in registers; with unit row strides the whole plane is one
+//! such row, its pad columns computed and dropped), and a `dw` row a set of dot products of one `dy` row with shifted
 //! slices (`dots_row`).
 //!
 //! A task owns the `dst` planes of one (image, group) (terms summed by channel, then tap), the `dw` rows of
@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::Kernels;
+use super::kernels::{Kernels, RowSet};
 use super::pass::{Pass, store_row, widened};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
@@ -94,40 +94,26 @@ impl Layout {
     }
 }
 
-/// One `src` plane laid out per [`Layout`].
+/// Copies one `src` plane to its place in `data`, laid out per [`Layout`].
+/// Only the data positions are written: they are the same for every plane,
+/// so a buffer that starts zeroed keeps its zero borders from plane to plane.
 fn fill<T: Element>(plane: &[T], size: [usize; 3], layout: &Layout, data: &mut [T::Accum], buffer: &mut Vec<T::Accum>) {
     let width = size[2];
-    if width == 0 || layout.stride2 != 1 {
-        data.fill(T::Accum::ZERO);
-    }
     if width == 0 {
         return;
     }
     let plane = widened(plane, buffer);
-    if layout.stride2 == 1 {
-        // Row by row, writing every element once: zeros around the data, the data in place.
-        let rows1 = layout.pitch[0] / layout.pitch[1];
-        for (r, row) in data.chunks_mut(layout.pitch[1]).enumerate() {
-            let i0 = (r / rows1).wrapping_sub(layout.lo[0]);
-            let i1 = (r % rows1).wrapping_sub(layout.lo[1]);
-            if i0 < size[0] && i1 < size[1] && row.len() == layout.pitch[1] {
-                let (left, rest) = row.split_at_mut(layout.lo[2]);
-                let (middle, right) = rest.split_at_mut(width);
-                left.fill(T::Accum::ZERO);
-                middle.copy_from_slice(&plane[(i0 * size[1] + i1) * width..][..width]);
-                right.fill(T::Accum::ZERO);
-            } else {
-                row.fill(T::Accum::ZERO);
+    for (i0, slab) in plane.chunks(size[1] * width).enumerate() {
+        for (i1, row) in slab.chunks(width).enumerate() {
+            let dst = &mut data[(layout.lo[0] + i0) * layout.pitch[0] + (layout.lo[1] + i1) * layout.pitch[1]..];
+            if layout.stride2 == 1 {
+                dst[layout.lo[2]..][..width].copy_from_slice(row);
+                continue;
             }
-        }
-        return;
-    }
-    for (row, src) in plane.chunks(width).enumerate() {
-        let (i0, i1) = (row / size[1], row % size[1]);
-        let dst = &mut data[(layout.lo[0] + i0) * layout.pitch[0] + (layout.lo[1] + i1) * layout.pitch[1]..];
-        for (i, &v) in src.iter().enumerate() {
-            let e = layout.lo[2] + i;
-            dst[(e % layout.stride2) * layout.phase_len + e / layout.stride2] = v;
+            for (i, &v) in row.iter().enumerate() {
+                let e = layout.lo[2] + i;
+                dst[(e % layout.stride2) * layout.phase_len + e / layout.stride2] = v;
+            }
         }
     }
 }
@@ -150,7 +136,22 @@ pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], weight: bool,
     threads.max(1) * (sources + accumulators) * std::mem::size_of::<A>()
 }
 
-/// Runs `passes` (which together cover `dst`), one `dst` plane per task.
+/// Output channels one `taps` call computes at most: its widest block.
+const OUTPUT_BLOCK: usize = 4;
+
+/// A worker's buffers, reused from task to task.
+struct Scratch<A> {
+    /// The task's `src` planes, laid out.
+    sources: Vec<A>,
+    /// `OUTPUT_BLOCK` accumulators of one pass.
+    accs: Vec<A>,
+    /// Widened `src` values (half types only).
+    widened: Vec<A>,
+}
+
+/// Runs `passes` (which together cover `dst`); a task owns the `cd` planes of
+/// one (image, group), computed a few channels at a time, each output the sum
+/// over source channels, then taps, of one chain of multiply-adds.
 pub(crate) fn correlate<T: Element>(
     ks: &Kernels<T::Accum>,
     passes: &[Pass],
@@ -161,64 +162,73 @@ pub(crate) fn correlate<T: Element>(
     dst: &mut [T],
 ) {
     let Some(first) = passes.first() else { return };
-    let (volume, cd, cs) = (first.dst_volume(), first.dst_channels, first.src_channels);
+    let (volume, cd, cs, groups) = (first.dst_volume(), first.dst_channels, first.src_channels, first.groups);
     if volume == 0 {
         return;
     }
     let layout = Layout::new(passes, ks.lanes);
     let starts: Vec<Vec<usize>> =
         passes.iter().map(|p| p.taps.iter().map(|t| layout.tap_start(t.offset)).collect()).collect();
-    // A task owns the `cd` planes of one (image, group): each src plane is laid out once.
-    dst.par_chunks_mut(cd * volume).enumerate().for_each(|(task, dst_planes)| {
-        let (n, group) = (task / first.groups, task % first.groups);
-        let mut sources = vec![T::Accum::ZERO; cs * layout.len];
-        let mut buffer = Vec::new();
+    // Per pass, the weights in the order `taps` reads them: [group][o][c][tap].
+    let weights: Vec<Vec<T::Accum>> = passes
+        .iter()
+        .map(|p| {
+            let ntaps = p.taps.len();
+            let per_group = cd * cs * ntaps;
+            (0..groups * per_group)
+                .map(|i| {
+                    let (group, o, c, j) = (i / per_group, i / (cs * ntaps) % cd, i / ntaps % cs, i % ntaps);
+                    w[p.weight_index(group, o, c, j)].to_accum()
+                })
+                .collect()
+        })
+        .collect();
+    let scratch = || Scratch { sources: Vec::new(), accs: Vec::new(), widened: Vec::new() };
+    dst.par_chunks_mut(cd * volume).enumerate().for_each_init(scratch, |scratch, (task, dst_planes)| {
+        let (n, group) = (task / groups, task % groups);
+        let Scratch { sources, accs, widened } = scratch;
+        // Zeroed once: `fill` rewrites the same data positions for every task.
+        sources.resize(cs * layout.len, T::Accum::ZERO);
         for (c, data) in sources.chunks_mut(layout.len).enumerate() {
             let start = first.src_plane(n, group, c);
-            fill(&src[start..][..first.src_volume()], first.src_size, &layout, data, &mut buffer);
+            fill(&src[start..][..first.src_volume()], first.src_size, &layout, data, widened);
         }
-        let mut accs: Vec<Vec<T::Accum>> = passes.iter().map(|p| vec![T::Accum::ZERO; layout.acc_len(p)]).collect();
-        for (o, dst_plane) in dst_planes.chunks_mut(volume).enumerate() {
-            // Channel by channel, so one laid-out plane at a time streams through L1;
-            // the first one overwrites the accumulators (zeroed only for passes without taps).
-            for (pass, acc) in passes.iter().zip(&mut accs) {
-                if pass.taps.is_empty() || cs == 0 {
-                    acc.fill(T::Accum::ZERO);
+        for ((pass, starts), weights) in passes.iter().zip(&starts).zip(&weights) {
+            let mut rows = RowSet::new();
+            for data in sources.chunks(layout.len) {
+                for &s in starts {
+                    rows.push(&data[s..]);
                 }
             }
-            for (c, data) in sources.chunks(layout.len).enumerate() {
-                for ((pass, acc), starts) in passes.iter().zip(&mut accs).zip(&starts) {
-                    let weights: Vec<T::Accum> =
-                        (0..pass.taps.len()).map(|j| w[pass.weight_index(group, o, c, j)].to_accum()).collect();
-                    let run = |acc: &mut [T::Accum], base: usize| {
-                        for (chunk, (starts, weights)) in
-                            starts.chunks(TAP_CHUNK).zip(weights.chunks(TAP_CHUNK)).enumerate()
-                        {
-                            let mut slices = [&data[..0]; TAP_CHUNK];
-                            for (slice, &s) in slices.iter_mut().zip(starts) {
-                                *slice = &data[base + s..];
-                            }
-                            ks.taps_row(&slices[..starts.len()], weights, acc, c > 0 || chunk > 0);
-                        }
-                    };
-                    if layout.single_run(pass) {
-                        run(acc, 0);
-                    } else {
-                        for (row, out) in acc.chunks_mut(layout.outputs).enumerate() {
-                            let (m0, m1) = (row / pass.count[1], row % pass.count[1]);
+            let (acc_len, reduction) = (layout.acc_len(pass), pass.reduction());
+            accs.resize(OUTPUT_BLOCK * acc_len, T::Accum::ZERO);
+            for o0 in (0..cd).step_by(OUTPUT_BLOCK) {
+                let outputs = OUTPUT_BLOCK.min(cd - o0);
+                let acc = &mut accs[..outputs * acc_len];
+                let weights = &weights[(group * cd + o0) * reduction..][..outputs * reduction];
+                if reduction == 0 {
+                    acc.fill(T::Accum::ZERO);
+                } else if layout.single_run(pass) {
+                    ks.taps(&rows, 0, weights, acc, acc_len, acc_len);
+                } else {
+                    for m0 in 0..pass.count[0] {
+                        for m1 in 0..pass.count[1] {
                             let stride = pass.src_stride;
-                            run(out, m0 * stride[0] * layout.pitch[0] + m1 * stride[1] * layout.pitch[1]);
+                            let offset = m0 * stride[0] * layout.pitch[0] + m1 * stride[1] * layout.pitch[1];
+                            let out = &mut acc[layout.acc_row(pass, m0, m1)..];
+                            ks.taps(&rows, offset, weights, out, acc_len, layout.outputs);
                         }
                     }
                 }
-            }
-            let b = bias.map_or(T::Accum::ZERO, |b| b[group * cd + o].to_accum());
-            for (pass, acc) in passes.iter().zip(&mut accs) {
-                for m0 in 0..pass.count[0] {
-                    for m1 in 0..pass.count[1] {
-                        let out = &mut acc[layout.acc_row(pass, m0, m1)..][..pass.count[2]];
-                        let q = pass.dst_position([m0, m1, 0]);
-                        store_row(out, b, activation, &mut dst_plane[q..], pass.step[2]);
+                for (o, acc) in (o0..o0 + outputs).zip(acc.chunks_mut(acc_len)) {
+                    let b = bias.map(|b| b[group * cd + o].to_accum());
+                    let dst_plane = &mut dst_planes[o * volume..][..volume];
+                    for m0 in 0..pass.count[0] {
+                        for m1 in 0..pass.count[1] {
+                            let out = &mut acc[layout.acc_row(pass, m0, m1)..][..pass.count[2]];
+                            let q = pass.dst_position([m0, m1, 0]);
+                            store_row(out, b, activation, &mut dst_plane[q..], pass.step[2]);
+                        }
                     }
                 }
             }
