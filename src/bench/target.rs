@@ -4,11 +4,11 @@
 
 use crate::backend::{Conv, ConvTranspose};
 use crate::bench::Direction;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, Primitive};
 use crate::cuda::{CudaExecutor, GpuBackend, Planner};
 use crate::element::Element;
 use crate::error::Result;
-use crate::geometry::ConvGeometry;
+use crate::geometry::{ConvGeometry, OpKind};
 
 /// A backend the benchmark can time.
 pub trait BenchTarget<T: Element>: Conv<T> + ConvTranspose<T> {
@@ -33,8 +33,24 @@ impl<T: Element> BenchTarget<T> for CpuBackend {
         Ok(())
     }
 
+    /// The padded input (for a padding mode other than zeros) plus the most
+    /// scratch any one primitive of `direction` takes: they run one after another.
     fn workspace_bytes(&self, geometry: &ConvGeometry, direction: Direction) -> u64 {
-        cpu_workspace_estimate(geometry, direction, size_of::<T>())
+        let materialised;
+        let g = if geometry.zero_padded() {
+            geometry
+        } else {
+            materialised = geometry.with_materialised_padding();
+            &materialised
+        };
+        let primitives: &[Primitive] = match (geometry.op, direction) {
+            (OpKind::Conv, Direction::Fwd) => &[Primitive::Correlate],
+            (OpKind::ConvTranspose, Direction::Fwd) => &[Primitive::CorrelateAdjoint],
+            (OpKind::Conv, Direction::Bwd) => &[Primitive::CorrelateAdjoint, Primitive::CorrelateWeight],
+            (OpKind::ConvTranspose, Direction::Bwd) => &[Primitive::Correlate, Primitive::CorrelateWeight],
+        };
+        let scratch = primitives.iter().map(|&p| CpuBackend::workspace_bytes(self, g, p, T::DTYPE)).max().unwrap_or(0);
+        padded_input_bytes(geometry, size_of::<T>()).saturating_add(scratch as u64)
     }
 }
 
@@ -55,7 +71,7 @@ impl<T: Element> BenchTarget<T> for GpuBackend<CudaExecutor> {
 /// The CUDA backend's scratch memory in one op: the split reductions' partial sums
 /// (weight and bias gradients) and, for a padding mode other than zeros, a padded input.
 fn gpu_workspace(planner: &Planner, g: &ConvGeometry, direction: Direction, element_bytes: usize) -> Result<u64> {
-    let padded = cpu_workspace_estimate(g, direction, element_bytes);
+    let padded = padded_input_bytes(g, element_bytes);
     let partials = match direction {
         Direction::Fwd => 0,
         Direction::Bwd => {
@@ -66,15 +82,10 @@ fn gpu_workspace(planner: &Planner, g: &ConvGeometry, direction: Direction, elem
     Ok(padded + partials)
 }
 
-/// What the CPU backend allocates inside an op, read off its code until it
-/// reports the number itself (then [`BenchTarget::workspace_bytes`] for
-/// `CpuBackend` calls that instead; this is the one place to switch).
-///
-/// The direct algorithm reads its operands in place. Only a padding mode other
-/// than zeros costs memory: a padded copy of the input (forward, weight
-/// gradient) or of the input gradient (data gradient), one at a time and freed
-/// before the next, so the peak is one padded input.
-fn cpu_workspace_estimate(geometry: &ConvGeometry, _direction: Direction, element_bytes: usize) -> u64 {
+/// The padded copy of the input that a padding mode other than zeros costs
+/// both backends (forward and weight gradient; the data gradient's padded
+/// counterpart is the same size), alive while one primitive runs on it.
+fn padded_input_bytes(geometry: &ConvGeometry, element_bytes: usize) -> u64 {
     if geometry.zero_padded() {
         return 0;
     }
@@ -85,21 +96,39 @@ fn cpu_workspace_estimate(geometry: &ConvGeometry, _direction: Direction, elemen
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::element::DType;
     use crate::geometry::{ConvOptions, PaddingMode};
 
+    /// The CPU report is the padded input (only for a padding mode other than
+    /// zeros) plus the largest scratch of the primitives the direction runs.
     #[test]
-    fn workspace_is_the_padded_input_for_non_zero_padding_modes() {
-        let cpu = CpuBackend::new();
+    fn cpu_workspace_is_the_padded_input_plus_the_largest_primitive_scratch() {
+        let cpu = CpuBackend::with_threads(2).unwrap();
         let geometry = |mode| {
             ConvGeometry::conv(2, &[2, 3, 8, 8], &[4, 3, 3, 3], None, &ConvOptions::new().padding(1).padding_mode(mode))
                 .unwrap()
         };
         let zeros = geometry(PaddingMode::Zeros);
-        assert_eq!(BenchTarget::<f32>::workspace_bytes(&cpu, &zeros, Direction::Fwd), 0);
+        let scratch = |g: &ConvGeometry, p| cpu.workspace_bytes(g, p, DType::F32) as u64;
+        assert_eq!(
+            BenchTarget::<f32>::workspace_bytes(&cpu, &zeros, Direction::Fwd),
+            scratch(&zeros, Primitive::Correlate)
+        );
+        let backward = scratch(&zeros, Primitive::CorrelateAdjoint).max(scratch(&zeros, Primitive::CorrelateWeight));
+        assert_eq!(BenchTarget::<f32>::workspace_bytes(&cpu, &zeros, Direction::Bwd), backward);
+        assert!(backward > 0);
         let reflect = geometry(PaddingMode::Reflect);
-        for direction in Direction::ALL {
-            assert_eq!(BenchTarget::<f32>::workspace_bytes(&cpu, &reflect, direction), 2 * 3 * 10 * 10 * 4);
-            assert_eq!(BenchTarget::<half::bf16>::workspace_bytes(&cpu, &reflect, direction), 2 * 3 * 10 * 10 * 2);
-        }
+        let materialised = reflect.with_materialised_padding();
+        let padded = 2 * 3 * 10 * 10 * 4;
+        assert_eq!(
+            BenchTarget::<f32>::workspace_bytes(&cpu, &reflect, Direction::Fwd),
+            padded + scratch(&materialised, Primitive::Correlate)
+        );
+        // The transposed conv runs the adjoint forward.
+        let t = ConvGeometry::conv_transpose(2, &[2, 4, 6, 6], &[4, 3, 3, 3], None, &Default::default()).unwrap();
+        assert_eq!(
+            BenchTarget::<f32>::workspace_bytes(&cpu, &t, Direction::Fwd),
+            scratch(&t, Primitive::CorrelateAdjoint)
+        );
     }
 }

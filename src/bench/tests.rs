@@ -82,9 +82,10 @@ fn every_case_direction_and_algorithm_gets_a_record() {
     }
     let t1 = records.iter().find(|r| r.name == "t1").unwrap();
     assert_eq!((t1.op.as_str(), t1.out_shape.as_slice()), ("conv_transpose", &[1, 2, 10][..]));
-    // Only the reflect-padded case needs a padded copy: [1, 2, 7, 7] f32.
-    let workspace: Vec<(&str, u64)> = records.iter().map(|r| (r.name.as_str(), r.workspace_bytes)).collect();
-    assert!(workspace.iter().all(|&(name, bytes)| bytes == if name == "r2" { 2 * 49 * 4 } else { 0 }));
+    // The reflect-padded case holds at least its padded copy ([1, 2, 7, 7] f32); all report their scratch.
+    let r2 = records.iter().find(|r| r.name == "r2").unwrap();
+    assert!(r2.workspace_bytes >= 2 * 49 * 4, "{r2:?}");
+    assert!(records.iter().all(|r| r.workspace_bytes > 0 && r.workspace_bytes < 1 << 20), "{records:?}");
 }
 
 #[test]
