@@ -249,48 +249,50 @@ struct ImageColumns {
 
 /// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
 ///
-/// Every pass of one op shares the weight, so all are packed in one sweep over
-/// it: each kernel is read once (the adjoint's strips gather kernels far apart,
-/// and re-reading them per stride phase would cost a trip to memory each).
+/// A strip is `MR` weight rows transposed, so each is packed by one task that
+/// reads its rows side by side and writes its block in order, every element
+/// once (the buffers are not zeroed first: for large layers that would be a
+/// second pass over megabytes). A strip's rows span a few hundred KiB at most,
+/// so the passes of an adjoint each read them from cache after the first.
 fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
     let Some(first) = passes.first() else { return Vec::new() };
     let (groups, cs, cd, kvol) = (first.groups, first.src_channels, first.dst_channels, first.kernel_volume);
     let strips = cd.div_ceil(mr);
-    let mut packed: Vec<Vec<T::Accum>> =
-        passes.iter().map(|pass| vec![T::Accum::ZERO; groups * strips * pass.reduction() * mr]).collect();
-    // One entry per (group, strip): that strip's slice of every pass.
-    let mut strip_slices: Vec<Vec<&mut [T::Accum]>> = (0..groups * strips).map(|_| Vec::new()).collect();
-    for (pass, buffer) in passes.iter().zip(packed.iter_mut()) {
-        let len = pass.reduction() * mr;
-        if len == 0 {
-            strip_slices.iter_mut().for_each(|slices| slices.push(&mut []));
-        } else {
-            strip_slices.iter_mut().zip(buffer.chunks_mut(len)).for_each(|(slices, strip)| slices.push(strip));
-        }
-    }
-    strip_slices.into_par_iter().enumerate().for_each(|(strip_index, mut slices)| {
-        let (group, first_row) = (strip_index / strips, strip_index % strips * mr);
-        let rows = mr.min(cd - first_row);
-        // w(group, first_row + i, c, j) is at `base + i·i_step + c·c_step + tap index`; for
-        // a fixed c the strip's kernels are then near each other in either layout.
-        let (base, i_step, c_step) = match first.direction {
-            Direction::Forward => ((group * cd + first_row) * cs * kvol, cs * kvol, kvol),
-            Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
-        };
-        for c in 0..cs {
-            for i in 0..rows {
-                let kernel = &w[base + i * i_step + c * c_step..][..kvol];
-                for (pass, strip) in passes.iter().zip(slices.iter_mut()).filter(|(pass, _)| !pass.taps.is_empty()) {
-                    let ntaps = pass.taps.len();
-                    let block = &mut strip[c * ntaps * mr..][..ntaps * mr];
-                    for (dst, tap) in block[i..].iter_mut().step_by(mr).zip(&pass.taps) {
-                        *dst = kernel[tap.index].to_accum();
+    passes
+        .iter()
+        .map(|pass| {
+            let (ntaps, strip_len) = (pass.taps.len(), pass.reduction() * mr);
+            let len = groups * strips * strip_len;
+            let mut packed: Vec<T::Accum> = Vec::with_capacity(len);
+            if strip_len > 0 {
+                packed.spare_capacity_mut()[..len].par_chunks_mut(strip_len).enumerate().for_each(|(index, strip)| {
+                    let (group, first_row) = (index / strips, index % strips * mr);
+                    let rows = mr.min(cd - first_row);
+                    // w(group, first_row + i, c, j) is at `base + i·i_step + c·c_step + j`.
+                    let (base, i_step, c_step) = match pass.direction {
+                        Direction::Forward => ((group * cd + first_row) * cs * kvol, cs * kvol, kvol),
+                        Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
+                    };
+                    let mut blocks = strip.chunks_exact_mut(mr);
+                    for c in 0..cs {
+                        for (tap, block) in pass.taps.iter().zip(blocks.by_ref().take(ntaps)) {
+                            let at = base + c * c_step + tap.index;
+                            let (values, padding) = block.split_at_mut(rows);
+                            for (i, v) in values.iter_mut().enumerate() {
+                                v.write(w[at + i * i_step].to_accum());
+                            }
+                            padding.iter_mut().for_each(|v| {
+                                v.write(T::Accum::ZERO);
+                            });
+                        }
                     }
-                }
+                });
             }
-        }
-    });
-    packed
+            // SAFETY: the strips tile `[0, len)` and each wrote every one of its elements.
+            unsafe { packed.set_len(len) };
+            packed
+        })
+        .collect()
 }
 
 /// One task's share of `dst`: the pieces of its planes, ordered by (channel, image).
