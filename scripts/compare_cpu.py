@@ -8,6 +8,10 @@ Runs, with MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=4294967296 for both
 then prints  case | ours ms | PyTorch ms | ratio | ours %peak  and the median ratio
 (ratio = ours / PyTorch: below 1 is faster than PyTorch).
 
+--rounds R (R > 1) interleaves the two programs case by case, R times over, and
+keeps per case each program's median over the rounds: on a shared, noisy
+machine a slow minute then hits both programs' timings of a case, not one.
+
 --backward also times the backward pass (ferroconv --direction all; torch_suite.py
 without --no-bwd) and adds a table of forward + backward: ferroconv's fwd + bwd
 medians against PyTorch's fwdbwd (forward with bias, then grad input, weight
@@ -19,6 +23,7 @@ The Python interpreter needs torch: --python, else $TORCH_PYTHON, else
 Examples:
   scripts/compare_cpu.py                                  # the whole suite, 2 threads
   scripts/compare_cpu.py --cases r50_3x3_64,mbv2_dw_144 --min-time 0.3
+  scripts/compare_cpu.py --rounds 3 --backward            # case by case, 3 rounds
   scripts/compare_cpu.py --join ours.json torch.json      # only print the table
 """
 import argparse
@@ -68,9 +73,50 @@ def measure(a):
     if a.min_time:
         cmd += ["--min-time", str(a.min_time)]
         tcmd += ["--target-secs", str(a.min_time)]
-    run(cmd, env)
-    run(tcmd, env)
+    if a.rounds <= 1:
+        run(cmd, env)
+        run(tcmd, env)
+        return ours, torch
+    names = a.cases.split(",") if a.cases else \
+        [c["name"] for c in json.load(open(a.suite or os.path.join(REPO, "src", "bench", "suite.json")))["cases"]]
+    runs = {"ours": [], "torch": []}
+    for r in range(a.rounds):
+        for name in names:
+            for who, base, path in (("ours", cmd, ours), ("torch", tcmd, torch)):
+                part = os.path.join(a.out_dir, f"round{r}-{name}-{who}.json")
+                args = [x if x != path else part for x in base]
+                if "--cases" in args:
+                    args[args.index("--cases") + 1] = name
+                else:
+                    args += ["--cases", name]
+                run(args, env)
+                runs[who].append(json.load(open(part)))
+    merge(runs["ours"], ours, ("name", "direction", "dtype", "algorithm", "threads"), ["median_ms"])
+    merge(runs["torch"], torch, ("name", "threads"), ["fwd_ms", "fwdbwd_ms"])
     return ours, torch
+
+
+def merge(documents, path, key_fields, time_fields):
+    """Writes to `path` the first document's meta and one record per key, each
+    time field the median over all documents' records with that key."""
+    records = {}
+    for doc in documents:
+        for rec in doc["results"]:
+            records.setdefault(tuple(rec.get(f) for f in key_fields), []).append(rec)
+    results = []
+    for recs in records.values():
+        merged = dict(recs[0])
+        for field in time_fields:
+            values = [rec[field] for rec in recs if rec.get(field)]
+            if values:
+                merged[field] = statistics.median(values)
+        if "flops" in merged and merged.get("median_ms"):
+            merged["gflops"] = merged["flops"] / merged["median_ms"] / 1e6
+            if merged.get("peak_gflops"):
+                merged["percent_of_peak"] = 100 * merged["gflops"] / merged["peak_gflops"]
+        merged["rounds"] = len(recs)
+        results.append(merged)
+    json.dump(dict(documents[0], results=results), open(path, "w"), indent=1)
 
 
 def table(title, rows):
@@ -131,6 +177,8 @@ def main():
                     help="seconds per case for both (ferroconv --min-time, torch --target-secs); "
                          "default: each tool's own")
     ap.add_argument("--backward", action="store_true", help="also compare forward + backward")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with R > 1, run the programs case by case, alternating, R rounds; keep medians")
     ap.add_argument("--algorithm", default="auto", help="ferroconv's --algorithm (default auto)")
     ap.add_argument("--ferroconv", help="the ferroconv binary (default: cargo build --release, then "
                                         "target/release/ferroconv)")
