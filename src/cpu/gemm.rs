@@ -18,6 +18,7 @@
 //! block, in the same columns as `X̂` (zeros in the gap columns of the
 //! in-place layout, which is therefore used only when `x` is all finite).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -249,50 +250,58 @@ struct ImageColumns {
 
 /// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
 ///
-/// A strip is `MR` weight rows transposed, so each is packed by one task that
-/// reads its rows side by side and writes its block in order, every element
-/// once (the buffers are not zeroed first: for large layers that would be a
-/// second pass over megabytes). A strip's rows span a few hundred KiB at most,
-/// so the passes of an adjoint each read them from cache after the first.
+/// A strip is `MR` weight rows transposed. One task packs a strip for every
+/// pass, channel by channel: the strip's kernels of a channel are read once
+/// for all passes (an adjoint's strips gather kernels far apart, and a sweep
+/// per stride phase would cost a trip to memory each), and each pass's block
+/// is written in order, every element once (the buffers are not zeroed first:
+/// for large layers that would be another pass over megabytes).
 fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
     let Some(first) = passes.first() else { return Vec::new() };
     let (groups, cs, cd, kvol) = (first.groups, first.src_channels, first.dst_channels, first.kernel_volume);
     let strips = cd.div_ceil(mr);
-    passes
-        .iter()
-        .map(|pass| {
-            let (ntaps, strip_len) = (pass.taps.len(), pass.reduction() * mr);
-            let len = groups * strips * strip_len;
-            let mut packed: Vec<T::Accum> = Vec::with_capacity(len);
-            if strip_len > 0 {
-                packed.spare_capacity_mut()[..len].par_chunks_mut(strip_len).enumerate().for_each(|(index, strip)| {
-                    let (group, first_row) = (index / strips, index % strips * mr);
-                    let rows = mr.min(cd - first_row);
-                    // w(group, first_row + i, c, j) is at `base + i·i_step + c·c_step + j`.
-                    let (base, i_step, c_step) = match pass.direction {
-                        Direction::Forward => ((group * cd + first_row) * cs * kvol, cs * kvol, kvol),
-                        Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
-                    };
-                    let mut blocks = strip.chunks_exact_mut(mr);
-                    for c in 0..cs {
-                        for (tap, block) in pass.taps.iter().zip(blocks.by_ref().take(ntaps)) {
-                            let at = base + c * c_step + tap.index;
-                            let (values, padding) = block.split_at_mut(rows);
-                            for (i, v) in values.iter_mut().enumerate() {
-                                v.write(w[at + i * i_step].to_accum());
-                            }
-                            padding.iter_mut().for_each(|v| {
-                                v.write(T::Accum::ZERO);
-                            });
-                        }
+    let lens: Vec<usize> = passes.iter().map(|p| groups * strips * p.reduction() * mr).collect();
+    let mut packed: Vec<Vec<T::Accum>> = lens.iter().map(|&len| Vec::with_capacity(len)).collect();
+    // One entry per (group, strip): that strip's block of every pass.
+    let mut strip_blocks: Vec<Vec<&mut [MaybeUninit<T::Accum>]>> = (0..groups * strips).map(|_| Vec::new()).collect();
+    for ((pass, buffer), &len) in passes.iter().zip(packed.iter_mut()).zip(&lens) {
+        let spare = &mut buffer.spare_capacity_mut()[..len];
+        let strip_len = pass.reduction() * mr;
+        if strip_len == 0 {
+            strip_blocks.iter_mut().for_each(|blocks| blocks.push(&mut []));
+        } else {
+            strip_blocks.iter_mut().zip(spare.chunks_mut(strip_len)).for_each(|(blocks, strip)| blocks.push(strip));
+        }
+    }
+    strip_blocks.into_par_iter().enumerate().for_each(|(index, mut blocks)| {
+        let (group, first_row) = (index / strips, index % strips * mr);
+        let rows = mr.min(cd - first_row);
+        // w(group, first_row + i, c, j) is at `base + i·i_step + c·c_step + j`.
+        let (base, i_step, c_step) = match first.direction {
+            Direction::Forward => ((group * cd + first_row) * cs * kvol, cs * kvol, kvol),
+            Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
+        };
+        for c in 0..cs {
+            for (pass, block) in passes.iter().zip(blocks.iter_mut()) {
+                let ntaps = pass.taps.len();
+                for (tap, tile) in pass.taps.iter().zip(block[c * ntaps * mr..][..ntaps * mr].chunks_exact_mut(mr)) {
+                    let at = base + c * c_step + tap.index;
+                    let (values, padding) = tile.split_at_mut(rows);
+                    for (i, v) in values.iter_mut().enumerate() {
+                        v.write(w[at + i * i_step].to_accum());
                     }
-                });
+                    for v in padding {
+                        v.write(T::Accum::ZERO);
+                    }
+                }
             }
-            // SAFETY: the strips tile `[0, len)` and each wrote every one of its elements.
-            unsafe { packed.set_len(len) };
-            packed
-        })
-        .collect()
+        }
+    });
+    for (buffer, len) in packed.iter_mut().zip(lens) {
+        // SAFETY: the strips tile each pass's `[0, len)`, and every element of each was written above.
+        unsafe { buffer.set_len(len) };
+    }
+    packed
 }
 
 /// One task's share of `dst`: the pieces of its planes, ordered by (channel, image).
