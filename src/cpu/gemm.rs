@@ -24,7 +24,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::kernels::{Kernels, RowSet};
-use super::pass::{Direction, Pass, Segment, store_row, widen};
+use super::pass::{Direction, Pass, RowPacker, Segment, store_row, widen};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
@@ -456,10 +456,11 @@ fn pack_panel<T: Element>(
     let (k, ntaps) = (pass.reduction(), pass.taps.len());
     // Every element is written below, so the buffer only grows, never needs clearing.
     let start = cache_aligned(panel, k * ldb);
+    let packer = RowPacker::new(pass, group, segments, columns);
     panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
         for (i, row) in rows.chunks_mut(ldb).enumerate() {
             let kk = job * PACK_ROWS + i;
-            pass.pack_row(src, group, kk / ntaps, kk % ntaps, segments, &mut row[..columns]);
+            packer.pack(src, kk / ntaps, kk % ntaps, &mut row[..columns]);
             row[columns..].fill(T::Accum::ZERO);
         }
     });
@@ -703,8 +704,9 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                 }
                 None => {
                     let mut xhat = vec![T::Accum::ZERO; rows.len().next_multiple_of(nr) * ld];
+                    let packer = RowPacker::new(pass, group, &segments, columns);
                     for (kk, row) in rows.zip(xhat.chunks_mut(ld)) {
-                        pass.pack_row(x, group, kk / ntaps, kk % ntaps, &segments, &mut row[..columns]);
+                        packer.pack(x, kk / ntaps, kk % ntaps, &mut row[..columns]);
                     }
                     for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
                         for jr in (0..xhat.len() / ld).step_by(nr) {

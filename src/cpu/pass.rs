@@ -257,6 +257,71 @@ impl Pass {
     }
 }
 
+/// Packs rows `(c, j)` of the im2col panel of one task's segments.
+///
+/// Where the runs are short (tiny planes), the per-run bounds work of
+/// [`Pass::pack_row`] costs more than the copying; but which element each
+/// column reads for tap `j` is the same for every channel, one plane apart.
+/// So per tap a table of those offsets (`OUTSIDE` for zeros) is made once,
+/// and each row is one plain gather.
+pub(crate) struct RowPacker<'a> {
+    pass: &'a Pass,
+    group: usize,
+    segments: &'a [Segment],
+    /// Per tap, per column: the offset in channel 0's plane.
+    gathers: Vec<Vec<usize>>,
+}
+
+/// A column that reads a zero.
+const OUTSIDE: usize = usize::MAX;
+
+impl<'a> RowPacker<'a> {
+    pub fn new(pass: &'a Pass, group: usize, segments: &'a [Segment], columns: usize) -> Self {
+        let short = columns < SHORT_RUN * segments.len();
+        let gathers = if short {
+            (0..pass.taps.len()).map(|j| pass.gather(group, j, segments, columns)).collect()
+        } else {
+            Vec::new()
+        };
+        RowPacker { pass, group, segments, gathers }
+    }
+
+    /// Writes row `(c, j)` (one value per column; taps outside `src` read zero).
+    pub fn pack<T: Element>(&self, src: &[T], c: usize, j: usize, row: &mut [T::Accum]) {
+        let Some(gather) = self.gathers.get(j) else {
+            return self.pass.pack_row(src, self.group, c, j, self.segments, row);
+        };
+        let plane = c * self.pass.src_volume();
+        for (d, &at) in row.iter_mut().zip(gather) {
+            *d = if at == OUTSIDE { T::Accum::ZERO } else { src[plane + at].to_accum() };
+        }
+    }
+}
+
+impl Pass {
+    /// Where each column of row `(0, j)` reads in `src` (`OUTSIDE` for a zero).
+    fn gather(&self, group: usize, j: usize, segments: &[Segment], columns: usize) -> Vec<usize> {
+        let offset = self.taps[j].offset;
+        let [d0, h, w] = self.src_size.map(|d| d as i64);
+        let mut gather = vec![OUTSIDE; columns];
+        for seg in segments {
+            let i0 = (seg.m[0] * self.src_stride[0]) as i64 + offset[0];
+            let i1 = (seg.m[1] * self.src_stride[1]) as i64 + offset[1];
+            if !(0..d0).contains(&i0) || !(0..h).contains(&i1) {
+                continue;
+            }
+            let row = self.src_plane(seg.n, group, 0) + ((i0 * h + i1) * w) as usize;
+            for (at, m2) in gather[seg.column..].iter_mut().zip(seg.m2.clone()) {
+                let i2 = (m2 * self.src_stride[2]) as i64 + offset[2];
+                if (0..w).contains(&i2) {
+                    *at = row + i2 as usize;
+                }
+            }
+        }
+        gather
+    }
+}
+
 /// A run of grid points `(m[0], m[1], m2)` of one image, written to consecutive columns.
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
