@@ -431,6 +431,45 @@ mod tests {
     use super::*;
     use crate::geometry::{ConvOptions, ConvTransposeOptions};
 
+    /// The gather tables of short runs pack exactly what `pack_row` packs, taps
+    /// outside the planes included, for conv and conv_transpose passes and for
+    /// blocks that start and end inside a plane.
+    #[test]
+    fn gathered_rows_equal_packed_rows() {
+        let conv = ConvOptions::new().padding([1, 2]).stride([2, 1]).dilation([1, 2]).groups(2);
+        let up = ConvTransposeOptions::new().stride(2).padding(1).output_padding(1);
+        let geometries = [
+            ConvGeometry::conv(2, &[3, 4, 5, 6], &[6, 2, 3, 3], None, &conv).unwrap(),
+            ConvGeometry::conv_transpose(2, &[2, 3, 4, 4], &[3, 5, 4, 4], None, &up).unwrap(),
+        ];
+        for g in &geometries {
+            let passes = match g.op {
+                crate::geometry::OpKind::Conv => vec![Pass::forward(g)],
+                crate::geometry::OpKind::ConvTranspose => Pass::adjoint(g),
+            };
+            for pass in &passes {
+                let src: Vec<f64> = (0..pass.batch * pass.groups * pass.src_channels * pass.src_volume())
+                    .map(|i| i as f64 + 1.0)
+                    .collect();
+                let volume = pass.dst_volume();
+                for (images, positions) in [(0..pass.batch, 0..volume), (1..2, 3..volume - 2)] {
+                    let mut segments = Vec::new();
+                    let columns = pass.segments(images, positions, &mut segments);
+                    for group in 0..pass.groups {
+                        let packer = RowPacker::new(pass, group, &segments, columns);
+                        assert!(!packer.gathers.is_empty(), "these runs are short");
+                        for (c, j) in (0..pass.src_channels).flat_map(|c| (0..pass.taps.len()).map(move |j| (c, j))) {
+                            let (mut gathered, mut packed) = (vec![f64::NAN; columns], vec![f64::NAN; columns]);
+                            packer.pack(&src, c, j, &mut gathered);
+                            pass.pack_row(&src, group, c, j, &segments, &mut packed);
+                            assert_eq!(gathered, packed, "group {group}, row ({c}, {j})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Every (x position, y position, tap) link of the adjoint appears in exactly one phase, once.
     #[test]
     fn adjoint_phases_cover_every_link_once() {
