@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::kernels::{Kernels, RowSet};
-use super::pass::{Pass, store_row, widened};
+use super::pass::{Pass, store_row, widen, widened};
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
@@ -240,6 +240,11 @@ pub(crate) fn correlate<T: Element>(
 /// forward `pass`. A task owns the `cd` rows of `dw` of one group, so each `x`
 /// plane is laid out once per image for all of them; terms are summed by
 /// image, then row.
+///
+/// With unit strides along dims 0 and 1, rows that end in a partial vector,
+/// and an all-finite image, the rows are one run instead: `dy` laid out with the pitches of the `x` layout and zeros
+/// in its gaps, so each dot product is one long run with no row tails (the
+/// gaps meet `x` values that only leave the sums unchanged when finite).
 pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, x: &[T], y: &[T], dw: &mut [T]) {
     let (cd, cs, ntaps) = (pass.dst_channels, pass.src_channels, pass.taps.len());
     let (y_volume, x_volume) = (pass.dst_volume(), pass.src_volume());
@@ -248,38 +253,67 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
     }
     let layout = Layout::new(std::slice::from_ref(pass), ks.lanes);
     let starts: Vec<usize> = pass.taps.iter().map(|t| layout.tap_start(t.offset)).collect();
-    let [_, c1, c2] = pass.count;
+    let [c0, c1, c2] = pass.count;
+    // Rows a whole number of vectors long have no tails to save.
+    let single_run = layout.single_run(pass) && !c2.is_multiple_of(ks.lanes);
+    let run_len = if single_run { layout.acc_len(pass) } else { 0 };
     dw.par_chunks_mut(cd * cs * ntaps).enumerate().for_each(|(group, dw_rows)| {
         let mut acc = vec![T::Accum::ZERO; cd * cs * ntaps];
         let mut sources = vec![T::Accum::ZERO; cs * layout.len];
+        // Zeroed once: only the data positions are rewritten, image by image.
+        let mut dy_run = vec![T::Accum::ZERO; run_len];
         let (mut x_buffer, mut y_buffer) = (Vec::new(), Vec::new());
         let mut partial = [T::Accum::ZERO; TAP_CHUNK];
+        // Adds to `acc` the dots of `rows` rows of `len` values of `a` (packed) with
+        // every tap's rows of source channel `c`, whose `data` starts them at `base`, `ldb` apart.
+        let mut dots = |c: usize,
+                        data: &[T::Accum],
+                        a: &[T::Accum],
+                        rows: usize,
+                        len: usize,
+                        base: usize,
+                        ldb: usize,
+                        acc: &mut [T::Accum]| {
+            for (chunk, starts) in starts.chunks(TAP_CHUNK).enumerate() {
+                let mut slices = [&data[..0]; TAP_CHUNK];
+                for (slice, &s) in slices.iter_mut().zip(starts) {
+                    *slice = &data[base + s..];
+                }
+                let partial = &mut partial[..starts.len()];
+                partial.fill(T::Accum::ZERO);
+                ks.dots(len, rows, a, len, &slices[..starts.len()], ldb, partial);
+                for (a, &p) in acc[c * ntaps + chunk * TAP_CHUNK..].iter_mut().zip(partial.iter()) {
+                    *a += p;
+                }
+            }
+        };
         for n in 0..pass.batch {
             for (c, data) in sources.chunks_mut(layout.len).enumerate() {
                 let start = pass.src_plane(n, group, c);
                 fill(&x[start..][..x_volume], pass.src_size, &layout, data, &mut x_buffer);
             }
+            // A finite sum means finite values (an overflow only costs the faster path).
+            let as_run = single_run && ks.sum(&sources).to_f64().is_finite();
             for (o, acc) in acc.chunks_mut(cs * ntaps).enumerate() {
                 let plane = (n * pass.groups + group) * cd + o;
-                let dy = widened(&y[plane * y_volume..][..y_volume], &mut y_buffer);
+                let dy = &y[plane * y_volume..][..y_volume];
+                if as_run {
+                    for (r, row) in dy.chunks(c2).enumerate() {
+                        let at = (r / c1) * layout.pitch[0] + (r % c1) * layout.pitch[1];
+                        widen(row, &mut dy_run[at..][..c2]);
+                    }
+                    for (c, data) in sources.chunks(layout.len).enumerate() {
+                        dots(c, data, &dy_run, 1, run_len, 0, run_len, acc);
+                    }
+                    continue;
+                }
+                let dy = widened(dy, &mut y_buffer);
                 let stride = pass.src_stride;
                 for (c, data) in sources.chunks(layout.len).enumerate() {
                     // One slab (dim 0) at a time: its rows are evenly spaced in both planes.
-                    for (m0, dy_slab) in dy.chunks(c1 * c2).enumerate() {
+                    for (m0, dy_slab) in dy.chunks(c1 * c2).enumerate().take(c0) {
                         let base = m0 * stride[0] * layout.pitch[0];
-                        for (chunk, starts) in starts.chunks(TAP_CHUNK).enumerate() {
-                            let mut slices = [&data[..0]; TAP_CHUNK];
-                            for (slice, &s) in slices.iter_mut().zip(starts) {
-                                *slice = &data[base + s..];
-                            }
-                            let partial = &mut partial[..starts.len()];
-                            partial.fill(T::Accum::ZERO);
-                            let ldb = stride[1] * layout.pitch[1];
-                            ks.dots(c2, c1, dy_slab, c2, &slices[..starts.len()], ldb, partial);
-                            for (a, &p) in acc[c * ntaps + chunk * TAP_CHUNK..].iter_mut().zip(partial.iter()) {
-                                *a += p;
-                            }
-                        }
+                        dots(c, data, dy_slab, c1, c2, base, stride[1] * layout.pitch[1], acc);
                     }
                 }
             }
