@@ -7,8 +7,8 @@
 //! outputs are contiguous. A `dst` row is then a sum over source channels and
 //! taps of contiguous slices (`taps`: up to four output channels at once, all
 //! terms accumulated in registers; with unit row strides the whole plane is one
-//! such row, its pad columns computed and dropped), and a `dw` row a set of dot products of one `dy` row with shifted
-//! slices (`dots_row`).
+//! such row, its pad columns computed and dropped), and a `dw` row a set of dot
+//! products of one `dy` row with shifted slices (`dots`).
 //!
 //! A task owns the `dst` planes of one (image, group) (terms summed by channel, then tap), the `dw` rows of
 //! one group (images, then rows, in order), or one channel of the bias gradient:
@@ -242,9 +242,10 @@ pub(crate) fn correlate<T: Element>(
 /// image, then row.
 ///
 /// With unit strides along dims 0 and 1, rows that end in a partial vector,
-/// and an all-finite image, the rows are one run instead: `dy` laid out with the pitches of the `x` layout and zeros
-/// in its gaps, so each dot product is one long run with no row tails (the
-/// gaps meet `x` values that only leave the sums unchanged when finite).
+/// and an all-finite image, the rows are one run instead: `dy` laid out with
+/// the pitches of the `x` layout and zeros in its gaps, so each dot product is
+/// one long run with no row tails (the gaps meet `x` values that only leave
+/// the sums unchanged when finite).
 pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, x: &[T], y: &[T], dw: &mut [T]) {
     let (cd, cs, ntaps) = (pass.dst_channels, pass.src_channels, pass.taps.len());
     let (y_volume, x_volume) = (pass.dst_volume(), pass.src_volume());
@@ -253,7 +254,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
     }
     let layout = Layout::new(std::slice::from_ref(pass), ks.lanes);
     let starts: Vec<usize> = pass.taps.iter().map(|t| layout.tap_start(t.offset)).collect();
-    let [c0, c1, c2] = pass.count;
+    let [_, c1, c2] = pass.count;
     // Rows a whole number of vectors long have no tails to save.
     let single_run = layout.single_run(pass) && !c2.is_multiple_of(ks.lanes);
     let run_len = if single_run { layout.acc_len(pass) } else { 0 };
@@ -264,17 +265,16 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
         let mut dy_run = vec![T::Accum::ZERO; run_len];
         let (mut x_buffer, mut y_buffer) = (Vec::new(), Vec::new());
         let mut partial = [T::Accum::ZERO; TAP_CHUNK];
-        // Adds to `acc` the dots of `rows` rows of `len` values of `a` (packed) with
-        // every tap's rows of source channel `c`, whose `data` starts them at `base`, `ldb` apart.
-        let mut dots = |c: usize,
-                        data: &[T::Accum],
+        // Adds to `grads` (one per tap) the dots of `rows` rows of `len` values of
+        // `a` (packed) with the tap's rows of the laid-out source `data`, from `base`, `ldb` apart.
+        let mut dots = |data: &[T::Accum],
                         a: &[T::Accum],
                         rows: usize,
                         len: usize,
                         base: usize,
                         ldb: usize,
-                        acc: &mut [T::Accum]| {
-            for (chunk, starts) in starts.chunks(TAP_CHUNK).enumerate() {
+                        grads: &mut [T::Accum]| {
+            for (starts, grads) in starts.chunks(TAP_CHUNK).zip(grads.chunks_mut(TAP_CHUNK)) {
                 let mut slices = [&data[..0]; TAP_CHUNK];
                 for (slice, &s) in slices.iter_mut().zip(starts) {
                     *slice = &data[base + s..];
@@ -282,8 +282,8 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                 let partial = &mut partial[..starts.len()];
                 partial.fill(T::Accum::ZERO);
                 ks.dots(len, rows, a, len, &slices[..starts.len()], ldb, partial);
-                for (a, &p) in acc[c * ntaps + chunk * TAP_CHUNK..].iter_mut().zip(partial.iter()) {
-                    *a += p;
+                for (g, &p) in grads.iter_mut().zip(partial.iter()) {
+                    *g += p;
                 }
             }
         };
@@ -302,18 +302,18 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                         let at = (r / c1) * layout.pitch[0] + (r % c1) * layout.pitch[1];
                         widen(row, &mut dy_run[at..][..c2]);
                     }
-                    for (c, data) in sources.chunks(layout.len).enumerate() {
-                        dots(c, data, &dy_run, 1, run_len, 0, run_len, acc);
+                    for (data, grads) in sources.chunks(layout.len).zip(acc.chunks_mut(ntaps)) {
+                        dots(data, &dy_run, 1, run_len, 0, run_len, grads);
                     }
                     continue;
                 }
                 let dy = widened(dy, &mut y_buffer);
                 let stride = pass.src_stride;
-                for (c, data) in sources.chunks(layout.len).enumerate() {
+                for (data, grads) in sources.chunks(layout.len).zip(acc.chunks_mut(ntaps)) {
                     // One slab (dim 0) at a time: its rows are evenly spaced in both planes.
-                    for (m0, dy_slab) in dy.chunks(c1 * c2).enumerate().take(c0) {
+                    for (m0, dy_slab) in dy.chunks(c1 * c2).enumerate() {
                         let base = m0 * stride[0] * layout.pitch[0];
-                        dots(c, data, dy_slab, c1, c2, base, stride[1] * layout.pitch[1], acc);
+                        dots(data, dy_slab, c1, c2, base, stride[1] * layout.pitch[1], grads);
                     }
                 }
             }
