@@ -196,8 +196,12 @@ fn backends() -> &'static [(usize, CpuAlgorithm, CpuBackend)] {
         let algorithms = std::iter::once(CpuAlgorithm::Auto).chain(CpuAlgorithm::ALL.iter().copied());
         algorithms
             .flat_map(|a| {
-                [1, 2, 3, 8]
-                    .map(|k| (k, a, CpuBackend::with_threads(k).expect("a thread pool starts").with_algorithm(a)))
+                // One thread runs small ops inline (the default); more send every op to the pool.
+                [1, 2, 3, 8].map(|k| {
+                    let backend = CpuBackend::with_threads(k).expect("a thread pool starts").with_algorithm(a);
+                    let limit = if k == 1 { backend.inline_limit() } else { 0 };
+                    (k, a, backend.with_inline_limit(limit))
+                })
             })
             .collect()
     })

@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::threads::Tasks;
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
@@ -87,7 +88,7 @@ pub(crate) fn correlate<T: Element>(
         return;
     }
     let taps = taps(g);
-    y.par_chunks_mut(out_vol).enumerate().for_each(|(plane, y_plane)| {
+    y.par_chunks_mut(out_vol).tasks().enumerate().for_each(|(plane, y_plane)| {
         let (n, o) = (plane / g.out_channels, plane % g.out_channels);
         let group = o / cout_g;
         let b = bias.map_or(T::Accum::ZERO, |b| b[o].to_accum());
@@ -121,7 +122,7 @@ pub(crate) fn correlate_adjoint<T: Element>(
         return;
     }
     let taps = taps(g);
-    x.par_chunks_mut(in_vol).enumerate().for_each(|(plane, x_plane)| {
+    x.par_chunks_mut(in_vol).tasks().enumerate().for_each(|(plane, x_plane)| {
         let (n, cx) = (plane / g.in_channels, plane % g.in_channels);
         let (group, c) = (cx / cin_g, cx % cin_g);
         let b = bias.map_or(T::Accum::ZERO, |b| b[cx].to_accum());
@@ -149,7 +150,7 @@ pub(crate) fn correlate_weight<T: Element>(g: &ConvGeometry, x: &[T], y: &[T], d
         return;
     }
     let taps = taps(g);
-    dw.par_chunks_mut(row).enumerate().for_each(|(o, dw_row)| {
+    dw.par_chunks_mut(row).tasks().enumerate().for_each(|(o, dw_row)| {
         let group = o / cout_g;
         let mut acc = vec![T::Accum::ZERO; row];
         for n in 0..g.batch {
@@ -171,7 +172,7 @@ pub(crate) fn correlate_weight<T: Element>(g: &ConvGeometry, x: &[T], y: &[T], d
 
 /// `sums[c] = Σ_{n, p} t[n, c, p]`, one task per channel.
 pub(crate) fn channel_sums<T: Element>(batch: usize, channels: usize, volume: usize, t: &[T], sums: &mut [T]) {
-    sums.par_iter_mut().enumerate().for_each(|(c, dst)| {
+    sums.par_iter_mut().tasks().enumerate().for_each(|(c, dst)| {
         let mut acc = T::Accum::ZERO;
         for n in 0..batch {
             for &v in &t[(n * channels + c) * volume..][..volume] {

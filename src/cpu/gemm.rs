@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 use super::kernels::{Kernels, RowSet};
 use super::pass::{Direction, Pass, RowPacker, Segment, store_row, widen};
+use super::threads::Tasks;
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
@@ -188,7 +189,7 @@ impl<A: Accumulator> Bordered<A> {
         let [_, h, w] = first.src_size;
         let volume = first.src_volume();
         if volume > 0 {
-            let finite = data.par_chunks_mut(plane_len).zip(src.par_chunks(volume)).all(|(dst, plane)| {
+            let finite = data.par_chunks_mut(plane_len).tasks().zip(src.par_chunks(volume)).all(|(dst, plane)| {
                 let mut row_buffer = vec![A::ZERO; w];
                 let mut finite = true;
                 for (row, values) in plane.chunks(w).enumerate() {
@@ -273,7 +274,7 @@ fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::A
             strip_blocks.iter_mut().zip(spare.chunks_mut(strip_len)).for_each(|(blocks, strip)| blocks.push(strip));
         }
     }
-    strip_blocks.into_par_iter().enumerate().for_each(|(index, mut blocks)| {
+    strip_blocks.into_par_iter().tasks().enumerate().for_each(|(index, mut blocks)| {
         let (group, first_row) = (index / strips, index % strips * mr);
         let rows = mr.min(cd - first_row);
         // w(group, first_row + i, c, j) is at `base + i·i_step + c·c_step + j`.
@@ -390,7 +391,7 @@ pub(crate) fn correlate<T: Element>(
     let packed = pack_weights(passes, w, ks.nn_rows);
     let bordered = Bordered::new(passes, src, ks.nn_cols, false);
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
-    tasks.into_par_iter().for_each(|mut task| {
+    tasks.into_par_iter().tasks().for_each(|mut task| {
         let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
         let mut panel_start = 0;
         for (p, (pass, packed)) in passes.iter().zip(&packed).enumerate() {
@@ -418,7 +419,7 @@ pub(crate) fn correlate<T: Element>(
                     blocks.push((channels, pieces));
                 }
             }
-            blocks.into_par_iter().for_each(|(channels, pieces)| {
+            blocks.into_par_iter().tasks().for_each(|(channels, pieces)| {
                 let (mut tile, start) = match &bordered {
                     Some(bordered) => {
                         multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone())
@@ -457,7 +458,7 @@ fn pack_panel<T: Element>(
     // Every element is written below, so the buffer only grows, never needs clearing.
     let start = cache_aligned(panel, k * ldb);
     let packer = RowPacker::new(pass, group, segments, columns);
-    panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).enumerate().for_each(|(job, rows)| {
+    panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).tasks().enumerate().for_each(|(job, rows)| {
         for (i, row) in rows.chunks_mut(ldb).enumerate() {
             let kk = job * PACK_ROWS + i;
             packer.pack(src, kk / ntaps, kk % ntaps, &mut row[..columns]);
@@ -665,7 +666,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
         };
         dy.clear();
         dy.resize(groups * cd_pad * ld, T::Accum::ZERO);
-        dy.par_chunks_mut(ld).enumerate().for_each(|(row, dy_row)| {
+        dy.par_chunks_mut(ld).tasks().enumerate().for_each(|(row, dy_row)| {
             let (group, o) = (row / cd_pad, row % cd_pad);
             if o < cd {
                 for seg in &segments {
@@ -675,7 +676,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                 }
             }
         });
-        accumulators.par_iter_mut().enumerate().for_each(|(task, acc)| {
+        accumulators.par_iter_mut().tasks().enumerate().for_each(|(task, acc)| {
             let (group, rb) = (task / plan.row_blocks, task % plan.row_blocks);
             let rows = rb * plan.rows..((rb + 1) * plan.rows).min(k);
             let dy = &dy[group * cd_pad * ld..][..cd_pad * ld];
@@ -717,7 +718,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
             }
         });
     }
-    dw.par_chunks_mut(k).enumerate().for_each(|(channel, dw_row)| {
+    dw.par_chunks_mut(k).tasks().enumerate().for_each(|(channel, dw_row)| {
         let (group, o) = (channel / cd, channel % cd);
         for (rb, dw_part) in dw_row.chunks_mut(plan.rows).enumerate() {
             let acc = &accumulators[group * plan.row_blocks + rb][o * plan.rows..];

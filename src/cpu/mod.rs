@@ -18,6 +18,7 @@ mod pass;
 mod sliding;
 #[cfg(test)]
 mod tests;
+mod threads;
 
 pub use isa::CpuIsa;
 
@@ -40,12 +41,20 @@ use pass::Pass;
 /// assert_eq!(y, vec![3., 5., 7.]);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CpuBackend {
     pool: Option<rayon::ThreadPool>,
     algorithm: CpuAlgorithm,
     /// `None`: the detected instruction set.
     isa: Option<CpuIsa>,
+    /// Ops with fewer multiply-adds run on the calling thread (see `threads.rs`).
+    inline_macs: u64,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::new()
+    }
 }
 
 /// Which CPU algorithm computes the primitives.
@@ -163,7 +172,7 @@ pub enum Primitive {
 impl CpuBackend {
     /// A backend on rayon's global pool (as many threads as cores, or `RAYON_NUM_THREADS`).
     pub fn new() -> Self {
-        CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None }
+        CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None, inline_macs: threads::INLINE_MACS }
     }
 
     /// A backend with a pool of its own of `threads` threads.
@@ -171,7 +180,27 @@ impl CpuBackend {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| {
             crate::Error::InvalidArgument { what: "threads", detail: format!("cannot start {threads} threads: {e}") }
         })?;
-        Ok(CpuBackend { pool: Some(pool), algorithm: CpuAlgorithm::Auto, isa: None })
+        Ok(CpuBackend { pool: Some(pool), ..CpuBackend::new() })
+    }
+
+    /// The same backend, running ops of fewer than `macs` multiply-adds
+    /// ([`ConvGeometry::macs`]) on the calling thread instead of the pool,
+    /// whose wake-up would cost more than they take. The default is 2^19
+    /// (half a million); 0 sends every op to the pool.
+    ///
+    /// ```
+    /// use ferroconv::CpuBackend;
+    /// let always_parallel = CpuBackend::with_threads(2).unwrap().with_inline_limit(0);
+    /// assert_eq!(always_parallel.inline_limit(), 0);
+    /// ```
+    pub fn with_inline_limit(mut self, macs: u64) -> Self {
+        self.inline_macs = macs;
+        self
+    }
+
+    /// Ops with fewer multiply-adds than this run on the calling thread.
+    pub fn inline_limit(&self) -> u64 {
+        self.inline_macs
     }
 
     /// The same backend, forced to use `algorithm`.
@@ -291,7 +320,8 @@ impl CpuBackend {
 
     /// The shared backend on the global pool.
     pub fn global() -> &'static CpuBackend {
-        static GLOBAL: CpuBackend = CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None };
+        static GLOBAL: CpuBackend =
+            CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None, inline_macs: threads::INLINE_MACS };
         &GLOBAL
     }
 
@@ -300,7 +330,11 @@ impl CpuBackend {
         self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
     }
 
-    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    /// Runs `f`, an op of `macs` multiply-adds (or of elements touched), on the pool or inline.
+    fn install<R: Send>(&self, macs: u128, f: impl FnOnce() -> R + Send) -> R {
+        if macs < u128::from(self.inline_macs) {
+            return threads::inline(f);
+        }
         match &self.pool {
             Some(pool) => pool.install(f),
             None => f(),
@@ -347,7 +381,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         }
         let g = &g.canonical();
         let bias = bias.map(Vec::as_slice);
-        self.install(|| match self.plan::<T>(g, Primitive::Correlate) {
+        self.install(g.macs(), || match self.plan::<T>(g, Primitive::Correlate) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 gemm::correlate(&ks, &[Pass::forward(g)], x, w, bias, activation, y)
             }
@@ -376,7 +410,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         }
         let g = &g.canonical();
         let bias = bias.map(Vec::as_slice);
-        self.install(|| match self.plan::<T>(g, Primitive::CorrelateAdjoint) {
+        self.install(g.macs(), || match self.plan::<T>(g, Primitive::CorrelateAdjoint) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 gemm::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
             }
@@ -393,7 +427,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         check_len("y", y, &g.y_shape())?;
         check_len("grad_weight", dw, &g.weight_shape())?;
         let g = &g.canonical();
-        self.install(|| match self.plan::<T>(g, Primitive::CorrelateWeight) {
+        self.install(g.macs(), || match self.plan::<T>(g, Primitive::CorrelateWeight) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             (CpuAlgorithm::SimdDirect, Some(ks)) => sliding::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             _ => direct::correlate_weight(g, x, y, dw),
@@ -404,7 +438,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
     fn channel_sums(&self, batch: usize, channels: usize, volume: usize, t: &Vec<T>, sums: &mut Vec<T>) -> Result<()> {
         check_len("tensor", t, &[batch, channels, volume])?;
         check_len("sums", sums, &[channels])?;
-        self.install(|| match kernels::<T::Accum>(self.isa()) {
+        self.install(t.len() as u128, || match kernels::<T::Accum>(self.isa()) {
             Some(ks) if self.algorithm != CpuAlgorithm::Direct => {
                 sliding::channel_sums(&ks, batch, channels, volume, t, sums)
             }
@@ -416,14 +450,14 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
     fn pad(&self, g: &ConvGeometry, x: &Vec<T>, padded: &mut Vec<T>) -> Result<()> {
         check_len("x", x, &g.x_shape())?;
         check_len("padded x", padded, &g.padded_x_shape())?;
-        self.install(|| padding::pad(g, x, padded));
+        self.install(padded.len() as u128, || padding::pad(g, x, padded));
         Ok(())
     }
 
     fn fold_padding(&self, g: &ConvGeometry, padded: &Vec<T>, x: &mut Vec<T>) -> Result<()> {
         check_len("padded x", padded, &g.padded_x_shape())?;
         check_len("x", x, &g.x_shape())?;
-        self.install(|| padding::fold(g, padded, x));
+        self.install(padded.len() as u128, || padding::fold(g, padded, x));
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::threads::Tasks;
 use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
 
@@ -41,7 +42,7 @@ pub(crate) fn pad<T: Element>(g: &ConvGeometry, x: &[T], padded: &mut [T]) {
     if padded_vol == 0 {
         return;
     }
-    padded.par_chunks_mut(padded_vol).enumerate().for_each(|(plane, out)| {
+    padded.par_chunks_mut(padded_vol).tasks().enumerate().for_each(|(plane, out)| {
         let x_plane = &x[plane * in_vol..][..in_vol];
         for_each_source(g, |p, src| out[p] = src.map_or(T::default(), |s| x_plane[s]));
     });
@@ -54,7 +55,7 @@ pub(crate) fn fold<T: Element>(g: &ConvGeometry, padded: &[T], x: &mut [T]) {
     if in_vol == 0 {
         return;
     }
-    x.par_chunks_mut(in_vol).enumerate().for_each(|(plane, x_plane)| {
+    x.par_chunks_mut(in_vol).tasks().enumerate().for_each(|(plane, x_plane)| {
         let src_plane = &padded[plane * padded_vol..][..padded_vol];
         let mut acc = vec![T::Accum::ZERO; in_vol];
         for_each_source(g, |p, src| {

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::kernels::{Kernels, RowSet};
 use super::pass::{Pass, store_row, widen, widened};
+use super::threads::Tasks;
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 
@@ -184,7 +185,7 @@ pub(crate) fn correlate<T: Element>(
         })
         .collect();
     let scratch = || Scratch { sources: Vec::new(), accs: Vec::new(), widened: Vec::new() };
-    dst.par_chunks_mut(cd * volume).enumerate().for_each_init(scratch, |scratch, (task, dst_planes)| {
+    dst.par_chunks_mut(cd * volume).tasks().enumerate().for_each_init(scratch, |scratch, (task, dst_planes)| {
         let (n, group) = (task / groups, task % groups);
         let Scratch { sources, accs, widened } = scratch;
         // Zeroed once: `fill` rewrites the same data positions for every task.
@@ -258,7 +259,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
     // Rows a whole number of vectors long have no tails to save.
     let single_run = layout.single_run(pass) && !c2.is_multiple_of(ks.lanes);
     let run_len = if single_run { layout.acc_len(pass) } else { 0 };
-    dw.par_chunks_mut(cd * cs * ntaps).enumerate().for_each(|(group, dw_rows)| {
+    dw.par_chunks_mut(cd * cs * ntaps).tasks().enumerate().for_each(|(group, dw_rows)| {
         let mut acc = vec![T::Accum::ZERO; cd * cs * ntaps];
         let mut sources = vec![T::Accum::ZERO; cs * layout.len];
         // Zeroed once: only the data positions are rewritten, image by image.
@@ -336,7 +337,7 @@ pub(crate) fn channel_sums<T: Element>(
     t: &[T],
     sums: &mut [T],
 ) {
-    sums.par_iter_mut().enumerate().for_each(|(c, dst)| {
+    sums.par_iter_mut().tasks().enumerate().for_each(|(c, dst)| {
         let mut acc = T::Accum::ZERO;
         let mut buffer = Vec::new();
         for n in 0..batch {

@@ -122,8 +122,9 @@ fn backends() -> Vec<(CpuAlgorithm, CpuIsa, CpuBackend)> {
     let mut all = Vec::new();
     for &algorithm in CpuAlgorithm::ALL.iter().filter(|&&a| a != CpuAlgorithm::Direct) {
         for isa in CpuIsa::supported() {
+            // Every op on the pool: the thread-count test covers the inline path.
             let backend = CpuBackend::with_threads(2).unwrap().with_algorithm(algorithm).with_isa(isa).unwrap();
-            all.push((algorithm, isa, backend));
+            all.push((algorithm, isa, backend.with_inline_limit(0)));
         }
     }
     all
@@ -177,9 +178,11 @@ fn results_do_not_depend_on_the_thread_count() {
     geometries.extend(large_geometries());
     for (i, g) in geometries.iter().enumerate() {
         for &algorithm in CpuAlgorithm::ALL {
+            // One thread with the default inline limit (small ops run on the caller), more on the pool only.
             let run = |threads| {
+                let limit = if threads == 1 { CpuBackend::new().inline_limit() } else { 0 };
                 let backend = CpuBackend::with_threads(threads).unwrap().with_algorithm(algorithm);
-                outputs::<f32>(&backend, g, 100 + i as u64, false)
+                outputs::<f32>(&backend.with_inline_limit(limit), g, 100 + i as u64, false)
             };
             let one = run(1);
             for threads in [2, 3] {
