@@ -184,41 +184,6 @@ impl<A: Accumulator> Bordered<A> {
         let phase_len = extent.iter().product::<usize>();
         // Where padded position `e` of dim `d` lands: its phase and index in it.
         let place = |d: usize, e: usize| (e % stride[d], e / stride[d]);
-        let planes = first.batch * first.groups * first.src_channels;
-        let mut data = vec![A::ZERO; planes * plane_len];
-        let [_, h, w] = first.src_size;
-        let volume = first.src_volume();
-        if volume > 0 {
-            let finite = data.par_chunks_mut(plane_len).tasks().zip(src.par_chunks(volume)).all(|(dst, plane)| {
-                let mut row_buffer = vec![A::ZERO; w];
-                let mut finite = true;
-                for (row, values) in plane.chunks(w).enumerate() {
-                    let ((r0, i0), (r1, i1)) = (place(0, lo[0] + row / h), place(1, lo[1] + row % h));
-                    let phase_row = (r0 * stride[1] + r1) * stride[2];
-                    let at = i0 * pitch[0] + i1 * pitch[1];
-                    if stride[2] == 1 {
-                        let row = &mut dst[phase_row * phase_len + at + lo[2]..][..w];
-                        widen(values, row);
-                        finite &= row.iter().all(|&v| v.to_f64().is_finite());
-                        continue;
-                    }
-                    widen(values, &mut row_buffer);
-                    finite &= row_buffer.iter().all(|&v| v.to_f64().is_finite());
-                    // Element i lands in phase (lo + i) mod stride at (lo + i) / stride: walk each phase.
-                    for first in 0..stride[2].min(w) {
-                        let (r2, i2) = place(2, lo[2] + first);
-                        let phase = &mut dst[(phase_row + r2) * phase_len + at + i2..];
-                        for (d, &v) in phase.iter_mut().zip(row_buffer[first..].iter().step_by(stride[2])) {
-                            *d = v;
-                        }
-                    }
-                }
-                finite || !finite_only
-            });
-            if !finite {
-                return None;
-            }
-        }
         let starts = passes
             .iter()
             .map(|p| {
@@ -233,11 +198,93 @@ impl<A: Accumulator> Bordered<A> {
                     .collect()
             })
             .collect();
+        let planes = first.batch * first.groups * first.src_channels;
+        let [_, h, w] = first.src_size;
+        let volume = first.src_volume();
+        // Each task zeroes its own planes before writing their data: in parallel,
+        // and in cache when the data lands, where one `vec![0; len]` would be a
+        // serial pass over megabytes.
+        let mut data = Vec::with_capacity(planes * plane_len);
+        if volume == 0 {
+            data.resize(planes * plane_len, A::ZERO);
+            return Some(Bordered { data, plane_len, pitch, starts });
+        }
+        assert_eq!(src.len(), planes * volume, "bordered copy: source length");
+        let chunks = data.spare_capacity_mut()[..planes * plane_len].par_chunks_mut(plane_len).tasks();
+        let finite = chunks.zip(src.par_chunks(volume)).all(|(dst, plane)| {
+            let dst = zeroed(dst);
+            let mut row_buffer = vec![A::ZERO; w];
+            let mut finite = true;
+            for (row, values) in plane.chunks(w).enumerate() {
+                if finite_only {
+                    finite &= values.iter().all(|v| v.to_f64().is_finite());
+                }
+                let ((r0, i0), (r1, i1)) = (place(0, lo[0] + row / h), place(1, lo[1] + row % h));
+                let phase_row = (r0 * stride[1] + r1) * stride[2];
+                let at = i0 * pitch[0] + i1 * pitch[1];
+                // Where element `i` of the row lands: phase (lo + i) mod stride, at (lo + i) / stride.
+                let target = |i: usize| {
+                    let (r2, i2) = place(2, lo[2] + i);
+                    (phase_row + r2) * phase_len + at + i2
+                };
+                match stride[2] {
+                    1 => widen(values, &mut dst[target(0)..][..w]),
+                    2 => {
+                        widen(values, &mut row_buffer);
+                        deinterleave_pairs(&row_buffer, dst, target(0), target(1));
+                    }
+                    s => {
+                        widen(values, &mut row_buffer);
+                        for first in 0..s.min(w) {
+                            let phase = &mut dst[target(first)..];
+                            for (d, &v) in phase.iter_mut().zip(row_buffer[first..].iter().step_by(s)) {
+                                *d = v;
+                            }
+                        }
+                    }
+                }
+            }
+            finite
+        });
+        if !finite {
+            return None;
+        }
+        // SAFETY: `all` returned true, so it ran the closure on every plane (one
+        // per source plane), and `zeroed` initialised each whole.
+        unsafe { data.set_len(planes * plane_len) };
         Some(Bordered { data, plane_len, pitch, starts })
     }
 
     fn virtual_position(&self, m0: usize, m1: usize, m2: usize) -> usize {
         m0 * self.pitch[0] + m1 * self.pitch[1] + m2
+    }
+}
+
+/// `slots`, every one set to zero, as initialised values.
+fn zeroed<A: Accumulator>(slots: &mut [MaybeUninit<A>]) -> &mut [A] {
+    slots.fill(MaybeUninit::new(A::ZERO));
+    // SAFETY: every slot was just written, and `MaybeUninit<A>` has `A`'s layout.
+    unsafe { &mut *(slots as *mut [MaybeUninit<A>] as *mut [A]) }
+}
+
+/// Splits `row` over two runs of `dst`: even elements from `even`, odd ones
+/// from `odd` (the two stride-2 phases of a row; the runs do not overlap).
+/// One pass of pair copies, which the compiler turns into vector shuffles.
+fn deinterleave_pairs<A: Copy>(row: &[A], dst: &mut [A], even: usize, odd: usize) {
+    let (evens, odds) = (row.len().div_ceil(2), row.len() / 2);
+    let (a, b) = if even < odd {
+        let (head, tail) = dst.split_at_mut(odd);
+        (&mut head[even..][..evens], &mut tail[..odds])
+    } else {
+        let (head, tail) = dst.split_at_mut(even);
+        (&mut tail[..evens], &mut head[odd..][..odds])
+    };
+    for ((pair, x), y) in row.chunks_exact(2).zip(a.iter_mut()).zip(b.iter_mut()) {
+        *x = pair[0];
+        *y = pair[1];
+    }
+    if evens > odds {
+        a[evens - 1] = row[row.len() - 1];
     }
 }
 
@@ -749,6 +796,24 @@ mod tests {
         assert!(blocks.iter().all(|b| b.start % mr == 0 && b.len() <= plan.rows));
         let strips: Vec<_> = blocks.iter().map(|b| b.len().div_ceil(mr)).collect();
         assert!(strips.iter().max().unwrap() - strips.iter().min().unwrap() <= 1, "{strips:?}");
+    }
+
+    /// Even elements land in one run and odd ones in the other, whichever comes first in the buffer.
+    #[test]
+    fn pairs_split_into_their_phases() {
+        for len in [0usize, 1, 2, 7, 16, 33] {
+            let row: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let evens: Vec<f32> = row.iter().copied().step_by(2).collect();
+            let odds: Vec<f32> = row.iter().copied().skip(1).step_by(2).collect();
+            for (even, odd) in [(1, 40), (41, 2)] {
+                let mut dst = vec![-1f32; 80];
+                deinterleave_pairs(&row, &mut dst, even, odd);
+                assert_eq!(dst[even..][..evens.len()], evens[..], "len {len}, evens at {even}");
+                assert_eq!(dst[odd..][..odds.len()], odds[..], "len {len}, odds at {odd}");
+                let written = evens.len() + odds.len();
+                assert_eq!(dst.iter().filter(|&&v| v != -1.0).count(), written, "len {len}: nothing else written");
+            }
+        }
     }
 
     /// The shapes `cpu::tests` checks against the direct loops past the tile sizes
