@@ -229,6 +229,27 @@ unsafe fn nt_rows<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: us
     unsafe { nt_body::<S, A, MR, NR>(t) }
 }
 
+/// One step of the `nt` reduction: `acc[i][j] += a[i·lda + r..][..lanes] · b[j][r..][..lanes]`, lane-wise.
+#[inline(always)]
+unsafe fn nt_step<S: Lanes<A>, A: Copy, const MR: usize, const NR: usize>(
+    acc: &mut [[S::V; NR]; MR],
+    a: *const A,
+    lda: usize,
+    b: &[*const A; NR],
+    r: usize,
+) {
+    // SAFETY: as in `nt_body`, for the lanes from `r`.
+    unsafe {
+        let av: [S::V; MR] = std::array::from_fn(|i| S::load(a.add(i * lda + r)));
+        for (j, &b) in b.iter().enumerate() {
+            let bv = S::load(b.add(r));
+            for (row, &av) in acc.iter_mut().zip(&av) {
+                row[j] = S::mul_add(av, bv, row[j]);
+            }
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn nt_body<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
     t: &impl NtOperands<A>,
@@ -238,16 +259,18 @@ unsafe fn nt_body<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: us
     unsafe {
         let b: [*const A; NR] = std::array::from_fn(|j| t.b_row(j));
         let mut acc = [[S::zero(); NR]; MR];
+        let l = S::LANES;
+        // Four steps per trip, as in `nn_body`.
         let mut r = 0;
-        while r < k {
-            let av: [S::V; MR] = std::array::from_fn(|i| S::load(a.add(i * lda + r)));
-            for j in 0..NR {
-                let bv = S::load(b[j].add(r));
-                for (row, &av) in acc.iter_mut().zip(&av) {
-                    row[j] = S::mul_add(av, bv, row[j]);
-                }
+        while r + 4 * l <= k {
+            for step in 0..4 {
+                nt_step::<S, A, MR, NR>(&mut acc, a, lda, &b, r + step * l);
             }
-            r += S::LANES;
+            r += 4 * l;
+        }
+        while r < k {
+            nt_step::<S, A, MR, NR>(&mut acc, a, lda, &b, r);
+            r += l;
         }
         for (i, row) in acc.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
@@ -815,7 +838,7 @@ mod tests {
             }
         }
         // nt
-        let (mr, nr, k) = (ks.nt_rows, ks.nt_cols, 3 * ks.lanes);
+        let (mr, nr, k) = (ks.nt_rows, ks.nt_cols, 7 * ks.lanes);
         let lda = k + 2;
         let a: Vec<A> = values(mr * lda, 3).into_iter().map(A::from_f64).collect();
         let b: Vec<A> = values(nr * lda, 4).into_iter().map(A::from_f64).collect();
