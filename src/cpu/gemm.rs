@@ -438,7 +438,10 @@ pub(crate) fn correlate<T: Element>(
     let packed = pack_weights(passes, w, ks.nn_rows);
     let bordered = Bordered::new(passes, src, ks.nn_cols, false);
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
-    tasks.into_par_iter().tasks().for_each(|mut task| {
+    // Tile buffers, one per row block, kept by each worker from task to task:
+    // only their growth is zeroed, and each tile is written before it is read.
+    let tiles = || (0..plan.row_blocks).map(|_| Vec::new()).collect::<Vec<Vec<T::Accum>>>();
+    tasks.into_par_iter().tasks().for_each_init(tiles, |tiles, mut task| {
         let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
         let mut panel_start = 0;
         for (p, (pass, packed)) in passes.iter().zip(&packed).enumerate() {
@@ -466,12 +469,12 @@ pub(crate) fn correlate<T: Element>(
                     blocks.push((channels, pieces));
                 }
             }
-            blocks.into_par_iter().tasks().for_each(|(channels, pieces)| {
-                let (mut tile, start) = match &bordered {
+            blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), tile)| {
+                let start = match &bordered {
                     Some(bordered) => {
-                        multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone())
+                        multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone(), tile)
                     }
-                    None => multiply(ks, pass, packed, &panel[panel_start..], ldb, group, channels.clone()),
+                    None => multiply(ks, pass, packed, &panel[panel_start..], ldb, group, channels.clone(), tile),
                 };
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
                 write_tile(pass, bias, activation, &mut tile[start..], ldb, &segments, &region, pieces);
@@ -516,7 +519,8 @@ fn pack_panel<T: Element>(
 }
 
 /// `W[group][channels] · panel`, `KC` rows at a time: `channels` (rounded up to
-/// `MR`) × `ldb`, returned in a buffer from the given index.
+/// `MR`) × `ldb`, written into `buffer` (grown as needed) from the index returned.
+#[allow(clippy::too_many_arguments)]
 fn multiply<A: Accumulator>(
     ks: &Kernels<A>,
     pass: &Pass,
@@ -525,13 +529,17 @@ fn multiply<A: Accumulator>(
     ldb: usize,
     group: usize,
     channels: Range<usize>,
-) -> (Vec<A>, usize) {
+    buffer: &mut Vec<A>,
+) -> usize {
     let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, pass.reduction());
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
-    let mut buffer = Vec::new();
-    let start = cache_aligned(&mut buffer, strips * mr * ldb);
+    let start = cache_aligned(buffer, strips * mr * ldb);
     let tile = &mut buffer[start..][..strips * mr * ldb];
+    if k == 0 {
+        // A stride phase no tap reaches: no step below writes the tile, which holds zeros.
+        tile.fill(A::ZERO);
+    }
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let b = &panel[k0 * ldb..];
@@ -543,7 +551,7 @@ fn multiply<A: Accumulator>(
             }
         }
     }
-    (buffer, start)
+    start
 }
 
 /// Lays the segments' grid points out as virtual positions, image by image
@@ -586,14 +594,18 @@ fn multiply_indirect<A: Accumulator>(
     ldb: usize,
     group: usize,
     channels: Range<usize>,
-) -> (Vec<A>, usize) {
+    buffer: &mut Vec<A>,
+) -> usize {
     let (mr, nr, k, ntaps) = (ks.nn_rows, ks.nn_cols, pass.reduction(), pass.taps.len());
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
     let starts = &bordered.starts[pass_index];
-    let mut buffer = Vec::new();
-    let start = cache_aligned(&mut buffer, strips * mr * ldb);
+    let start = cache_aligned(buffer, strips * mr * ldb);
     let tile = &mut buffer[start..][..strips * mr * ldb];
+    if k == 0 {
+        // A stride phase no tap reaches: no step below writes the tile, which holds zeros.
+        tile.fill(A::ZERO);
+    }
     let mut rows = RowSet::new();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
@@ -613,7 +625,7 @@ fn multiply_indirect<A: Accumulator>(
             }
         }
     }
-    (buffer, start)
+    start
 }
 
 /// Where a tile goes: its images, positions, group and channels.
