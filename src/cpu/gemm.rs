@@ -520,6 +520,17 @@ fn cache_aligned<A: Accumulator>(buffer: &mut Vec<A>, len: usize) -> usize {
     buffer.as_ptr().align_offset(64).min(slack)
 }
 
+/// A tile of `len` accumulators in `buffer` (reused from call to call), from
+/// the index returned. The kernels overwrite it for any reduction length `k`
+/// but 0 — a stride phase no tap reaches — whose tile must then hold zeros.
+fn tile_in<A: Accumulator>(buffer: &mut Vec<A>, len: usize, k: usize) -> usize {
+    let start = cache_aligned(buffer, len);
+    if k == 0 {
+        buffer[start..][..len].fill(A::ZERO);
+    }
+    start
+}
+
 /// The whole `K × ldb` im2col panel of `segments`, packed `PACK_ROWS` rows per job.
 fn pack_panel<T: Element>(
     pass: &Pass,
@@ -560,12 +571,8 @@ fn multiply<A: Accumulator>(
     let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, pass.reduction());
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
-    let start = cache_aligned(buffer, strips * mr * ldb);
+    let start = tile_in(buffer, strips * mr * ldb, k);
     let tile = &mut buffer[start..][..strips * mr * ldb];
-    if k == 0 {
-        // A stride phase no tap reaches: no step below writes the tile, which holds zeros.
-        tile.fill(A::ZERO);
-    }
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let b = &panel[k0 * ldb..];
@@ -626,12 +633,8 @@ fn multiply_indirect<A: Accumulator>(
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
     let starts = &bordered.starts[pass_index];
-    let start = cache_aligned(buffer, strips * mr * ldb);
+    let start = tile_in(buffer, strips * mr * ldb, k);
     let tile = &mut buffer[start..][..strips * mr * ldb];
-    if k == 0 {
-        // A stride phase no tap reaches: no step below writes the tile, which holds zeros.
-        tile.fill(A::ZERO);
-    }
     let mut rows = RowSet::new();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
@@ -761,6 +764,11 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                 }
             }
         });
+        // The packed path's gather tables: per group, shared by its row blocks.
+        let packers: Vec<RowPacker> = match &bordered {
+            Some(_) => Vec::new(),
+            None => (0..groups).map(|group| RowPacker::new(pass, group, &segments, columns)).collect(),
+        };
         accumulators.par_iter_mut().tasks().enumerate().for_each(|(task, acc)| {
             let (group, rb) = (task / plan.row_blocks, task % plan.row_blocks);
             let rows = rb * plan.rows..((rb + 1) * plan.rows).min(k);
@@ -790,9 +798,8 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                 }
                 None => {
                     let mut xhat = vec![T::Accum::ZERO; rows.len().next_multiple_of(nr) * ld];
-                    let packer = RowPacker::new(pass, group, &segments, columns);
                     for (kk, row) in rows.zip(xhat.chunks_mut(ld)) {
-                        packer.pack(x, kk / ntaps, kk % ntaps, &mut row[..columns]);
+                        packers[group].pack(x, kk / ntaps, kk % ntaps, &mut row[..columns]);
                     }
                     for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
                         for jr in (0..xhat.len() / ld).step_by(nr) {
