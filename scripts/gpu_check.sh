@@ -5,14 +5,15 @@
 #  2. `ferroconv check --device cuda` on the fixtures (PTX kernels), then again with the kernels compiled by
 #     NVRTC (FERROCONV_CUDA_KERNELS=nvrtc) where libnvrtc is present;
 #  3. the GPU tests (tests/cuda.rs: every op, algorithm and dtype against the CPU; tensors on the device);
-#  4. `ferroconv bench --device cuda` when the binary has that command;
+#  4. `ferroconv bench --device cuda` when the binary has that command, once per dtype in BENCH_DTYPES;
 #  5. where PyTorch with CUDA is importable, the same suite through PyTorch/cuDNN
 #     (../shared/bench/torch_cuda_suite.py, or TORCH_SUITE), with the same batch multiplier;
 #  6. a summary. Exit status 1 when the fixtures or the GPU tests fail (or nothing could be run).
 #
 # Environment: FERROCONV_BIN, CUDA_TEST_BIN, FIXTURES (default tests/fixtures), BATCH_MULT (default 16),
-# TORCH_SUITE, PYTHON (default python3), OUT (results folder; default ./gpu-check-out), BENCH_ARGS (extra
-# arguments for ferroconv bench).
+# TORCH_SUITE, PYTHON (default python3), OUT (results folder; default ./gpu-check-out), BENCH_DTYPES (default
+# "f32 f16 bf16"), BENCH_ARGS and TORCH_ARGS (extra arguments for ferroconv bench and the PyTorch suite),
+# STEP_TIMEOUT (seconds any one step may run; default 600).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -45,7 +46,7 @@ step() {
     shift 2
     section "$name: $*"
     local start=$SECONDS
-    if "$@" 2>&1 | tee "$OUT/$name.log"; then
+    if timeout "${STEP_TIMEOUT:-600}" "$@" 2>&1 | tee "$OUT/$name.log"; then
         record "$name" "ok ($((SECONDS - start)) s)"
     else
         record "$name" "FAIL ($((SECONDS - start)) s; $OUT/$name.log)"
@@ -91,14 +92,19 @@ else
 fi
 
 if [ -n "$BIN" ] && "$BIN" help bench >/dev/null 2>&1; then
-    # shellcheck disable=SC2086 # BENCH_ARGS is a list of words
-    step bench-ferroconv optional "$BIN" bench --device cuda --json "$OUT/ferroconv-bench.json" ${BENCH_ARGS:-}
+    for dtype in ${BENCH_DTYPES:-f32 f16 bf16}; do
+        # shellcheck disable=SC2086 # BENCH_ARGS is a list of words
+        step "bench-ferroconv-$dtype" optional "$BIN" bench --device cuda --dtype "$dtype" --batch-mult "$BATCH_MULT" \
+            --direction all --json "$OUT/ferroconv-bench-$dtype.json" ${BENCH_ARGS:-}
+    done
 else
     record bench-ferroconv "not run (no bench command in this binary)"
 fi
 
 if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    step bench-torch optional "$PYTHON" "$TORCH_SUITE" --batch-mult "$BATCH_MULT" --json "$OUT/torch-bench.json"
+    # shellcheck disable=SC2086 # TORCH_ARGS is a list of words
+    step bench-torch optional "$PYTHON" "$TORCH_SUITE" --batch-mult "$BATCH_MULT" --json "$OUT/torch-bench.json" \
+        ${TORCH_ARGS:-}
 else
     record bench-torch "not run (no PyTorch with CUDA for $PYTHON)"
 fi
