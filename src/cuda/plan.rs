@@ -123,15 +123,17 @@ impl GpuAlgorithm {
         }
     }
 
-    /// The algorithm `Auto` stands for on this geometry: the GEMM wastes most of
-    /// its 64x64 tiles when a group has only a few channels on either side.
-    pub fn resolve(self, geometry: &ConvGeometry) -> GpuAlgorithm {
+    /// The algorithm `Auto` stands for on this geometry, for a primitive whose GEMM
+    /// tile rows run over `tile_rows` channels of a group (the output channels for
+    /// the correlation and the weight gradient, the input channels for the
+    /// adjoint). The GEMM wastes most of its 64x64 tiles when a group has only a
+    /// few channels on either side, or when those rows fill at most a sixteenth
+    /// of the tile (a 3-channel input's gradient used 3 of 64 rows and ran 20x
+    /// slower than its forward on an H200).
+    pub fn resolve(self, geometry: &ConvGeometry, tile_rows: usize) -> GpuAlgorithm {
+        let few_channels = geometry.in_channels_per_group().saturating_mul(geometry.out_channels_per_group()) <= 16;
         match self {
-            GpuAlgorithm::Auto
-                if geometry.in_channels_per_group().saturating_mul(geometry.out_channels_per_group()) <= 16 =>
-            {
-                GpuAlgorithm::Direct
-            }
+            GpuAlgorithm::Auto if few_channels || tile_rows as u64 <= GEMM_TILE_M / 16 => GpuAlgorithm::Direct,
             GpuAlgorithm::Auto => GpuAlgorithm::ImplicitGemm,
             forced => forced,
         }
@@ -220,7 +222,7 @@ impl Planner {
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.w, args.bias, args.out) = (b.x, b.w, b.bias.unwrap_or(0), b.y);
         args.activation = activation_code(activation);
-        let launch = match self.algorithm.resolve(g) {
+        let launch = match self.algorithm.resolve(g, g.out_channels_per_group()) {
             GpuAlgorithm::Direct => self.elementwise(KernelFamily::DirectCorrelate, outputs, args)?,
             _ => {
                 let columns = product("y", &[g.batch, g.out_volume()])?;
@@ -240,7 +242,7 @@ impl Planner {
         let mut args = KernelArgs::for_geometry(g)?;
         (args.y, args.w, args.bias, args.out) = (b.y, b.w, b.bias.unwrap_or(0), b.x);
         args.activation = activation_code(activation);
-        let launch = match self.algorithm.resolve(g) {
+        let launch = match self.algorithm.resolve(g, g.in_channels_per_group()) {
             GpuAlgorithm::Direct => self.elementwise(KernelFamily::DirectCorrelateAdjoint, outputs, args)?,
             _ => {
                 // One GEMM per stride phase: the x positions i ≡ i0 (mod stride) for each
@@ -271,7 +273,7 @@ impl Planner {
         };
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.y) = (b.x, b.y);
-        let first = match self.algorithm.resolve(g) {
+        let first = match self.algorithm.resolve(g, g.out_channels_per_group()) {
             GpuAlgorithm::Direct => {
                 let blocks = outputs.div_ceil(WARPS_PER_BLOCK);
                 self.launch(
@@ -364,7 +366,7 @@ impl Planner {
     fn weight_split(&self, g: &ConvGeometry) -> Result<(u64, Option<Split>)> {
         let outputs = elements("grad_weight", &g.weight_shape())?;
         let reduction = product("reduction", &[g.batch, g.out_volume()])?;
-        let split = match self.algorithm.resolve(g) {
+        let split = match self.algorithm.resolve(g, g.out_channels_per_group()) {
             GpuAlgorithm::Direct => choose_split(outputs.div_ceil(WARPS_PER_BLOCK), reduction, 1, outputs)?,
             _ => {
                 let tiles = gemm_tiles(g.out_channels_per_group(), weight_columns(g)?, g.groups)?;
@@ -596,6 +598,25 @@ mod tests {
         let gemm = Planner::new(DType::BF16, GpuAlgorithm::ImplicitGemm);
         let plan = gemm.correlate(&g, CorrelateBuffers { x: X, w: W, bias: None, y: Y }, Activation::Identity).unwrap();
         assert_eq!(only_launch(&plan).kernel, KernelId::GemmCorrelateBf16);
+    }
+
+    #[test]
+    fn auto_picks_per_primitive_by_the_rows_a_gemm_tile_would_fill() {
+        // The ResNet stem: 3 input channels fill 3 of the adjoint's 64 tile rows; the
+        // correlation and the weight gradient tile over its 64 output channels.
+        let g = conv2d(&[2, 3, 32, 32], &[64, 3, 7, 7], ConvOptions::new().stride(2).padding(3));
+        let planner = Planner::new(DType::F32, GpuAlgorithm::Auto);
+        let buffers = CorrelateBuffers { x: X, w: W, bias: None, y: Y };
+        let forward = planner.correlate(&g, buffers, Activation::Identity).unwrap();
+        assert_eq!(only_launch(&forward).kernel, KernelId::GemmCorrelateF32);
+        let adjoint = planner.correlate_adjoint(&g, buffers, Activation::Identity).unwrap();
+        assert_eq!(only_launch(&adjoint).kernel, KernelId::DirectCorrelateAdjointF32);
+        let weight = planner.correlate_weight(&g, WeightBuffers { x: X, y: Y, dw: W }, Workspace::default()).unwrap();
+        assert_eq!(weight.launches().next().unwrap().kernel, KernelId::GemmCorrelateWeightF32);
+        // Forcing the GEMM is honoured for the adjoint too.
+        let gemm = Planner::new(DType::F32, GpuAlgorithm::ImplicitGemm);
+        let adjoint = gemm.correlate_adjoint(&g, buffers, Activation::Identity).unwrap();
+        assert_eq!(only_launch(&adjoint).kernel, KernelId::GemmCorrelateAdjointF32);
     }
 
     #[test]
