@@ -79,6 +79,11 @@ __device__ __forceinline__ void phase_init(Phase& p, const KernelArgs& a, const 
 // The taps t < kernel with 0 <= origin + t * dilation < size, as [begin, end).
 __device__ __forceinline__ void tap_range(const long long origin, const long long size, const long long kernel,
                                           const long long dilation, long long& begin, long long& end) {
+    if (dilation == 1) {  // the common case, without two 64-bit divisions
+        end = max(min(size - origin, kernel), 0ll);
+        begin = min(max(-origin, 0ll), end);
+        return;
+    }
     begin = origin >= 0 ? 0 : (dilation - 1 - origin) / dilation;
     end = origin > size - 1 ? 0 : min((size - 1 - origin) / dilation + 1, kernel);
     begin = min(begin, end);

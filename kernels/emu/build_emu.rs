@@ -62,6 +62,8 @@ pub fn build(kernel_dir: &Path, out_dir: &Path) {
         .debug(false)
         .warnings(true)
         .define("FERRO_EMU", None)
+        // `#pragma unroll` is a hint to nvcc; the host compiler may ignore it.
+        .flag_if_supported("-Wno-unknown-pragmas")
         .flag("-include")
         .flag(emu_dir.join("shim.h").to_str().expect("the kernels folder's path is UTF-8"))
         .include(&emu_dir)

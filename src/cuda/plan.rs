@@ -19,6 +19,9 @@ use super::params::{KernelArgs, activation_code, to_i64};
 pub const BLOCK_THREADS: u32 = 256;
 /// Warps per block (`FERRO_WARPS_PER_BLOCK`): kernels working a warp per output fit this many in a block.
 pub const WARPS_PER_BLOCK: u64 = BLOCK_THREADS as u64 / 32;
+/// Outputs of one row (of one stride phase, for the adjoint) each thread of the
+/// direct correlation and its adjoint computes (`FERRO_DIRECT_ROW` in direct.cu).
+pub const DIRECT_ROW: u64 = 4;
 /// The implicit GEMM's output tile: rows (`FERRO_GEMM_TILE_M` in gemm.cu).
 pub const GEMM_TILE_M: u64 = 64;
 /// The implicit GEMM's output tile: columns (`FERRO_GEMM_TILE_N`).
@@ -223,7 +226,12 @@ impl Planner {
         (args.x, args.w, args.bias, args.out) = (b.x, b.w, b.bias.unwrap_or(0), b.y);
         args.activation = activation_code(activation);
         let launch = match self.algorithm.resolve(g, g.out_channels_per_group()) {
-            GpuAlgorithm::Direct => self.elementwise(KernelFamily::DirectCorrelate, outputs, args)?,
+            GpuAlgorithm::Direct => {
+                let [depth, height, width] = g.out_size;
+                let segments = width.div_ceil(DIRECT_ROW as usize);
+                let threads = product("y", &[g.batch, g.out_channels, depth, height, segments])?;
+                self.elementwise(KernelFamily::DirectCorrelate, threads, args)?
+            }
             _ => {
                 let columns = product("y", &[g.batch, g.out_volume()])?;
                 let tiles = gemm_tiles(g.out_channels_per_group(), columns, g.groups)?;
@@ -243,7 +251,13 @@ impl Planner {
         (args.y, args.w, args.bias, args.out) = (b.y, b.w, b.bias.unwrap_or(0), b.x);
         args.activation = activation_code(activation);
         let launch = match self.algorithm.resolve(g, g.in_channels_per_group()) {
-            GpuAlgorithm::Direct => self.elementwise(KernelFamily::DirectCorrelateAdjoint, outputs, args)?,
+            GpuAlgorithm::Direct => {
+                let [depth, height, width] = g.in_size;
+                let phases = g.stride[2].min(width);
+                let segments = width.div_ceil(g.stride[2]).div_ceil(DIRECT_ROW as usize);
+                let threads = product("x", &[g.batch, g.in_channels, depth, height, phases, segments])?;
+                self.elementwise(KernelFamily::DirectCorrelateAdjoint, threads, args)?
+            }
             _ => {
                 // One GEMM per stride phase: the x positions i ≡ i0 (mod stride) for each
                 // i0 < min(stride, in_size) meet the same taps. Tiles cover the largest phase.
@@ -591,7 +605,8 @@ mod tests {
             planner.correlate(&g, CorrelateBuffers { x: X, w: W, bias: None, y: Y }, Activation::Identity).unwrap();
         let launch = only_launch(&plan);
         assert_eq!(launch.kernel, KernelId::DirectCorrelateBf16);
-        assert_eq!(launch.grid, [(2 * 32 * 100u32).div_ceil(BLOCK_THREADS), 1, 1]);
+        // One thread per DIRECT_ROW outputs of a row: 10 rows of 10 for each of the 2·32 planes.
+        assert_eq!(launch.grid, [(2 * 32 * 10 * 3u32).div_ceil(BLOCK_THREADS), 1, 1]);
         assert_eq!(launch.args.bias, 0);
         assert_eq!(launch.writes[0].bytes, 2 * 32 * 100 * 2);
         // Forcing the GEMM is honoured.
