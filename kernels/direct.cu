@@ -8,8 +8,8 @@
 //                             in one stride phase (grid-stride)
 //       reads y, w, bias; writes out (= x)
 //   direct_correlate_weight   one warp per (dw element [out_channels, in_channels/groups, kernel_size], chunk
-//                             of the batch·out_volume reduction): elements in x (8 per block, striding by the
-//                             grid), chunks in y
+//                             of whole rows of the batch·out_volume reduction): elements in x (8 per block,
+//                             striding by the grid), chunks in y
 //       reads x, y; writes out (= dw), or with splits > 1 the partials of its chunk
 #include "common.cuh"
 #include "geometry.cuh"
@@ -159,7 +159,9 @@ __device__ void direct_correlate_adjoint(const KernelArgs& a) {
 }
 
 // dw[o, c, t] = Σ_{n, p} y[n, o, p] · x[n, group·Cin_g + c, p·stride + t·dilation - padding], over chunk
-// blockIdx.y of the (n, p) reduction, summed by one warp in a fixed order.
+// blockIdx.y of the (n, p) reduction, summed by one warp in a fixed order. Chunks hold whole y rows (the
+// plan's split granule is out_size[2]): the warp walks them row by row, skipping rows whose x row is
+// padding, and its lanes read neighbouring elements of a row, so no division is left in the loop.
 template <typename T, typename Acc>
 __device__ void direct_correlate_weight(const KernelArgs& a) {
     const T* x = static_cast<const T*>(a.x);
@@ -169,8 +171,8 @@ __device__ void direct_correlate_weight(const KernelArgs& a) {
     const long long kernel_volume = volume3(a.kernel_size);
     const long long channels = a.in_channels / a.groups;
     const long long split = blockIdx.y;
-    const long long begin = split_begin(a, split);
-    const long long end = min(begin + a.split_length, a.batch * out_volume);
+    const long long row_begin = split_begin(a, split) / a.out_size[2];
+    const long long row_end = min(split_begin(a, split) + a.split_length, a.batch * out_volume) / a.out_size[2];
     const int lane = threadIdx.x % 32;
     const long long first = (long long)blockIdx.x * FERRO_WARPS_PER_BLOCK + threadIdx.x / 32;
     for (long long element = first; element < a.length; element += (long long)gridDim.x * FERRO_WARPS_PER_BLOCK) {
@@ -182,18 +184,32 @@ __device__ void direct_correlate_weight(const KernelArgs& a) {
         for (int d = 0; d < 3; ++d) {
             offset[d] = t[d] * a.dilation[d] - a.padding_lo[d];
         }
-        const T* x_channel = x + (o / (a.out_channels / a.groups) * channels + c) * in_volume;
+        // The y columns p whose x column p·stride + offset lies inside x.
+        long long column_begin, column_end;
+        tap_range(offset[2], a.in_size[2], a.out_size[2], a.stride[2], column_begin, column_end);
+        const T* x_channel = x + (o / (a.out_channels / a.groups) * channels + c) * in_volume + offset[2];
         const T* y_channel = y + o * out_volume;
+        // The first row's (n, p_d, p_h); later rows count up without dividing.
+        long long p_h = row_begin % a.out_size[1];
+        long long p_d = row_begin / a.out_size[1] % a.out_size[0];
+        long long n = row_begin / a.out_size[1] / a.out_size[0];
         Acc acc = Acc(0);
-        Walker at = walker_at(begin + lane, a.out_size);
-        for (long long k = begin + lane; k < end; k += 32, walker_advance(at, 32, a.out_size)) {
-            long long position[3];
-            for (int d = 0; d < 3; ++d) {
-                position[d] = at.p[d] * a.stride[d] + offset[d];
+        for (long long row = row_begin; row < row_end; ++row) {
+            const long long x_d = p_d * a.stride[0] + offset[0];
+            const long long x_h = p_h * a.stride[1] + offset[1];
+            if (x_d >= 0 && x_d < a.in_size[0] && x_h >= 0 && x_h < a.in_size[1]) {
+                const T* y_row = y_channel + n * a.out_channels * out_volume + (p_d * a.out_size[1] + p_h) * a.out_size[2];
+                const T* x_row = x_channel + n * a.in_channels * in_volume + (x_d * a.in_size[1] + x_h) * a.in_size[2];
+                for (long long p = column_begin + lane; p < column_end; p += 32) {
+                    acc += load_acc<T, Acc>(y_row, p) * load_acc<T, Acc>(x_row, p * a.stride[2]);
+                }
             }
-            if (inside3(position, a.in_size)) {
-                acc += load_acc<T, Acc>(y_channel, at.n * a.out_channels * out_volume + flatten3(at.p, a.out_size)) *
-                       load_acc<T, Acc>(x_channel, at.n * a.in_channels * in_volume + flatten3(position, a.in_size));
+            if (++p_h == a.out_size[1]) {
+                p_h = 0;
+                if (++p_d == a.out_size[0]) {
+                    p_d = 0;
+                    ++n;
+                }
             }
         }
         acc = warp_sum(acc);

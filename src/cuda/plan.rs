@@ -381,7 +381,10 @@ impl Planner {
         let outputs = elements("grad_weight", &g.weight_shape())?;
         let reduction = product("reduction", &[g.batch, g.out_volume()])?;
         let split = match self.algorithm.resolve(g, g.out_channels_per_group()) {
-            GpuAlgorithm::Direct => choose_split(outputs.div_ceil(WARPS_PER_BLOCK), reduction, 1, outputs)?,
+            // The direct kernel walks whole rows of y.
+            GpuAlgorithm::Direct => {
+                choose_split(outputs.div_ceil(WARPS_PER_BLOCK), reduction, g.out_size[2] as u64, outputs)?
+            }
             _ => {
                 let tiles = gemm_tiles(g.out_channels_per_group(), weight_columns(g)?, g.groups)?;
                 choose_split(tiles, reduction, GEMM_TILE_K, outputs)?
