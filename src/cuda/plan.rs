@@ -109,7 +109,7 @@ pub enum GpuAlgorithm {
     Auto,
     /// Shared-memory tiled implicit GEMM.
     ImplicitGemm,
-    /// One thread per output element (one warp per weight element for the weight gradient).
+    /// A few outputs of one row per thread (one warp per weight element for the weight gradient).
     Direct,
 }
 
@@ -442,9 +442,9 @@ impl Planner {
         Ok(Plan { steps: vec![Step::Kernel(Box::new(first)), Step::Kernel(Box::new(second))] })
     }
 
-    /// A launch with one thread per output element (grid-stride beyond the cap).
-    fn elementwise(&self, family: KernelFamily, outputs: u64, args: KernelArgs) -> Result<Launch> {
-        self.launch(family, [outputs.div_ceil(BLOCK_THREADS as u64), 1, 1], args)
+    /// A launch of `threads` threads (grid-stride beyond the cap).
+    fn elementwise(&self, family: KernelFamily, threads: u64, args: KernelArgs) -> Result<Launch> {
+        self.launch(family, [threads.div_ceil(BLOCK_THREADS as u64), 1, 1], args)
     }
 
     /// A launch with one block per tile.
