@@ -629,6 +629,9 @@ mod tests {
         assert_eq!(only_launch(&forward).kernel, KernelId::GemmCorrelateF32);
         let adjoint = planner.correlate_adjoint(&g, buffers, Activation::Identity).unwrap();
         assert_eq!(only_launch(&adjoint).kernel, KernelId::DirectCorrelateAdjointF32);
+        // A thread per DIRECT_ROW x positions of one row and stride phase: 2 images x 3 channels x 32 rows
+        // x 2 phases x 16 positions / 4.
+        assert_eq!(only_launch(&adjoint).grid, [(2 * 3 * 32 * 2 * 4u32).div_ceil(BLOCK_THREADS), 1, 1]);
         let weight = planner.correlate_weight(&g, WeightBuffers { x: X, y: Y, dw: W }, Workspace::default()).unwrap();
         assert_eq!(weight.launches().next().unwrap().kernel, KernelId::GemmCorrelateWeightF32);
         // Forcing the GEMM is honoured for the adjoint too.
