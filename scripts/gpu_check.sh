@@ -90,6 +90,11 @@ elif command -v cargo >/dev/null && [ -z "${FERROCONV_BIN:-}" ]; then
 else
     record gpu-tests "not run (set CUDA_TEST_BIN)"
 fi
+# The GPU tests skip themselves (and pass) where no device answers: that is a failure here.
+if grep -q '^skipping: no usable CUDA device' "$OUT/gpu-tests.log" 2>/dev/null; then
+    record gpu-tests "FAIL (every test skipped itself: no usable CUDA device)"
+    FAILED=1
+fi
 
 if [ -n "$BIN" ] && "$BIN" help bench >/dev/null 2>&1; then
     for dtype in ${BENCH_DTYPES:-f32 f16 bf16}; do
