@@ -618,6 +618,23 @@ mod tests {
         assert_eq!(only_launch(&plan).kernel, KernelId::GemmCorrelateBf16);
     }
 
+    /// The value of `#define NAME value` in the embedded source of `kernels/FILE.cu`.
+    fn kernel_define(file: &str, name: &str) -> u64 {
+        let source = crate::cuda::kernels::sources().into_iter().find(|f| f.name == file).unwrap().text;
+        let prefix = format!("#define {name} ");
+        let line = source.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{name} in {file}"));
+        line.trim().parse().unwrap()
+    }
+
+    #[test]
+    fn launch_sizes_match_the_kernels_defines() {
+        assert_eq!(u64::from(BLOCK_THREADS), kernel_define("direct", "FERRO_BLOCK_THREADS"));
+        assert_eq!(DIRECT_ROW, kernel_define("direct", "FERRO_DIRECT_ROW"));
+        assert_eq!(GEMM_TILE_M, kernel_define("gemm", "FERRO_GEMM_TILE_M"));
+        assert_eq!(GEMM_TILE_N, kernel_define("gemm", "FERRO_GEMM_TILE_N"));
+        assert_eq!(GEMM_TILE_K, kernel_define("gemm", "FERRO_GEMM_TILE_K"));
+    }
+
     #[test]
     fn auto_picks_per_primitive_by_the_rows_a_gemm_tile_would_fill() {
         // The ResNet stem: 3 input channels fill 3 of the adjoint's 64 tile rows; the
