@@ -104,7 +104,8 @@ impl Plan {
 /// Which kernels compute the three correlations on a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum GpuAlgorithm {
-    /// Chosen per problem: direct for depthwise and tiny groups, implicit GEMM otherwise.
+    /// Chosen per problem and primitive: direct where a GEMM tile would be mostly empty
+    /// (depthwise, small groups, few channels on the tile's side), implicit GEMM otherwise.
     #[default]
     Auto,
     /// Shared-memory tiled implicit GEMM.
@@ -129,19 +130,27 @@ impl GpuAlgorithm {
     /// The algorithm `Auto` stands for on this geometry, for a primitive whose GEMM
     /// tile rows run over `tile_rows` channels of a group (the output channels for
     /// the correlation and the weight gradient, the input channels for the
-    /// adjoint). The GEMM wastes most of its 64x64 tiles when a group has only a
-    /// few channels on either side, or when those rows fill at most a sixteenth
-    /// of the tile (a 3-channel input's gradient used 3 of 64 rows and ran 20x
-    /// slower than its forward on an H200).
-    pub fn resolve(self, geometry: &ConvGeometry, tile_rows: usize) -> GpuAlgorithm {
+    /// adjoint) and whose direct kernel beats the GEMM up to `direct_rows` of them
+    /// ([`DIRECT_ROWS_CORRELATE`], [`DIRECT_ROWS_OTHERS`]). The GEMM also wastes
+    /// most of its tiles when a group has only a few channels on both sides.
+    pub fn resolve(self, geometry: &ConvGeometry, tile_rows: usize, direct_rows: usize) -> GpuAlgorithm {
         let few_channels = geometry.in_channels_per_group().saturating_mul(geometry.out_channels_per_group()) <= 16;
         match self {
-            GpuAlgorithm::Auto if few_channels || tile_rows as u64 <= GEMM_TILE_M / 16 => GpuAlgorithm::Direct,
+            GpuAlgorithm::Auto if few_channels || tile_rows <= direct_rows => GpuAlgorithm::Direct,
             GpuAlgorithm::Auto => GpuAlgorithm::ImplicitGemm,
             forced => forced,
         }
     }
 }
+
+/// GEMM tile rows up to which `Auto` correlates directly. The direct kernel runs at
+/// about an eighth of the GEMM's full-tile rate (H200, f32: resnext_g32's forward,
+/// 8 output channels a group, 1.00 ms direct against 1.34 ms GEMM).
+pub const DIRECT_ROWS_CORRELATE: usize = 8;
+/// The same for the adjoint and the weight gradient, whose direct kernels are slower
+/// (resnext_g32's backward: 9.4 ms direct, 4.0 ms GEMM), though far ahead at 3 rows
+/// (r50_stem's input gradient: 23.1 ms with the GEMM, 7.4 ms direct).
+pub const DIRECT_ROWS_OTHERS: usize = 4;
 
 /// The buffers of [`Planner::correlate`] and [`Planner::correlate_adjoint`]
 /// (the first writes `y`, the second `x`).
@@ -225,7 +234,7 @@ impl Planner {
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.w, args.bias, args.out) = (b.x, b.w, b.bias.unwrap_or(0), b.y);
         args.activation = activation_code(activation);
-        let launch = match self.algorithm.resolve(g, g.out_channels_per_group()) {
+        let launch = match self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_CORRELATE) {
             GpuAlgorithm::Direct => {
                 let [depth, height, width] = g.out_size;
                 let segments = width.div_ceil(DIRECT_ROW as usize);
@@ -250,7 +259,7 @@ impl Planner {
         let mut args = KernelArgs::for_geometry(g)?;
         (args.y, args.w, args.bias, args.out) = (b.y, b.w, b.bias.unwrap_or(0), b.x);
         args.activation = activation_code(activation);
-        let launch = match self.algorithm.resolve(g, g.in_channels_per_group()) {
+        let launch = match self.algorithm.resolve(g, g.in_channels_per_group(), DIRECT_ROWS_OTHERS) {
             GpuAlgorithm::Direct => {
                 let [depth, height, width] = g.in_size;
                 let phases = g.stride[2].min(width);
@@ -287,7 +296,7 @@ impl Planner {
         };
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.y) = (b.x, b.y);
-        let first = match self.algorithm.resolve(g, g.out_channels_per_group()) {
+        let first = match self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_OTHERS) {
             GpuAlgorithm::Direct => {
                 let blocks = outputs.div_ceil(WARPS_PER_BLOCK);
                 self.launch(
@@ -380,7 +389,7 @@ impl Planner {
     fn weight_split(&self, g: &ConvGeometry) -> Result<(u64, Option<Split>)> {
         let outputs = elements("grad_weight", &g.weight_shape())?;
         let reduction = product("reduction", &[g.batch, g.out_volume()])?;
-        let split = match self.algorithm.resolve(g, g.out_channels_per_group()) {
+        let split = match self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_OTHERS) {
             // The direct kernel walks whole rows of y.
             GpuAlgorithm::Direct => {
                 choose_split(outputs.div_ceil(WARPS_PER_BLOCK), reduction, g.out_size[2] as u64, outputs)?
@@ -655,6 +664,15 @@ mod tests {
         let gemm = Planner::new(DType::F32, GpuAlgorithm::ImplicitGemm);
         let adjoint = gemm.correlate_adjoint(&g, buffers, Activation::Identity).unwrap();
         assert_eq!(only_launch(&adjoint).kernel, KernelId::GemmCorrelateAdjointF32);
+        // ResNeXt's groups of 8 channels: the correlation goes direct, the others stay GEMMs.
+        let g = conv2d(&[2, 256, 14, 14], &[256, 8, 3, 3], ConvOptions::new().groups(32).padding(1));
+        let forward = planner.correlate(&g, buffers, Activation::Identity).unwrap();
+        assert_eq!(only_launch(&forward).kernel, KernelId::DirectCorrelateF32);
+        let adjoint = planner.correlate_adjoint(&g, buffers, Activation::Identity).unwrap();
+        assert_eq!(only_launch(&adjoint).kernel, KernelId::GemmCorrelateAdjointF32);
+        let workspace = Workspace { address: 0x9000, bytes: planner.correlate_weight_workspace(&g).unwrap() };
+        let weight = planner.correlate_weight(&g, WeightBuffers { x: X, y: Y, dw: W }, workspace).unwrap();
+        assert_eq!(weight.launches().next().unwrap().kernel, KernelId::GemmCorrelateWeightF32);
     }
 
     #[test]
