@@ -296,7 +296,7 @@ impl Planner {
         };
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.y) = (b.x, b.y);
-        let first = match self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_OTHERS) {
+        let first = match self.weight_algorithm(g) {
             GpuAlgorithm::Direct => {
                 let blocks = outputs.div_ceil(WARPS_PER_BLOCK);
                 self.launch(
@@ -365,7 +365,6 @@ impl Planner {
         Ok(Plan { steps: vec![Step::Kernel(Box::new(launch.writing(x, outputs, self.dtype)?))] })
     }
 
-    /// The weight gradient's element count and its split (`None`: nothing to reduce).
     /// One grid-stride launch of `family` over `work` items (one thread each).
     /// `output` is the buffer it overwrites entirely, as (address, elements);
     /// `None` when it writes only part of its output (which must then not be poisoned).
@@ -386,10 +385,16 @@ impl Planner {
         Ok(Plan { steps: vec![Step::Kernel(Box::new(launch))] })
     }
 
+    /// The algorithm of the weight gradient, whose split and launch must agree on it.
+    fn weight_algorithm(&self, g: &ConvGeometry) -> GpuAlgorithm {
+        self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_OTHERS)
+    }
+
+    /// The weight gradient's element count and its split (`None`: nothing to reduce).
     fn weight_split(&self, g: &ConvGeometry) -> Result<(u64, Option<Split>)> {
         let outputs = elements("grad_weight", &g.weight_shape())?;
         let reduction = product("reduction", &[g.batch, g.out_volume()])?;
-        let split = match self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_OTHERS) {
+        let split = match self.weight_algorithm(g) {
             // The direct kernel walks whole rows of y.
             GpuAlgorithm::Direct => {
                 choose_split(outputs.div_ceil(WARPS_PER_BLOCK), reduction, g.out_size[2] as u64, outputs)?
