@@ -10,7 +10,9 @@
 //!   (tiny planes) or is a plain 1×1 conv,
 //! - packed from the NCHW planes into a panel for the task's columns.
 //!
-//! The weights are packed once per op into `MR`-row strips.
+//! The weights are packed once per op into `MR`-row strips. For bf16 where
+//! AVX-512 BF16 is available, the bordered copy and the strips hold pairs of
+//! source channels instead, for the pair kernel (`pairs.rs`).
 //!
 //! The weight gradient `dW[g] (cd × K) = dY[g] (cd × NP) · X̂[g]ᵀ` runs the `nt`
 //! kernel over column blocks in a fixed order; its tasks own blocks of `K`
@@ -23,7 +25,10 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use half::bf16;
+
 use super::kernels::{Kernels, RowSet};
+use super::pairs::{PairKernels, as_bf16, pair};
 use super::pass::{Direction, Pass, RowPacker, Segment, store_row, widen};
 use super::threads::Tasks;
 use crate::backend::Activation;
@@ -149,8 +154,13 @@ impl Plan {
 /// and im2col row `(c, j)` at column `v` is `plane(c)[starts[j] + v]`: the `nn`
 /// kernel reads it in place (`nn_indirect`), with no panel to pack. Columns
 /// that fall in the borders are computed and dropped.
-struct Bordered<A> {
-    data: Vec<A>,
+///
+/// A plane holds one source channel (values widened to the accumulator), or
+/// for the bf16 pair kernel two, as [`pair`]s (see `pairs.rs`).
+struct Bordered<V> {
+    data: Vec<V>,
+    /// Planes per (image, group): the source channels, or their pairs.
+    channels: usize,
     plane_len: usize,
     pitch: [usize; 2],
     /// Per pass, per tap: where the tap reads grid point 0.
@@ -189,96 +199,120 @@ impl BorderedLayout {
         let phases = stride.iter().product::<usize>();
         Some(BorderedLayout { lo, extent, plane_len: phases * extent.iter().product::<usize>() + nr })
     }
-}
 
-impl<A: Accumulator> Bordered<A> {
-    /// Elements of the copy `new` would make for `passes`.
-    fn len(passes: &[Pass], nr: usize) -> usize {
+    /// Elements of a copy of `passes`'s source with `channels` planes per (image, group).
+    fn len(passes: &[Pass], nr: usize, channels: usize) -> usize {
         BorderedLayout::new(passes, nr).map_or(0, |layout| {
             let first = &passes[0];
-            first.batch * first.groups * first.src_channels * layout.plane_len
+            first.batch * first.groups * channels * layout.plane_len
         })
     }
+}
 
-    /// The copy of `src` for `passes`; with `finite_only`, `None` as well when
-    /// `src` holds an infinity or NaN (see `correlate_weight`).
-    fn new<T: Element<Accum = A>>(passes: &[Pass], src: &[T], nr: usize, finite_only: bool) -> Option<Self> {
+/// Where each source row lands in a bordered plane: its stride phases, split apart.
+struct RowPlacement {
+    lo: [usize; 3],
+    stride: [usize; 3],
+    height: usize,
+    pitch: [usize; 2],
+    phase_len: usize,
+}
+
+impl RowPlacement {
+    /// Writes source row `row` of a plane to `dst`: `fill` writes the row's
+    /// values (in the copy's element type) to the slice it is given, which is
+    /// `dst` itself for unit strides along the row, else `buffer` (as long as
+    /// a row), split into phases from there.
+    fn put<V: Copy>(&self, row: usize, dst: &mut [V], buffer: &mut [V], fill: impl FnOnce(&mut [V])) {
+        let (stride, phase_len) = (self.stride, self.phase_len);
+        // Where padded position `e` of dim `d` lands: its phase and index in it.
+        let place = |d: usize, e: usize| (e % stride[d], e / stride[d]);
+        let ((r0, i0), (r1, i1)) = (place(0, self.lo[0] + row / self.height), place(1, self.lo[1] + row % self.height));
+        let phase_row = (r0 * stride[1] + r1) * stride[2];
+        let at = i0 * self.pitch[0] + i1 * self.pitch[1];
+        // Where element `i` of the row lands: phase (lo + i) mod stride, at (lo + i) / stride.
+        let target = |i: usize| {
+            let (r2, i2) = place(2, self.lo[2] + i);
+            (phase_row + r2) * phase_len + at + i2
+        };
+        let width = buffer.len();
+        match stride[2] {
+            1 => fill(&mut dst[target(0)..][..width]),
+            2 => {
+                fill(buffer);
+                deinterleave_pairs(buffer, dst, target(0), target(1));
+            }
+            s => {
+                fill(buffer);
+                for first in 0..s.min(width) {
+                    let phase = &mut dst[target(first)..];
+                    for (d, &v) in phase.iter_mut().zip(buffer[first..].iter().step_by(s)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<V: Copy + Send + Sync> Bordered<V> {
+    /// The copy for `passes` with `channels` planes per (image, group):
+    /// `fill_row(plane, row, out)` writes source row `row` of plane `plane`
+    /// (counted over images, groups and `channels`) to `out`, returning whether
+    /// its values are finite (with `finite_only`, `None` where one is not).
+    fn build(
+        passes: &[Pass],
+        nr: usize,
+        channels: usize,
+        zero: V,
+        finite_only: bool,
+        fill_row: impl Fn(usize, usize, &mut [V]) -> bool + Sync,
+    ) -> Option<Self> {
         let BorderedLayout { lo, extent, plane_len } = BorderedLayout::new(passes, nr)?;
         let first = &passes[0];
         let stride = first.src_stride;
         let pitch = [extent[1] * extent[2], extent[2]];
         let phase_len = extent.iter().product::<usize>();
-        // Where padded position `e` of dim `d` lands: its phase and index in it.
-        let place = |d: usize, e: usize| (e % stride[d], e / stride[d]);
+        let placement = RowPlacement { lo, stride, height: first.src_size[1], pitch, phase_len };
         let starts = passes
             .iter()
             .map(|p| {
                 p.taps
                     .iter()
                     .map(|t| {
-                        let q: [(usize, usize); 3] =
-                            std::array::from_fn(|d| place(d, (lo[d] as i64 + t.offset[d]) as usize));
+                        let q: [(usize, usize); 3] = std::array::from_fn(|d| {
+                            let e = (lo[d] as i64 + t.offset[d]) as usize;
+                            (e % stride[d], e / stride[d])
+                        });
                         let phase = (q[0].0 * stride[1] + q[1].0) * stride[2] + q[2].0;
                         phase * phase_len + q[0].1 * pitch[0] + q[1].1 * pitch[1] + q[2].1
                     })
                     .collect()
             })
             .collect();
-        let planes = first.batch * first.groups * first.src_channels;
-        let [_, h, w] = first.src_size;
-        let volume = first.src_volume();
+        let planes = first.batch * first.groups * channels;
+        let [d0, h, w] = first.src_size;
         // Each task zeroes its own planes before writing their data: in parallel,
         // and in cache when the data lands, where one `vec![0; len]` would be a
         // serial pass over megabytes.
         let mut data = Vec::with_capacity(planes * plane_len);
-        if volume == 0 {
-            data.resize(planes * plane_len, A::ZERO);
-            return Some(Bordered { data, plane_len, pitch, starts });
-        }
-        assert_eq!(src.len(), planes * volume, "bordered copy: source length");
         let chunks = data.spare_capacity_mut()[..planes * plane_len].par_chunks_mut(plane_len).tasks();
-        let finite = chunks.zip(src.par_chunks(volume)).all(|(dst, plane)| {
-            let dst = zeroed(dst);
-            let mut row_buffer = vec![A::ZERO; w];
+        let finite = chunks.enumerate().all(|(plane, dst)| {
+            let dst = zeroed(dst, zero);
+            let mut buffer = vec![zero; w];
             let mut finite = true;
-            for (row, values) in plane.chunks(w).enumerate() {
-                if finite_only {
-                    finite &= values.iter().all(|v| v.to_f64().is_finite());
-                }
-                let ((r0, i0), (r1, i1)) = (place(0, lo[0] + row / h), place(1, lo[1] + row % h));
-                let phase_row = (r0 * stride[1] + r1) * stride[2];
-                let at = i0 * pitch[0] + i1 * pitch[1];
-                // Where element `i` of the row lands: phase (lo + i) mod stride, at (lo + i) / stride.
-                let target = |i: usize| {
-                    let (r2, i2) = place(2, lo[2] + i);
-                    (phase_row + r2) * phase_len + at + i2
-                };
-                match stride[2] {
-                    1 => widen(values, &mut dst[target(0)..][..w]),
-                    2 => {
-                        widen(values, &mut row_buffer);
-                        deinterleave_pairs(&row_buffer, dst, target(0), target(1));
-                    }
-                    s => {
-                        widen(values, &mut row_buffer);
-                        for first in 0..s.min(w) {
-                            let phase = &mut dst[target(first)..];
-                            for (d, &v) in phase.iter_mut().zip(row_buffer[first..].iter().step_by(s)) {
-                                *d = v;
-                            }
-                        }
-                    }
-                }
+            for row in 0..d0 * h {
+                placement.put(row, dst, &mut buffer, |out| finite &= fill_row(plane, row, out));
             }
-            finite
+            !finite_only || finite
         });
         if !finite {
             return None;
         }
-        // SAFETY: `all` returned true, so it ran the closure on every plane (one
-        // per source plane), and `zeroed` initialised each whole.
+        // SAFETY: `all` returned true, so it ran the closure on every plane, and
+        // `zeroed` initialised each whole.
         unsafe { data.set_len(planes * plane_len) };
-        Some(Bordered { data, plane_len, pitch, starts })
+        Some(Bordered { data, channels, plane_len, pitch, starts })
     }
 
     fn virtual_position(&self, m0: usize, m1: usize, m2: usize) -> usize {
@@ -286,11 +320,52 @@ impl<A: Accumulator> Bordered<A> {
     }
 }
 
-/// `slots`, every one set to zero, as initialised values.
-fn zeroed<A: Accumulator>(slots: &mut [MaybeUninit<A>]) -> &mut [A] {
-    slots.fill(MaybeUninit::new(A::ZERO));
-    // SAFETY: every slot was just written, and `MaybeUninit<A>` has `A`'s layout.
-    unsafe { &mut *(slots as *mut [MaybeUninit<A>] as *mut [A]) }
+impl<A: Accumulator> Bordered<A> {
+    /// The copy of `src` for `passes`, a plane per channel; with `finite_only`,
+    /// `None` as well when `src` holds an infinity or NaN (see `correlate_weight`).
+    fn new<T: Element<Accum = A>>(passes: &[Pass], src: &[T], nr: usize, finite_only: bool) -> Option<Self> {
+        let first = passes.first()?;
+        let (volume, width) = (first.src_volume(), first.src_size[2]);
+        assert_eq!(src.len(), first.batch * first.groups * first.src_channels * volume, "bordered copy: source length");
+        Bordered::build(passes, nr, first.src_channels, A::ZERO, finite_only, |plane, row, out| {
+            let values = &src[plane * volume + row * width..][..width];
+            widen(values, out);
+            !finite_only || values.iter().all(|v| v.to_f64().is_finite())
+        })
+    }
+}
+
+impl Bordered<u32> {
+    /// The copy of bf16 `src` for `passes` with a plane per pair of channels
+    /// (`2c`, `2c + 1`), as [`pair`]s; an odd last channel pairs with zeros.
+    fn bf16_pairs(passes: &[Pass], src: &[bf16], nr: usize) -> Option<Self> {
+        let first = passes.first()?;
+        let (cs, volume, width) = (first.src_channels, first.src_volume(), first.src_size[2]);
+        assert_eq!(src.len(), first.batch * first.groups * cs * volume, "bordered pairs: source length");
+        let pairs = cs.div_ceil(2);
+        Bordered::build(passes, nr, pairs, 0, false, |plane, row, out| {
+            let (planes, p) = (plane / pairs, plane % pairs);
+            let channel = |c: usize| &src[((planes * cs) + c) * volume + row * width..][..width];
+            let even = channel(2 * p);
+            if 2 * p + 1 < cs {
+                for ((o, &e), &d) in out.iter_mut().zip(even).zip(channel(2 * p + 1)) {
+                    *o = pair(e, d);
+                }
+            } else {
+                for (o, &e) in out.iter_mut().zip(even) {
+                    *o = pair(e, bf16::ZERO);
+                }
+            }
+            true
+        })
+    }
+}
+
+/// `slots`, every one set to `zero`, as initialised values.
+fn zeroed<V: Copy>(slots: &mut [MaybeUninit<V>], zero: V) -> &mut [V] {
+    slots.fill(MaybeUninit::new(zero));
+    // SAFETY: every slot was just written, and `MaybeUninit<V>` has `V`'s layout.
+    unsafe { &mut *(slots as *mut [MaybeUninit<V>] as *mut [V]) }
 }
 
 /// Splits `row` over two runs of `dst`: even elements from `even`, odd ones
@@ -323,6 +398,26 @@ struct ImageColumns {
 }
 
 /// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
+fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
+    pack_strips(passes, 1, mr, T::Accum::ZERO, |at, _, _| w[at].to_accum())
+}
+
+/// Weights packed for the pair kernel: as [`pack_weights`], with `K` over
+/// (channel pair, tap) and each element the [`pair`] of the two channels' weights.
+fn pack_weight_pairs(passes: &[Pass], w: &[bf16], mr: usize) -> Vec<Vec<u32>> {
+    let Some(first) = passes.first() else { return Vec::new() };
+    let cs = first.src_channels;
+    pack_strips(passes, 2, mr, 0, |at, c_step, p| {
+        let odd = if 2 * p + 1 < cs { w[at + c_step] } else { bf16::ZERO };
+        pair(w[at], odd)
+    })
+}
+
+/// Weight strips with the source channels in slots of `per_slot` (1, or 2
+/// for pairs): per pass, `[group][strip][slots × taps][MR]`, element
+/// `(slot c, tap, row i)` given by `weight(at, c_step, c)`, with `at` the
+/// index in `w` of the slot's first channel of row `i` at the tap and
+/// `c_step` the distance between two channels; rows past `cd` are `zero`.
 ///
 /// A strip is `MR` weight rows transposed. One task packs a strip for every
 /// pass, channel by channel: the strip's kernels of a channel are read once
@@ -330,17 +425,24 @@ struct ImageColumns {
 /// per stride phase would cost a trip to memory each), and each pass's block
 /// is written in order, every element once (the buffers are not zeroed first:
 /// for large layers that would be another pass over megabytes).
-fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
+fn pack_strips<V: Copy + Send + Sync>(
+    passes: &[Pass],
+    per_slot: usize,
+    mr: usize,
+    zero: V,
+    weight: impl Fn(usize, usize, usize) -> V + Sync,
+) -> Vec<Vec<V>> {
     let Some(first) = passes.first() else { return Vec::new() };
     let (groups, cs, cd, kvol) = (first.groups, first.src_channels, first.dst_channels, first.kernel_volume);
+    let channels = cs.div_ceil(per_slot);
     let strips = cd.div_ceil(mr);
-    let lens: Vec<usize> = passes.iter().map(|p| groups * strips * p.reduction() * mr).collect();
-    let mut packed: Vec<Vec<T::Accum>> = lens.iter().map(|&len| Vec::with_capacity(len)).collect();
+    let lens: Vec<usize> = passes.iter().map(|p| groups * strips * channels * p.taps.len() * mr).collect();
+    let mut packed: Vec<Vec<V>> = lens.iter().map(|&len| Vec::with_capacity(len)).collect();
     // One entry per (group, strip): that strip's block of every pass.
-    let mut strip_blocks: Vec<Vec<&mut [MaybeUninit<T::Accum>]>> = (0..groups * strips).map(|_| Vec::new()).collect();
+    let mut strip_blocks: Vec<Vec<&mut [MaybeUninit<V>]>> = (0..groups * strips).map(|_| Vec::new()).collect();
     for ((pass, buffer), &len) in passes.iter().zip(packed.iter_mut()).zip(&lens) {
         let spare = &mut buffer.spare_capacity_mut()[..len];
-        let strip_len = pass.reduction() * mr;
+        let strip_len = channels * pass.taps.len() * mr;
         if strip_len == 0 {
             strip_blocks.iter_mut().for_each(|blocks| blocks.push(&mut []));
         } else {
@@ -355,17 +457,17 @@ fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::A
             Direction::Forward => ((group * cd + first_row) * cs * kvol, cs * kvol, kvol),
             Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
         };
-        for c in 0..cs {
+        for c in 0..channels {
             for (pass, block) in passes.iter().zip(blocks.iter_mut()) {
                 let ntaps = pass.taps.len();
                 for (tap, tile) in pass.taps.iter().zip(block[c * ntaps * mr..][..ntaps * mr].chunks_exact_mut(mr)) {
-                    let at = base + c * c_step + tap.index;
+                    let at = base + per_slot * c * c_step + tap.index;
                     let (values, padding) = tile.split_at_mut(rows);
                     for (i, v) in values.iter_mut().enumerate() {
-                        v.write(w[at + i * i_step].to_accum());
+                        v.write(weight(at + i * i_step, c_step, c));
                     }
                     for v in padding {
-                        v.write(T::Accum::ZERO);
+                        v.write(zero);
                     }
                 }
             }
@@ -422,19 +524,32 @@ fn split_tasks<'a, T>(dst: &'a mut [T], columns: &Columns, first: &Pass) -> Vec<
         .collect()
 }
 
-/// Bytes of extra memory a forward or adjoint op takes with `threads` threads.
-pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], threads: usize) -> usize {
+/// Bytes of extra memory a forward or adjoint op takes with `threads` threads;
+/// `bf16` when its elements are bf16 (the pair kernel's copies, where it runs).
+pub(crate) fn workspace_bytes<A: Copy + 'static>(
+    ks: &Kernels<A>,
+    passes: &[Pass],
+    bf16: bool,
+    threads: usize,
+) -> usize {
+    let Some(first) = passes.first() else { return 0 };
+    let pairs = PairKernels::<A>::for_isa(ks.isa).filter(|p| bf16 && BorderedLayout::new(passes, p.cols).is_some());
+    // Weights and bordered copy: per source channel, or per pair of them in words of two bf16.
+    let ((mr, nr), slots, slot_size) = match pairs {
+        Some(p) => ((p.rows, p.cols), first.src_channels.div_ceil(2), std::mem::size_of::<u32>()),
+        None => ((ks.nn_rows, ks.nn_cols), first.src_channels, std::mem::size_of::<A>()),
+    };
     let size = std::mem::size_of::<A>();
-    let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, size) else { return 0 };
+    let Some(plan) = Plan::new(passes, mr, nr, size) else { return 0 };
     let weights: usize =
-        passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(ks.nn_rows) * ks.nn_rows * p.reduction()).sum();
+        passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(mr) * mr * slots * p.taps.len()).sum();
     let k = passes.iter().map(Pass::reduction).max().unwrap_or(0);
     // Each thread holds at most one task's panel and one row block's tile; the
     // bordered copy replaces the panels where it is used.
-    let bordered = Bordered::<f64>::len(passes, ks.nn_cols);
+    let bordered = BorderedLayout::len(passes, nr, slots);
     let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
     let per_thread = panel + plan.max_ldb * plan.rows;
-    (weights + bordered + threads.max(1) * per_thread) * size
+    (weights + bordered) * slot_size + threads.max(1) * per_thread * size
 }
 
 /// The most grid points a column block holds in `pass`.
@@ -460,9 +575,9 @@ pub(crate) fn correlate<T: Element>(
     activation: Activation,
     dst: &mut [T],
 ) {
-    let Some(plan) = Plan::new(passes, ks.nn_rows, ks.nn_cols, std::mem::size_of::<T::Accum>()) else { return };
-    let packed = pack_weights(passes, w, ks.nn_rows);
-    let bordered = Bordered::new(passes, src, ks.nn_cols, false);
+    let source = Source::new(ks, passes, src, w);
+    let (mr, nr) = source.tile(ks);
+    let Some(plan) = Plan::new(passes, mr, nr, std::mem::size_of::<T::Accum>()) else { return };
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
     // Tile buffers, one per row block, kept by each worker from task to task:
     // only their growth is zeroed, and each tile is written before it is read.
@@ -470,15 +585,16 @@ pub(crate) fn correlate<T: Element>(
     tasks.into_par_iter().tasks().for_each_init(tiles, |tiles, mut task| {
         let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
         let mut panel_start = 0;
-        for (p, (pass, packed)) in passes.iter().zip(&packed).enumerate() {
+        for (p, pass) in passes.iter().enumerate() {
             let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut segments);
             if columns == 0 {
                 continue;
             }
-            let ldb = match &bordered {
-                Some(bordered) => virtual_columns(bordered, ks.nn_cols, &mut segments, &mut images),
-                None => {
-                    let ldb = columns.next_multiple_of(ks.nn_cols);
+            let ldb = match &source {
+                Source::Bordered(bordered, _) => virtual_columns(bordered, nr, &mut segments, &mut images),
+                Source::Pairs(bordered, ..) => virtual_columns(bordered, nr, &mut segments, &mut images),
+                Source::Panel(_) => {
+                    let ldb = columns.next_multiple_of(nr);
                     panel_start = pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
                     ldb
                 }
@@ -496,17 +612,84 @@ pub(crate) fn correlate<T: Element>(
                 }
             }
             blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), tile)| {
-                let start = match &bordered {
-                    Some(bordered) => {
-                        multiply_indirect(ks, pass, packed, bordered, p, &images, ldb, group, channels.clone(), tile)
+                let (block, images) = (channels.clone(), &images[..]);
+                let start = match &source {
+                    Source::Bordered(bordered, packed) => {
+                        multiply_indirect(ks, pass, &packed[p], bordered, p, images, ldb, group, block, tile)
                     }
-                    None => multiply(ks, pass, packed, &panel[panel_start..], ldb, group, channels.clone(), tile),
+                    Source::Pairs(bordered, packed, pairs) => {
+                        multiply_indirect(pairs, pass, &packed[p], bordered, p, images, ldb, group, block, tile)
+                    }
+                    Source::Panel(packed) => {
+                        multiply(ks, pass, &packed[p], &panel[panel_start..], ldb, group, block, tile)
+                    }
                 };
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
                 write_tile(pass, bias, activation, &mut tile[start..], ldb, &segments, &region, pieces);
             });
         }
     });
+}
+
+/// Where a forward or adjoint op reads `X̂` from, with the weights packed per pass for its kernel.
+enum Source<A: 'static> {
+    /// Read in place from a bordered copy of `src`.
+    Bordered(Bordered<A>, Vec<Vec<A>>),
+    /// Read in place from a bordered copy of bf16 `src` in channel pairs, by the pair kernel.
+    Pairs(Bordered<u32>, Vec<Vec<u32>>, PairKernels<A>),
+    /// Packed from NCHW into a panel per task.
+    Panel(Vec<Vec<A>>),
+}
+
+impl<A: Accumulator> Source<A> {
+    /// Channel pairs for bf16 where the instruction set has a pair kernel and
+    /// the bordered layout serves; else the bordered copy or panels.
+    fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &[T], w: &[T]) -> Self {
+        if let (Some(src), Some(w), Some(pairs)) = (as_bf16(src), as_bf16(w), PairKernels::for_isa(ks.isa))
+            && let Some(bordered) = Bordered::bf16_pairs(passes, src, pairs.cols)
+        {
+            return Source::Pairs(bordered, pack_weight_pairs(passes, w, pairs.rows), pairs);
+        }
+        let packed = pack_weights(passes, w, ks.nn_rows);
+        match Bordered::new(passes, src, ks.nn_cols, false) {
+            Some(bordered) => Source::Bordered(bordered, packed),
+            None => Source::Panel(packed),
+        }
+    }
+
+    /// The micro-tile (rows, columns) of the kernel that reads it.
+    fn tile(&self, ks: &Kernels<A>) -> (usize, usize) {
+        match self {
+            Source::Pairs(_, _, pairs) => (pairs.rows, pairs.cols),
+            Source::Bordered(..) | Source::Panel(_) => (ks.nn_rows, ks.nn_cols),
+        }
+    }
+}
+
+/// A micro-kernel that reads the rows of `X̂` in place: `c (+)= a · rows[..][offset..]`
+/// over one tile, with `a` and the rows in `B` and `c` in `A`.
+trait IndirectKernel<A, B> {
+    /// Tile rows (MR) and columns (NR).
+    fn tile(&self) -> (usize, usize);
+    fn multiply(&self, a: &[B], rows: &RowSet<'_, B>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool);
+}
+
+impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
+    fn tile(&self) -> (usize, usize) {
+        (self.nn_rows, self.nn_cols)
+    }
+    fn multiply(&self, a: &[A], rows: &RowSet<'_, A>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+        self.nn_indirect(a, rows, offset, c, ldc, accumulate);
+    }
+}
+
+impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
+    fn tile(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    fn multiply(&self, a: &[u32], rows: &RowSet<'_, u32>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+        self.nn_indirect(a, rows, offset, c, ldc, accumulate);
+    }
 }
 
 /// Grows `buffer` (with zeros) to hold `len` elements from a 64-byte boundary
@@ -590,8 +773,8 @@ fn multiply<A: Accumulator>(
 /// Lays the segments' grid points out as virtual positions, image by image
 /// (each image's run rounded up to `nr` columns), and points each segment at
 /// its tile column. Returns the tile width.
-fn virtual_columns<A: Accumulator>(
-    bordered: &Bordered<A>,
+fn virtual_columns<V: Copy + Send + Sync>(
+    bordered: &Bordered<V>,
     nr: usize,
     segments: &mut [Segment],
     images: &mut Vec<ImageColumns>,
@@ -615,13 +798,14 @@ fn virtual_columns<A: Accumulator>(
     images.last().map_or(0, |last| last.column + last.len.next_multiple_of(nr))
 }
 
-/// [`multiply`] with `X̂` read in place from the bordered planes.
+/// [`multiply`] with `X̂` read in place from the bordered planes, by `ks`
+/// (whose reduction runs over the planes' channels, or channel pairs, and taps).
 #[allow(clippy::too_many_arguments)]
-fn multiply_indirect<A: Accumulator>(
-    ks: &Kernels<A>,
+fn multiply_indirect<A: Accumulator, B>(
+    ks: &impl IndirectKernel<A, B>,
     pass: &Pass,
-    packed: &[A],
-    bordered: &Bordered<A>,
+    packed: &[B],
+    bordered: &Bordered<B>,
     pass_index: usize,
     images: &[ImageColumns],
     ldb: usize,
@@ -629,7 +813,8 @@ fn multiply_indirect<A: Accumulator>(
     channels: Range<usize>,
     buffer: &mut Vec<A>,
 ) -> usize {
-    let (mr, nr, k, ntaps) = (ks.nn_rows, ks.nn_cols, pass.reduction(), pass.taps.len());
+    let ((mr, nr), ntaps) = (ks.tile(), pass.taps.len());
+    let k = bordered.channels * ntaps;
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
     let starts = &bordered.starts[pass_index];
@@ -642,14 +827,14 @@ fn multiply_indirect<A: Accumulator>(
             rows.clear();
             for kk in k0..k0 + kc {
                 let (c, j) = (kk / ntaps, kk % ntaps);
-                let plane = ((image.n * pass.groups + group) * pass.src_channels + c) * bordered.plane_len;
+                let plane = ((image.n * pass.groups + group) * bordered.channels + c) * bordered.plane_len;
                 rows.push(&bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]);
             }
             // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
             for jr in (0..image.len).step_by(nr) {
                 for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
                     let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
-                    ks.nn_indirect(a, &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
+                    ks.multiply(a, &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
                 }
             }
         }
@@ -719,7 +904,7 @@ pub(crate) fn weight_workspace_bytes<A>(ks: &Kernels<A>, pass: &Pass, threads: u
     let cd = pass.dst_channels.next_multiple_of(ks.nt_rows);
     let accumulators = pass.groups * plan.row_blocks * cd * plan.rows;
     // `X̂` is read in place from a bordered copy of `x` where one fits, else packed per task.
-    let bordered = Bordered::<f64>::len(std::slice::from_ref(pass), ks.nn_cols);
+    let bordered = BorderedLayout::len(std::slice::from_ref(pass), ks.nn_cols, pass.src_channels);
     let panels = if bordered > 0 { 0 } else { threads.max(1) * plan.rows * ld };
     (accumulators + pass.groups * cd * ld + bordered + panels) * std::mem::size_of::<A>()
 }

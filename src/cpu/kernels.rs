@@ -448,11 +448,28 @@ impl<'a, A> RowSet<'a, A> {
         self.pointers.push(row.as_ptr());
         self.len = self.len.min(row.len());
     }
+
+    /// How many rows there are.
+    pub fn rows(&self) -> usize {
+        self.pointers.len()
+    }
+
+    /// The length of the shortest row.
+    pub fn row_len(&self) -> usize {
+        self.len
+    }
+
+    /// The row pointers, each valid for [`RowSet::row_len`] elements.
+    pub fn pointers(&self) -> *const *const A {
+        self.pointers.as_ptr()
+    }
 }
 
 /// The kernels of one instruction set for accumulator `A`, as function pointers.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels<A: 'static> {
+    /// The instruction set they are written in.
+    pub isa: CpuIsa,
     /// Lanes per register.
     pub lanes: usize,
     /// `nn` tile rows (MR) and columns (NR).
@@ -474,7 +491,7 @@ pub(crate) struct Kernels<A: 'static> {
 /// Instantiates the generic kernels for one instruction set inside
 /// `#[target_feature]` wrappers, and builds its table for `f32` and `f64`.
 macro_rules! isa_kernels {
-    ($module:ident, $isa:ty, $features:literal, f32: ($mr:literal, $nv:literal, $tr:literal, $tc:literal),
+    ($module:ident, $isa:ty, $cpu_isa:expr, $features:literal, f32: ($mr:literal, $nv:literal, $tr:literal, $tc:literal),
      f64: ($mr64:literal, $nv64:literal, $tr64:literal, $tc64:literal)) => {
         mod $module {
             use super::*;
@@ -545,6 +562,7 @@ macro_rules! isa_kernels {
             }
 
             pub(super) static F32: Kernels<f32> = Kernels {
+                isa: $cpu_isa,
                 lanes: <$isa as Lanes<f32>>::LANES,
                 nn_rows: $mr,
                 nn_cols: $nv * <$isa as Lanes<f32>>::LANES,
@@ -560,6 +578,7 @@ macro_rules! isa_kernels {
             };
 
             pub(super) static F64: Kernels<f64> = Kernels {
+                isa: $cpu_isa,
                 lanes: <$isa as Lanes<f64>>::LANES,
                 nn_rows: $mr64,
                 nn_cols: $nv64 * <$isa as Lanes<f64>>::LANES,
@@ -580,9 +599,9 @@ macro_rules! isa_kernels {
 // Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
 // a broadcast; nt: 4×6 + 4 + 1), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(avx512, Avx512, "avx512f,avx2,fma", f32: (12, 2, 4, 6), f64: (12, 2, 4, 6));
+isa_kernels!(avx512, Avx512, CpuIsa::Avx512, "avx512f,avx2,fma", f32: (12, 2, 4, 6), f64: (12, 2, 4, 6));
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(avx2, Avx2, "avx2,fma", f32: (6, 2, 3, 4), f64: (6, 2, 3, 4));
+isa_kernels!(avx2, Avx2, CpuIsa::Avx2, "avx2,fma", f32: (6, 2, 3, 4), f64: (6, 2, 3, 4));
 
 mod portable {
     use super::*;
@@ -630,6 +649,7 @@ mod portable {
             unsafe { dots_row::<Portable, A, 4>(r) }
         }
         Kernels {
+            isa: CpuIsa::Portable,
             lanes: <Portable as Lanes<A>>::LANES,
             nn_rows: 4,
             nn_cols: 2 * <Portable as Lanes<A>>::LANES,

@@ -3,7 +3,8 @@
 //! any number of threads.
 //!
 //! Algorithms (see [`select_algorithm`]): implicit GEMM with SIMD micro-kernels
-//! (`gemm.rs`), direct loops vectorised along rows for thin groups
+//! (`gemm.rs`; for bf16 on AVX-512 BF16, on channel pairs: `pairs.rs`), direct
+//! loops vectorised along rows for thin groups
 //! (`sliding.rs`), and the plain direct loops (`direct.rs`), the reference.
 //! The forward correlation and each stride phase of its adjoint share one
 //! description (`pass.rs`), so conv_transpose runs as stride-1 correlations
@@ -14,6 +15,7 @@ mod gemm;
 mod isa;
 mod kernels;
 mod padding;
+mod pairs;
 mod pass;
 mod sliding;
 #[cfg(test)]
@@ -135,9 +137,13 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 ///   `channels per group × prod(kernel)` long and each im2col element is
 ///   reused by every output channel of the group.
 ///
-/// The element type does not change the choice today (halves are widened to
-/// f32 while packing and run the f32 kernels); it is a parameter so that a
-/// kernel with native half arithmetic (e.g. AVX-512 BF16 dot products) can.
+/// The element type does not change the choice: halves are widened to f32
+/// while copied and run the f32 kernels, except bf16 on a CPU with AVX-512
+/// BF16, whose implicit GEMM reads channel pairs in place and multiplies them
+/// with `vdpbf16ps` (two multiply-adds per lane and instruction; see
+/// `pairs.rs`) wherever it reads a bordered copy (it packs panels for tiny
+/// planes and 1×1 convs, in f32). It is a parameter so that a kernel with
+/// other half arithmetic can weigh in.
 ///
 /// ```
 /// use ferroconv::{ConvGeometry, ConvOptions, CpuAlgorithm, DType};
@@ -276,13 +282,13 @@ impl CpuBackend {
     }
 
     fn workspace<A: Copy + 'static>(&self, g: &ConvGeometry, primitive: Primitive, dtype: DType) -> usize {
-        let threads = self.threads();
+        let (threads, bf16) = (self.threads(), dtype == DType::BF16);
         let elements = match (self.algorithm_for_primitive(g, primitive, dtype), kernels::<A>(self.isa())) {
             (_, _) if primitive == Primitive::ChannelSums => 0,
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 return match primitive {
-                    Primitive::Correlate => gemm::workspace_bytes(&ks, &[Pass::forward(g)], threads),
-                    Primitive::CorrelateAdjoint => gemm::workspace_bytes(&ks, &Pass::adjoint(g), threads),
+                    Primitive::Correlate => gemm::workspace_bytes(&ks, &[Pass::forward(g)], bf16, threads),
+                    Primitive::CorrelateAdjoint => gemm::workspace_bytes(&ks, &Pass::adjoint(g), bf16, threads),
                     _ => gemm::weight_workspace_bytes(&ks, &Pass::forward(g), threads),
                 };
             }

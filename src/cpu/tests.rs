@@ -173,6 +173,31 @@ fn every_algorithm_equals_direct_past_the_tile_sizes() {
 }
 
 #[test]
+fn bf16_channel_pairs_equal_direct_past_the_tile_sizes() {
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    let mut geometries = large_geometries();
+    // An odd channel count whose pairs fill two `KC` blocks, and odd channels per group, strided.
+    geometries.push(conv(&[2, 61, 6, 20], &[10, 61, 3, 3], ConvOptions::new().padding(1)));
+    geometries.push(conv(&[1, 10, 8, 40], &[18, 5, 3, 3], ConvOptions::new().padding(1).stride(2).groups(2)));
+    check_against_direct::<bf16>(&geometries);
+}
+
+#[test]
+fn bf16_reads_channel_pairs_where_a_pair_kernel_exists() {
+    // Under test the portable instruction set has the pair kernel (standing in for AVX-512 BF16's).
+    let g = ConvGeometry::conv(2, &[2, 61, 6, 20], &[10, 61, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
+    let cpu = CpuBackend::new().with_algorithm(CpuAlgorithm::ImplicitGemm).with_isa(CpuIsa::Portable).unwrap();
+    let bytes = |dtype| cpu.workspace_bytes(&g, Primitive::Correlate, dtype);
+    // Pairs of bf16 in one word: the copy of x and the packed weights take half the f32 words of f16's.
+    assert!(bytes(DType::BF16) < bytes(DType::F16) * 6 / 10, "{} vs {}", bytes(DType::BF16), bytes(DType::F16));
+    if CpuIsa::Avx2.is_supported() {
+        let avx2 = cpu.with_isa(CpuIsa::Avx2).unwrap();
+        let bytes = |dtype| avx2.workspace_bytes(&g, Primitive::Correlate, dtype);
+        assert_eq!(bytes(DType::BF16), bytes(DType::F16), "AVX2 has no pair kernel: bf16 is widened as f16 is");
+    }
+}
+
+#[test]
 fn results_do_not_depend_on_the_thread_count() {
     let mut geometries = random_geometries(5, 12);
     geometries.extend(large_geometries());

@@ -1,0 +1,307 @@
+//! bf16 GEMM on dot products of channel pairs, for AVX-512 BF16's `vdpbf16ps`.
+//!
+//! `vdpbf16ps` multiplies two bf16 pairs per 32-bit lane and adds both
+//! products to an f32 accumulator: twice the multiply-adds of an f32 FMA per
+//! instruction, from half the bytes. It wants both operands as pairs along the
+//! reduction, so the implicit GEMM pairs source channels: the bordered copy of
+//! `src` holds one plane per channel pair, each element a [`pair`] of the two
+//! channels' values at that position (an odd last channel pairs with zeros),
+//! and a packed weight strip holds, per (channel pair, tap), the pairs of its
+//! rows' weights. Every im2col row the kernel reads is then a contiguous run
+//! of pairs, exactly as the f32 path reads single values.
+//!
+//! [`PairKernels::for_isa`] has the AVX-512 BF16 kernel. Other instruction sets
+//! keep the f32 path, which widens bf16 while copying: AVX2 has no such
+//! instruction, and pairs taken apart in software run ~10% slower than the
+//! widened f32 kernel. The tests still run this whole path on any CPU through
+//! a portable kernel with the instruction's arithmetic in plain Rust (bf16
+//! products are exact in f32, so `c + a·b` rounds once, as the fused
+//! instruction does), which stands in for the AVX-512 one under `cfg(test)`.
+
+use std::any::{Any, TypeId};
+
+use half::bf16;
+
+use super::isa::CpuIsa;
+use super::kernels::RowSet;
+use crate::element::Element;
+
+/// `even` and `odd` in one word, `even` in the low half: the layout
+/// `vdpbf16ps` reads a pair in.
+pub(crate) fn pair(even: bf16, odd: bf16) -> u32 {
+    u32::from(even.to_bits()) | u32::from(odd.to_bits()) << 16
+}
+
+/// `values` as bf16 when `T` is bf16.
+pub(crate) fn as_bf16<T: Element>(values: &[T]) -> Option<&[bf16]> {
+    (TypeId::of::<T>() == TypeId::of::<bf16>()).then(|| {
+        // SAFETY: `T` is `bf16`.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<bf16>(), values.len()) }
+    })
+}
+
+/// The operands of one pair micro-tile: `C[MR×NR] (+)= Σ_k a[k][MR] ⊙ rows[k][offset..][..NR]`,
+/// where `⊙` is the dot product of two pairs.
+struct PairTile<A> {
+    /// Reduction length, in pairs.
+    k: usize,
+    /// `k` rows of `MR` weight pairs.
+    a: *const u32,
+    /// `k` row pointers; row `k` is read from `rows[k] + offset`.
+    rows: *const *const u32,
+    offset: usize,
+    /// `MR` rows of `NR` values, `ldc` apart.
+    c: *mut A,
+    ldc: usize,
+    accumulate: bool,
+}
+
+/// A register of `LANES` f32 accumulators and the pair operations on it.
+///
+/// # Safety
+/// As [`super::isa::Lanes`]: the instruction set's functions run only where
+/// the CPU has it, and every pointer is valid for `LANES` elements.
+unsafe trait PairLanes: Copy + 'static {
+    type V: Copy;
+    /// `LANES` pairs.
+    type P: Copy;
+    const LANES: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn load_pairs(p: *const u32) -> Self::P;
+    unsafe fn splat_pair(p: u32) -> Self::P;
+    /// `acc + a.odd·b.odd + a.even·b.even` per lane, rounded after each addition.
+    unsafe fn dot(acc: Self::V, a: Self::P, b: Self::P) -> Self::V;
+}
+
+/// Plain Rust; the compiler vectorises it for the build target.
+#[derive(Clone, Copy)]
+struct PortablePairs;
+
+const PORTABLE_LANES: usize = 4;
+
+/// The two halves of a pair as f32 (exact: a bf16 is the top half of an f32).
+fn halves(p: u32) -> (f32, f32) {
+    (f32::from_bits(p << 16), f32::from_bits(p & 0xFFFF_0000))
+}
+
+// SAFETY: plain Rust, valid on every CPU; pointers are the caller's contract.
+unsafe impl PairLanes for PortablePairs {
+    type V = [f32; PORTABLE_LANES];
+    type P = [u32; PORTABLE_LANES];
+    const LANES: usize = PORTABLE_LANES;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        [0.0; PORTABLE_LANES]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees `LANES` readable elements at `p`.
+        unsafe { p.cast::<Self::V>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        // SAFETY: the caller guarantees `LANES` writable elements at `p`.
+        unsafe { p.cast::<Self::V>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    unsafe fn load_pairs(p: *const u32) -> Self::P {
+        // SAFETY: as `load`.
+        unsafe { p.cast::<Self::P>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn splat_pair(p: u32) -> Self::P {
+        [p; PORTABLE_LANES]
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: Self::V, a: Self::P, b: Self::P) -> Self::V {
+        std::array::from_fn(|i| {
+            let ((a_even, a_odd), (b_even, b_odd)) = (halves(a[i]), halves(b[i]));
+            // The odd pair first, as `vdpbf16ps` does.
+            (acc[i] + a_odd * b_odd) + a_even * b_even
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::PairLanes;
+
+    /// AVX-512 F with BF16: 16 lanes, `vdpbf16ps`.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512Bf16;
+
+    // SAFETY: reached only through `PairKernels`, built only when the CPU has
+    // AVX-512 F and BF16; pointers are the caller's contract.
+    unsafe impl PairLanes for Avx512Bf16 {
+        type V = __m512;
+        type P = __m512bh;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            // SAFETY: AVX-512 F is available (see the impl).
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: 16 readable values at `p`.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            // SAFETY: 16 writable values at `p`.
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn load_pairs(p: *const u32) -> __m512bh {
+            // SAFETY: 16 readable pairs at `p`; a register of 32-bit words and one of
+            // bf16 pairs are the same 512 bits.
+            unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn splat_pair(p: u32) -> __m512bh {
+            // SAFETY: as `load_pairs`.
+            unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(p as i32)) }
+        }
+        #[inline(always)]
+        unsafe fn dot(acc: __m512, a: __m512bh, b: __m512bh) -> __m512 {
+            // SAFETY: AVX-512 BF16 is available (see the impl).
+            unsafe { _mm512_dpbf16_ps(acc, a, b) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn nn_pairs_k<const MR: usize, const NV: usize>(t: &super::PairTile<f32>) {
+        // SAFETY: forwarded from the caller (a CPU with these features, valid operands).
+        unsafe { super::nn_pairs::<Avx512Bf16, MR, NV>(t) }
+    }
+}
+
+/// The pair micro-kernel: `MR × NV·LANES` accumulators, one broadcast weight
+/// pair and `NV` loaded data registers per reduction step.
+#[inline(always)]
+unsafe fn nn_pairs<S: PairLanes, const MR: usize, const NV: usize>(t: &PairTile<f32>) {
+    let l = S::LANES;
+    // SAFETY (whole body): `PairKernels::nn_indirect` checked the operands against the tile.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        if t.accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = S::load(t.c.add(i * t.ldc + v * l));
+                }
+            }
+        }
+        let mut a = t.a;
+        for kk in 0..t.k {
+            let row = (*t.rows.add(kk)).add(t.offset);
+            let b: [S::P; NV] = std::array::from_fn(|v| S::load_pairs(row.add(v * l)));
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let w = S::splat_pair(*a.add(i));
+                for (r, &b) in acc_row.iter_mut().zip(&b) {
+                    *r = S::dot(*r, w, b);
+                }
+            }
+            a = a.add(MR);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &r) in row.iter().enumerate() {
+                S::store(t.c.add(i * t.ldc + v * l), r);
+            }
+        }
+    }
+}
+
+unsafe fn portable_nn_pairs(t: &PairTile<f32>) {
+    // SAFETY: forwarded from the caller (valid operands); portable code runs anywhere.
+    unsafe { nn_pairs::<PortablePairs, 4, 2>(t) }
+}
+
+/// The pair micro-kernel of one instruction set, accumulating in `A` (which
+/// is always f32: the parameter lets generic code hold it).
+#[derive(Clone, Copy)]
+pub(crate) struct PairKernels<A: 'static> {
+    /// Tile rows (output channels) and columns (positions).
+    pub rows: usize,
+    pub cols: usize,
+    nn: unsafe fn(&PairTile<A>),
+}
+
+impl<A: Copy + 'static> PairKernels<A> {
+    /// The pair kernel for `isa`: AVX-512 with BF16 where the CPU has BF16;
+    /// under test, the portable one for the portable instruction set. `None`
+    /// elsewhere (the f32 kernels on widened values are faster than pairs taken
+    /// apart in software) and for any `A` but f32.
+    pub fn for_isa(isa: CpuIsa) -> Option<PairKernels<A>> {
+        let table: PairKernels<f32> = match isa {
+            CpuIsa::Portable if cfg!(test) => PairKernels { rows: 4, cols: 2 * PORTABLE_LANES, nn: portable_nn_pairs },
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx512 if isa.is_supported() && std::arch::is_x86_feature_detected!("avx512bf16") => {
+                // Registers as the f32 AVX-512 kernel: 12×2 accumulators, 2 loads, a broadcast.
+                PairKernels { rows: 12, cols: 32, nn: avx512::nn_pairs_k::<12, 2> }
+            }
+            _ => return None,
+        };
+        (&table as &dyn Any).downcast_ref::<PairKernels<A>>().copied()
+    }
+
+    /// `c[i·ldc + j] (+)= Σ_k a[k·rows + i] ⊙ rows.row(k)[offset + j]` for the
+    /// tile's `rows × cols`, checking every operand holds the tile.
+    pub fn nn_indirect(
+        &self,
+        a: &[u32],
+        rows: &RowSet<'_, u32>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (mr, nr, k) = (self.rows, self.cols, rows.rows());
+        assert!(a.len() >= k * mr, "nn_pairs: a holds {} < {k}×{mr}", a.len());
+        assert!(offset + nr <= rows.row_len(), "nn_pairs: rows hold {} < {offset} + {nr}", rows.row_len());
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn_pairs: c too short");
+        let tile = PairTile { k, a: a.as_ptr(), rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: the table exists only where its instruction set runs, and the asserts bound every access.
+        unsafe { (self.nn)(&tile) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_put_the_even_value_low() {
+        let p = pair(bf16::from_f32(1.5), bf16::from_f32(-2.0));
+        assert_eq!(halves(p), (1.5, -2.0));
+        assert_eq!(p & 0xFFFF, u32::from(bf16::from_f32(1.5).to_bits()));
+    }
+
+    #[test]
+    fn the_pair_kernel_sums_both_products_of_every_pair() {
+        let Some(ks) = PairKernels::<f32>::for_isa(CpuIsa::Portable) else { panic!("the portable pair kernel exists") };
+        let (mr, nr, k) = (ks.rows, ks.cols, 3);
+        let value = |s: usize| bf16::from_f32(((s * 7) % 11) as f32 - 5.0);
+        // a[k][i] pairs weights (2k, 2k+1) of row i; row k pairs data (2k, 2k+1) at every column.
+        let a: Vec<u32> = (0..k * mr).map(|s| pair(value(2 * s), value(2 * s + 1))).collect();
+        let data: Vec<Vec<u32>> =
+            (0..k).map(|kk| (0..nr + 1).map(|j| pair(value(kk + j), value(3 * kk + j + 1))).collect()).collect();
+        let mut rows = RowSet::new();
+        data.iter().for_each(|row| rows.push(row));
+        let mut c = vec![1.0f32; mr * nr];
+        ks.nn_indirect(&a, &rows, 1, &mut c, nr, true);
+        for (i, j) in (0..mr).flat_map(|i| (0..nr).map(move |j| (i, j))) {
+            let expected: f32 = 1.0
+                + (0..k)
+                    .map(|kk| {
+                        let ((we, wo), (xe, xo)) = (halves(a[kk * mr + i]), halves(data[kk][j + 1]));
+                        we * xe + wo * xo
+                    })
+                    .sum::<f32>();
+            assert_eq!(c[i * nr + j], expected, "c[{i}][{j}]");
+        }
+    }
+}
