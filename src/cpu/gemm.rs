@@ -219,21 +219,25 @@ struct RowPlacement {
 }
 
 impl RowPlacement {
+    /// Where padded position `e` of dim `d` lands: its stride phase, and its index in it.
+    fn place(&self, d: usize, e: usize) -> (usize, usize) {
+        (e % self.stride[d], e / self.stride[d])
+    }
+
     /// Writes source row `row` of a plane to `dst`: `fill` writes the row's
     /// values (in the copy's element type) to the slice it is given, which is
     /// `dst` itself for unit strides along the row, else `buffer` (as long as
     /// a row), split into phases from there.
     fn put<V: Copy>(&self, row: usize, dst: &mut [V], buffer: &mut [V], fill: impl FnOnce(&mut [V])) {
-        let (stride, phase_len) = (self.stride, self.phase_len);
-        // Where padded position `e` of dim `d` lands: its phase and index in it.
-        let place = |d: usize, e: usize| (e % stride[d], e / stride[d]);
-        let ((r0, i0), (r1, i1)) = (place(0, self.lo[0] + row / self.height), place(1, self.lo[1] + row % self.height));
+        let stride = self.stride;
+        let ((r0, i0), (r1, i1)) =
+            (self.place(0, self.lo[0] + row / self.height), self.place(1, self.lo[1] + row % self.height));
         let phase_row = (r0 * stride[1] + r1) * stride[2];
         let at = i0 * self.pitch[0] + i1 * self.pitch[1];
         // Where element `i` of the row lands: phase (lo + i) mod stride, at (lo + i) / stride.
         let target = |i: usize| {
-            let (r2, i2) = place(2, self.lo[2] + i);
-            (phase_row + r2) * phase_len + at + i2
+            let (r2, i2) = self.place(2, self.lo[2] + i);
+            (phase_row + r2) * self.phase_len + at + i2
         };
         let width = buffer.len();
         match stride[2] {
@@ -280,10 +284,8 @@ impl<V: Copy + Send + Sync> Bordered<V> {
                 p.taps
                     .iter()
                     .map(|t| {
-                        let q: [(usize, usize); 3] = std::array::from_fn(|d| {
-                            let e = (lo[d] as i64 + t.offset[d]) as usize;
-                            (e % stride[d], e / stride[d])
-                        });
+                        let q: [(usize, usize); 3] =
+                            std::array::from_fn(|d| placement.place(d, (lo[d] as i64 + t.offset[d]) as usize));
                         let phase = (q[0].0 * stride[1] + q[1].0) * stride[2] + q[2].0;
                         phase * phase_len + q[0].1 * pitch[0] + q[1].1 * pitch[1] + q[2].1
                     })
