@@ -183,6 +183,28 @@ fn bf16_channel_pairs_equal_direct_past_the_tile_sizes() {
 }
 
 #[test]
+fn bf16_channel_pairs_keep_an_odd_last_channel_alone() {
+    // The last of 3 channels pairs with zeros, not with itself: an infinity there
+    // reaches only the outputs its own weights touch, as in the direct loops.
+    let g = ConvGeometry::conv(2, &[1, 3, 4, 20], &[4, 3, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
+    let mut x = vec![bf16::ONE; 3 * 4 * 20];
+    x[2 * 80 + 25] = bf16::INFINITY;
+    let w: Vec<bf16> = (0..4 * 3 * 9).map(|i| bf16::from_f32((i % 5) as f32 - 2.0)).collect();
+    let run = |algorithm, isa| {
+        let cpu = CpuBackend::with_threads(2).unwrap().with_algorithm(algorithm).with_isa(isa).unwrap();
+        let mut y = vec![bf16::ZERO; 4 * 4 * 20];
+        cpu.correlate(&g, &x, &w, None, Activation::Identity, &mut y).unwrap();
+        y
+    };
+    let (pairs, direct) =
+        (run(CpuAlgorithm::ImplicitGemm, CpuIsa::Portable), run(CpuAlgorithm::Direct, CpuIsa::Portable));
+    for (i, (p, d)) in pairs.iter().zip(&direct).enumerate() {
+        assert!(p == d || (p.is_nan() && d.is_nan()), "y[{i}]: pairs {p}, direct {d}");
+    }
+    assert!(direct.iter().any(|v| v.is_infinite()) && direct.iter().any(|v| v.is_nan()));
+}
+
+#[test]
 fn bf16_reads_channel_pairs_where_a_pair_kernel_exists() {
     // Under test the portable instruction set has the pair kernel (standing in for AVX-512 BF16's).
     let g = ConvGeometry::conv(2, &[2, 61, 6, 20], &[10, 61, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
