@@ -11,8 +11,8 @@
 //! - packed from the NCHW planes into a panel for the task's columns.
 //!
 //! The weights are packed once per op into `MR`-row strips. For bf16 where
-//! AVX-512 BF16 is available, the bordered copy and the strips hold pairs of
-//! source channels instead, for the pair kernel (`pairs.rs`).
+//! AVX-512 BF16 is available, the bordered copy (or panel) and the strips hold
+//! pairs of source channels instead, for the pair kernel (`pairs.rs`).
 //!
 //! The weight gradient `dW[g] (cd × K) = dY[g] (cd × NP) · X̂[g]ᵀ` runs the `nt`
 //! kernel over column blocks in a fixed order; its tasks own blocks of `K`
@@ -535,9 +535,8 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
     threads: usize,
 ) -> usize {
     let Some(first) = passes.first() else { return 0 };
-    let pairs = PairKernels::<A>::for_isa(ks.isa).filter(|p| bf16 && BorderedLayout::new(passes, p.cols).is_some());
-    // Weights and bordered copy: per source channel, or per pair of them in words of two bf16.
-    let ((mr, nr), slots, slot_size) = match pairs {
+    // Weights and `X̂` (copy or panels): per source channel, or per pair of them in words of two bf16.
+    let ((mr, nr), slots, slot_size) = match PairKernels::<A>::for_isa(ks.isa).filter(|_| bf16) {
         Some(p) => ((p.rows, p.cols), first.src_channels.div_ceil(2), std::mem::size_of::<u32>()),
         None => ((ks.nn_rows, ks.nn_cols), first.src_channels, std::mem::size_of::<A>()),
     };
@@ -545,13 +544,12 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
     let Some(plan) = Plan::new(passes, mr, nr, size) else { return 0 };
     let weights: usize =
         passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(mr) * mr * slots * p.taps.len()).sum();
-    let k = passes.iter().map(Pass::reduction).max().unwrap_or(0);
+    let k = slots * passes.iter().map(|p| p.taps.len()).max().unwrap_or(0);
     // Each thread holds at most one task's panel and one row block's tile; the
     // bordered copy replaces the panels where it is used.
     let bordered = BorderedLayout::len(passes, nr, slots);
     let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
-    let per_thread = panel + plan.max_ldb * plan.rows;
-    (weights + bordered) * slot_size + threads.max(1) * per_thread * size
+    (weights + bordered + threads.max(1) * panel) * slot_size + threads.max(1) * plan.max_ldb * plan.rows * size
 }
 
 /// The most grid points a column block holds in `pass`.
@@ -585,24 +583,34 @@ pub(crate) fn correlate<T: Element>(
     // only their growth is zeroed, and each tile is written before it is read.
     let tiles = || (0..plan.row_blocks).map(|_| Vec::new()).collect::<Vec<Vec<T::Accum>>>();
     tasks.into_par_iter().tasks().for_each_init(tiles, |tiles, mut task| {
-        let (mut segments, mut panel, mut images) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut segments, mut panel, mut pair_panel, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut panel_start = 0;
         for (p, pass) in passes.iter().enumerate() {
             let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut segments);
             if columns == 0 {
                 continue;
             }
+            let group = task.group;
             let ldb = match &source {
                 Source::Bordered(bordered, _) => virtual_columns(bordered, nr, &mut segments, &mut images),
-                Source::Pairs(bordered, ..) => virtual_columns(bordered, nr, &mut segments, &mut images),
+                Source::Pairs { bordered: Some(bordered), .. } => {
+                    virtual_columns(bordered, nr, &mut segments, &mut images)
+                }
                 Source::Panel(_) => {
                     let ldb = columns.next_multiple_of(nr);
-                    panel_start = pack_panel(pass, src, task.group, &segments, columns, ldb, &mut panel);
+                    panel_start = pack_panel(pass, src, group, &segments, columns, ldb, &mut panel);
+                    ldb
+                }
+                Source::Pairs { src, bordered: None, .. } => {
+                    let ldb = columns.next_multiple_of(nr);
+                    panel_start = pack_pair_panel(pass, src, group, &segments, columns, ldb, &mut pair_panel);
+                    // The panel's columns as one run, for `multiply_rows`.
+                    images.clear();
+                    images.push(ImageColumns { n: 0, first: 0, column: 0, len: ldb });
                     ldb
                 }
             };
             let image_count = task.images.len();
-            let group = task.group;
             let mut rest = &mut task.pieces[..];
             let mut blocks = Vec::with_capacity(plan.row_blocks);
             for index in 0..plan.row_blocks {
@@ -619,11 +627,17 @@ pub(crate) fn correlate<T: Element>(
                     Source::Bordered(bordered, packed) => {
                         multiply_indirect(ks, pass, &packed[p], bordered, p, images, ldb, group, block, tile)
                     }
-                    Source::Pairs(bordered, packed, pairs) => {
-                        multiply_indirect(pairs, pass, &packed[p], bordered, p, images, ldb, group, block, tile)
-                    }
                     Source::Panel(packed) => {
                         multiply(ks, pass, &packed[p], &panel[panel_start..], ldb, group, block, tile)
+                    }
+                    Source::Pairs { bordered: Some(bordered), packed, kernels, .. } => {
+                        multiply_indirect(kernels, pass, &packed[p], bordered, p, images, ldb, group, block, tile)
+                    }
+                    Source::Pairs { bordered: None, packed, kernels, .. } => {
+                        let k = pass.src_channels.div_ceil(2) * pass.taps.len();
+                        let panel = &pair_panel[panel_start..];
+                        let row = |_: &ImageColumns, kk: usize| &panel[kk * ldb..][..ldb];
+                        multiply_rows(kernels, pass, &packed[p], k, images, ldb, group, block, tile, row)
                     }
                 };
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
@@ -634,23 +648,23 @@ pub(crate) fn correlate<T: Element>(
 }
 
 /// Where a forward or adjoint op reads `X̂` from, with the weights packed per pass for its kernel.
-enum Source<A: 'static> {
+enum Source<'a, A: 'static> {
     /// Read in place from a bordered copy of `src`.
     Bordered(Bordered<A>, Vec<Vec<A>>),
-    /// Read in place from a bordered copy of bf16 `src` in channel pairs, by the pair kernel.
-    Pairs(Bordered<u32>, Vec<Vec<u32>>, PairKernels<A>),
     /// Packed from NCHW into a panel per task.
     Panel(Vec<Vec<A>>),
+    /// bf16 `src` in channel pairs, for the pair kernel: read in place from a
+    /// bordered copy where one serves, else packed into a panel per task.
+    Pairs { src: &'a [bf16], bordered: Option<Bordered<u32>>, packed: Vec<Vec<u32>>, kernels: PairKernels<A> },
 }
 
-impl<A: Accumulator> Source<A> {
-    /// Channel pairs for bf16 where the instruction set has a pair kernel and
-    /// the bordered layout serves; else the bordered copy or panels.
-    fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &[T], w: &[T]) -> Self {
-        if let (Some(src), Some(w), Some(pairs)) = (as_bf16(src), as_bf16(w), PairKernels::for_isa(ks.isa))
-            && let Some(bordered) = Bordered::bf16_pairs(passes, src, pairs.cols)
-        {
-            return Source::Pairs(bordered, pack_weight_pairs(passes, w, pairs.rows), pairs);
+impl<'a, A: Accumulator> Source<'a, A> {
+    /// Channel pairs for bf16 where the instruction set has a pair kernel; else
+    /// the bordered copy where it serves, or panels.
+    fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &'a [T], w: &[T]) -> Self {
+        if let (Some(src), Some(w), Some(kernels)) = (as_bf16(src), as_bf16(w), PairKernels::for_isa(ks.isa)) {
+            let bordered = Bordered::bf16_pairs(passes, src, kernels.cols);
+            return Source::Pairs { src, bordered, packed: pack_weight_pairs(passes, w, kernels.rows), kernels };
         }
         let packed = pack_weights(passes, w, ks.nn_rows);
         match Bordered::new(passes, src, ks.nn_cols, false) {
@@ -662,7 +676,7 @@ impl<A: Accumulator> Source<A> {
     /// The micro-tile (rows, columns) of the kernel that reads it.
     fn tile(&self, ks: &Kernels<A>) -> (usize, usize) {
         match self {
-            Source::Pairs(_, _, pairs) => (pairs.rows, pairs.cols),
+            Source::Pairs { kernels, .. } => (kernels.rows, kernels.cols),
             Source::Bordered(..) | Source::Panel(_) => (ks.nn_rows, ks.nn_cols),
         }
     }
@@ -697,10 +711,10 @@ impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
 /// Grows `buffer` (with zeros) to hold `len` elements from a 64-byte boundary
 /// (a cache line), so that the kernels' vector loads never straddle two
 /// lines, and returns the index of that boundary.
-fn cache_aligned<A: Accumulator>(buffer: &mut Vec<A>, len: usize) -> usize {
-    let slack = 64 / std::mem::size_of::<A>();
+fn cache_aligned<V: Copy + Default>(buffer: &mut Vec<V>, len: usize) -> usize {
+    let slack = 64 / std::mem::size_of::<V>();
     if buffer.len() < len + slack {
-        buffer.resize(len + slack, A::ZERO);
+        buffer.resize(len + slack, V::default());
     }
     buffer.as_ptr().align_offset(64).min(slack)
 }
@@ -735,6 +749,41 @@ fn pack_panel<T: Element>(
             let kk = job * PACK_ROWS + i;
             packer.pack(src, kk / ntaps, kk % ntaps, &mut row[..columns]);
             row[columns..].fill(T::Accum::ZERO);
+        }
+    });
+    start
+}
+
+/// [`pack_panel`] for the pair kernel: row `(p, j)` holds the [`pair`]s of rows
+/// `(2p, j)` and `(2p + 1, j)` (zeros past the last channel).
+fn pack_pair_panel(
+    pass: &Pass,
+    src: &[bf16],
+    group: usize,
+    segments: &[Segment],
+    columns: usize,
+    ldb: usize,
+    panel: &mut Vec<u32>,
+) -> usize {
+    let (cs, ntaps) = (pass.src_channels, pass.taps.len());
+    let k = cs.div_ceil(2) * ntaps;
+    let start = cache_aligned(panel, k * ldb);
+    let packer = RowPacker::new(pass, group, segments, columns);
+    panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).tasks().enumerate().for_each(|(job, rows)| {
+        let (mut even, mut odd) = (vec![0f32; columns], vec![0f32; columns]);
+        for (i, row) in rows.chunks_mut(ldb).enumerate() {
+            let (p, j) = ((job * PACK_ROWS + i) / ntaps, (job * PACK_ROWS + i) % ntaps);
+            packer.pack(src, 2 * p, j, &mut even);
+            if 2 * p + 1 < cs {
+                packer.pack(src, 2 * p + 1, j, &mut odd);
+            } else {
+                odd.fill(0.0);
+            }
+            // The values were bf16 widened: narrowing them back is exact.
+            for ((d, &e), &o) in row.iter_mut().zip(&even).zip(&odd) {
+                *d = pair(bf16::from_f32(e), bf16::from_f32(o));
+            }
+            row[columns..].fill(0);
         }
     });
     start
@@ -815,11 +864,37 @@ fn multiply_indirect<A: Accumulator, B>(
     channels: Range<usize>,
     buffer: &mut Vec<A>,
 ) -> usize {
-    let ((mr, nr), ntaps) = (ks.tile(), pass.taps.len());
+    let ntaps = pass.taps.len();
+    let starts = &bordered.starts[pass_index];
     let k = bordered.channels * ntaps;
+    let row = |image: &ImageColumns, kk: usize| {
+        let (c, j) = (kk / ntaps, kk % ntaps);
+        let plane = ((image.n * pass.groups + group) * bordered.channels + c) * bordered.plane_len;
+        &bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]
+    };
+    multiply_rows(ks, pass, packed, k, images, ldb, group, channels, buffer, row)
+}
+
+/// `W[group][channels] · X̂` by a kernel that reads `X̂`'s rows where they are:
+/// row `kk` of image run `image` is `row(image, kk)`, read from its start.
+/// `channels` (rounded up to `MR`) × `ldb`, written into `buffer` (grown as
+/// needed) from the index returned.
+#[allow(clippy::too_many_arguments)]
+fn multiply_rows<'a, A: Accumulator, B: 'a>(
+    ks: &impl IndirectKernel<A, B>,
+    pass: &Pass,
+    packed: &[B],
+    k: usize,
+    images: &[ImageColumns],
+    ldb: usize,
+    group: usize,
+    channels: Range<usize>,
+    buffer: &mut Vec<A>,
+    row: impl Fn(&ImageColumns, usize) -> &'a [B],
+) -> usize {
+    let (mr, nr) = ks.tile();
     let strips = channels.len().div_ceil(mr);
     let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
-    let starts = &bordered.starts[pass_index];
     let start = tile_in(buffer, strips * mr * ldb, k);
     let tile = &mut buffer[start..][..strips * mr * ldb];
     let mut rows = RowSet::new();
@@ -828,9 +903,7 @@ fn multiply_indirect<A: Accumulator, B>(
         for image in images {
             rows.clear();
             for kk in k0..k0 + kc {
-                let (c, j) = (kk / ntaps, kk % ntaps);
-                let plane = ((image.n * pass.groups + group) * bordered.channels + c) * bordered.plane_len;
-                rows.push(&bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]);
+                rows.push(row(image, kk));
             }
             // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
             for jr in (0..image.len).step_by(nr) {

@@ -139,11 +139,9 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 ///
 /// The element type does not change the choice: halves are widened to f32
 /// while copied and run the f32 kernels, except bf16 on a CPU with AVX-512
-/// BF16, whose implicit GEMM reads channel pairs in place and multiplies them
-/// with `vdpbf16ps` (two multiply-adds per lane and instruction; see
-/// `pairs.rs`) wherever it reads a bordered copy (it packs panels for tiny
-/// planes and 1×1 convs, in f32). It is a parameter so that a kernel with
-/// other half arithmetic can weigh in.
+/// BF16, whose implicit GEMM keeps bf16 and multiplies channel pairs with
+/// `vdpbf16ps` (two multiply-adds per lane and instruction; see `pairs.rs`).
+/// It is a parameter so that a kernel with other half arithmetic can weigh in.
 ///
 /// ```
 /// use ferroconv::{ConvGeometry, ConvOptions, CpuAlgorithm, DType};

@@ -179,6 +179,9 @@ fn bf16_channel_pairs_equal_direct_past_the_tile_sizes() {
     // An odd channel count whose pairs fill two `KC` blocks, and odd channels per group, strided.
     geometries.push(conv(&[2, 61, 6, 20], &[10, 61, 3, 3], ConvOptions::new().padding(1)));
     geometries.push(conv(&[1, 10, 8, 40], &[18, 5, 3, 3], ConvOptions::new().padding(1).stride(2).groups(2)));
+    // Panels of pairs: a 1×1 conv with an odd channel count, and a plane too small for the bordered copy.
+    geometries.push(conv(&[2, 7, 9, 30], &[12, 7, 1, 1], ConvOptions::new()));
+    geometries.push(conv(&[2, 45, 7, 7], &[16, 45, 3, 3], ConvOptions::new().padding(1)));
     check_against_direct::<bf16>(&geometries);
 }
 
