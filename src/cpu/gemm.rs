@@ -27,9 +27,9 @@ use rayon::prelude::*;
 
 use half::bf16;
 
-use super::kernels::{Kernels, RowSet};
+use super::kernels::{AOperand, Kernels, RowSet};
 use super::pairs::{PairKernels, as_bf16, pair};
-use super::pass::{Direction, Pass, RowPacker, Segment, store_row, widen};
+use super::pass::{Direction, Pass, RowPacker, Segment, as_accumulators, store_row, widen};
 use super::threads::Tasks;
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
@@ -624,20 +624,21 @@ pub(crate) fn correlate<T: Element>(
             blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), tile)| {
                 let (block, images) = (channels.clone(), &images[..]);
                 let start = match &source {
-                    Source::Bordered(bordered, packed) => {
-                        multiply_indirect(ks, pass, &packed[p], bordered, p, images, ldb, group, block, tile)
+                    Source::Bordered(bordered, weights) => {
+                        multiply_indirect(ks, pass, weights, bordered, p, images, ldb, group, block, tile)
                     }
-                    Source::Panel(packed) => {
-                        multiply(ks, pass, &packed[p], &panel[panel_start..], ldb, group, block, tile)
+                    Source::Panel(weights) => {
+                        multiply(ks, pass, weights, p, &panel[panel_start..], ldb, group, block, tile)
                     }
-                    Source::Pairs { bordered: Some(bordered), packed, kernels, .. } => {
-                        multiply_indirect(kernels, pass, &packed[p], bordered, p, images, ldb, group, block, tile)
+                    Source::Pairs { bordered: Some(bordered), weights, kernels, .. } => {
+                        multiply_indirect(kernels, pass, weights, bordered, p, images, ldb, group, block, tile)
                     }
-                    Source::Pairs { bordered: None, packed, kernels, .. } => {
+                    Source::Pairs { bordered: None, weights, kernels, .. } => {
                         let k = pass.src_channels.div_ceil(2) * pass.taps.len();
                         let panel = &pair_panel[panel_start..];
                         let row = |_: &ImageColumns, kk: usize| &panel[kk * ldb..][..ldb];
-                        multiply_rows(kernels, pass, &packed[p], k, images, ldb, group, block, tile, row)
+                        let weights = weights.block(pass, p, group, &block, kernels.rows, k);
+                        multiply_rows(kernels, k, &weights, images, ldb, block, tile, row)
                     }
                 };
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
@@ -650,26 +651,103 @@ pub(crate) fn correlate<T: Element>(
 /// Where a forward or adjoint op reads `X̂` from, with the weights packed per pass for its kernel.
 enum Source<'a, A: 'static> {
     /// Read in place from a bordered copy of `src`.
-    Bordered(Bordered<A>, Vec<Vec<A>>),
+    Bordered(Bordered<A>, Weights<'a, A>),
     /// Packed from NCHW into a panel per task.
-    Panel(Vec<Vec<A>>),
+    Panel(Weights<'a, A>),
     /// bf16 `src` in channel pairs, for the pair kernel: read in place from a
     /// bordered copy where one serves, else packed into a panel per task.
-    Pairs { src: &'a [bf16], bordered: Option<Bordered<u32>>, packed: Vec<Vec<u32>>, kernels: PairKernels<A> },
+    Pairs { src: &'a [bf16], bordered: Option<Bordered<u32>>, weights: Weights<'a, u32>, kernels: PairKernels<A> },
+}
+
+/// Grid points (images × positions) up to which a forward pass reads its
+/// weights in place. Packing costs a read and a write of every weight, once;
+/// the kernel reads a packed strip faster (one stream rather than `MR`), and
+/// that gain grows with the columns each weight meets: on this side packing
+/// loses (ResNet-50's 3×3 conv with 512 channels, 196 points: 16% faster in
+/// place), past it the kernel's speed wins (the 1-D conv of the suite, 8192
+/// points: 12% slower in place; 784 points: even).
+const IN_PLACE_COLUMNS: usize = 512;
+
+/// The weights as the micro-kernel reads them.
+enum Weights<'a, B> {
+    /// Packed per pass into `MR`-row strips ([`pack_weights`]).
+    Packed(Vec<Vec<B>>),
+    /// In place: a forward pass's weights in the accumulator type, whose every
+    /// row (output channel) is one contiguous run of the reduction (`c`, tap),
+    /// where packing would cost more than it saves (see [`IN_PLACE_COLUMNS`]).
+    Rows(&'a [B]),
+}
+
+impl<'a, B> Weights<'a, B> {
+    /// The weights of pass `p` for the strips of rows `channels` of `group`,
+    /// `k` long, as the kernel's operands.
+    fn block(
+        &'a self,
+        pass: &Pass,
+        p: usize,
+        group: usize,
+        channels: &Range<usize>,
+        mr: usize,
+        k: usize,
+    ) -> BlockWeights<'a, B> {
+        match self {
+            Weights::Packed(packed) => {
+                let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
+                BlockWeights::Packed(&packed[p][first_strip * k * mr..], k, mr)
+            }
+            Weights::Rows(w) => {
+                // Tile rows past the block's channels compute values that are never
+                // stored: they read the last row again rather than zeros.
+                let row = |o: usize| &w[(group * pass.dst_channels + o.min(channels.end - 1)) * k..][..k];
+                let strips = channels.clone().step_by(mr).map(|first| {
+                    let mut rows = RowSet::new();
+                    (first..first + mr).for_each(|o| rows.push(row(o)));
+                    rows
+                });
+                BlockWeights::Rows(strips.collect())
+            }
+        }
+    }
+}
+
+/// One row block's weight strips (see [`Weights::block`]).
+enum BlockWeights<'a, B> {
+    /// Strips of `k × MR` values, from strip 0.
+    Packed(&'a [B], usize, usize),
+    /// `MR` rows per strip.
+    Rows(Vec<RowSet<'a, B>>),
+}
+
+impl<B> BlockWeights<'_, B> {
+    /// Strip `s` from reduction step `k0`.
+    fn strip(&self, s: usize, k0: usize) -> AOperand<'_, B> {
+        match self {
+            BlockWeights::Packed(packed, k, mr) => AOperand::Packed(&packed[(s * k + k0) * mr..]),
+            BlockWeights::Rows(strips) => AOperand::Rows(&strips[s], k0),
+        }
+    }
 }
 
 impl<'a, A: Accumulator> Source<'a, A> {
     /// Channel pairs for bf16 where the instruction set has a pair kernel; else
     /// the bordered copy where it serves, or panels.
-    fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &'a [T], w: &[T]) -> Self {
+    fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &'a [T], w: &'a [T]) -> Self {
         if let (Some(src), Some(w), Some(kernels)) = (as_bf16(src), as_bf16(w), PairKernels::for_isa(ks.isa)) {
             let bordered = Bordered::bf16_pairs(passes, src, kernels.cols);
-            return Source::Pairs { src, bordered, packed: pack_weight_pairs(passes, w, kernels.rows), kernels };
+            let weights = Weights::Packed(pack_weight_pairs(passes, w, kernels.rows));
+            return Source::Pairs { src, bordered, weights, kernels };
         }
-        let packed = pack_weights(passes, w, ks.nn_rows);
+        let weights = match (passes, as_accumulators(w)) {
+            ([pass], Some(w))
+                if pass.direction == Direction::Forward && pass.batch * pass.dst_volume() <= IN_PLACE_COLUMNS =>
+            {
+                Weights::Rows(w)
+            }
+            _ => Weights::Packed(pack_weights(passes, w, ks.nn_rows)),
+        };
         match Bordered::new(passes, src, ks.nn_cols, false) {
-            Some(bordered) => Source::Bordered(bordered, packed),
-            None => Source::Panel(packed),
+            Some(bordered) => Source::Bordered(bordered, weights),
+            None => Source::Panel(weights),
         }
     }
 
@@ -687,14 +765,30 @@ impl<'a, A: Accumulator> Source<'a, A> {
 trait IndirectKernel<A, B> {
     /// Tile rows (MR) and columns (NR).
     fn tile(&self) -> (usize, usize);
-    fn multiply(&self, a: &[B], rows: &RowSet<'_, B>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool);
+    fn multiply(
+        &self,
+        a: AOperand<'_, B>,
+        rows: &RowSet<'_, B>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    );
 }
 
 impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
     fn tile(&self) -> (usize, usize) {
         (self.nn_rows, self.nn_cols)
     }
-    fn multiply(&self, a: &[A], rows: &RowSet<'_, A>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+    fn multiply(
+        &self,
+        a: AOperand<'_, A>,
+        rows: &RowSet<'_, A>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         self.nn_indirect(a, rows, offset, c, ldc, accumulate);
     }
 }
@@ -703,7 +797,15 @@ impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
     fn tile(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
-    fn multiply(&self, a: &[u32], rows: &RowSet<'_, u32>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+    fn multiply(
+        &self,
+        a: AOperand<'_, u32>,
+        rows: &RowSet<'_, u32>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         self.nn_indirect(a, rows, offset, c, ldc, accumulate);
     }
 }
@@ -795,7 +897,8 @@ fn pack_pair_panel(
 fn multiply<A: Accumulator>(
     ks: &Kernels<A>,
     pass: &Pass,
-    packed: &[A],
+    weights: &Weights<'_, A>,
+    p: usize,
     panel: &[A],
     ldb: usize,
     group: usize,
@@ -804,7 +907,7 @@ fn multiply<A: Accumulator>(
 ) -> usize {
     let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, pass.reduction());
     let strips = channels.len().div_ceil(mr);
-    let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
+    let weights = weights.block(pass, p, group, &channels, mr, k);
     let start = tile_in(buffer, strips * mr * ldb, k);
     let tile = &mut buffer[start..][..strips * mr * ldb];
     for k0 in (0..k).step_by(KC) {
@@ -813,8 +916,7 @@ fn multiply<A: Accumulator>(
         // Each `KC × NR` block of the panel is read once and stays in L1 for every weight strip.
         for jr in (0..ldb).step_by(nr) {
             for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-                let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
-                ks.nn(kc, a, &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
+                ks.nn(kc, weights.strip(s, k0), &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
             }
         }
     }
@@ -855,7 +957,7 @@ fn virtual_columns<V: Copy + Send + Sync>(
 fn multiply_indirect<A: Accumulator, B>(
     ks: &impl IndirectKernel<A, B>,
     pass: &Pass,
-    packed: &[B],
+    weights: &Weights<'_, B>,
     bordered: &Bordered<B>,
     pass_index: usize,
     images: &[ImageColumns],
@@ -872,7 +974,8 @@ fn multiply_indirect<A: Accumulator, B>(
         let plane = ((image.n * pass.groups + group) * bordered.channels + c) * bordered.plane_len;
         &bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]
     };
-    multiply_rows(ks, pass, packed, k, images, ldb, group, channels, buffer, row)
+    let weights = weights.block(pass, pass_index, group, &channels, ks.tile().0, k);
+    multiply_rows(ks, k, &weights, images, ldb, channels, buffer, row)
 }
 
 /// `W[group][channels] · X̂` by a kernel that reads `X̂`'s rows where they are:
@@ -882,19 +985,16 @@ fn multiply_indirect<A: Accumulator, B>(
 #[allow(clippy::too_many_arguments)]
 fn multiply_rows<'a, A: Accumulator, B: 'a>(
     ks: &impl IndirectKernel<A, B>,
-    pass: &Pass,
-    packed: &[B],
     k: usize,
+    weights: &BlockWeights<'_, B>,
     images: &[ImageColumns],
     ldb: usize,
-    group: usize,
     channels: Range<usize>,
     buffer: &mut Vec<A>,
     row: impl Fn(&ImageColumns, usize) -> &'a [B],
 ) -> usize {
     let (mr, nr) = ks.tile();
     let strips = channels.len().div_ceil(mr);
-    let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
     let start = tile_in(buffer, strips * mr * ldb, k);
     let tile = &mut buffer[start..][..strips * mr * ldb];
     let mut rows = RowSet::new();
@@ -908,8 +1008,7 @@ fn multiply_rows<'a, A: Accumulator, B: 'a>(
             // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
             for jr in (0..image.len).step_by(nr) {
                 for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-                    let a = &packed[(first_strip + s) * k * mr + k0 * mr..][..kc * mr];
-                    ks.multiply(a, &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
+                    ks.multiply(weights.strip(s, k0), &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
                 }
             }
         }

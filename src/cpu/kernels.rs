@@ -2,7 +2,8 @@
 //! instruction set, and the table ([`Kernels`]) an op looks them up in.
 //!
 //! - `nn`: the GEMM micro-kernel `C[MR×NR] (+)= Σ_k a[k][MR] ⊗ b[k][NR]`
-//!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint.
+//!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint;
+//!   `a` packed in strips, or read in place from `MR` weight rows ([`AOperand`]).
 //! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
 //!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
 //! - `taps`, `dots`: rows of the direct path for thin groups (a few outputs
@@ -18,12 +19,60 @@ use std::any::Any;
 use super::isa::{Avx2, Avx512};
 use super::isa::{CpuIsa, Lanes, Portable};
 
+/// Where the `a` operand of an `nn` micro-tile is.
+#[derive(Clone, Copy)]
+pub(crate) enum AStrip<A> {
+    /// Packed: `k` rows of `MR` values.
+    Packed(*const A),
+    /// In place: `MR` row pointers, row `i` read for `k` values from `rows[i] + offset`.
+    Rows(*const *const A, usize),
+}
+
+/// The `a` operand of a micro-tile as the kernel body reads it.
+pub(crate) trait AValues<A> {
+    /// `a[kk][i]`.
+    unsafe fn value<const MR: usize>(&self, kk: usize, i: usize) -> A;
+}
+
+/// A packed strip: step `kk` is `MR` values at `kk·MR`.
+pub(crate) struct PackedA<A>(pub *const A);
+
+impl<A: Copy> AValues<A> for PackedA<A> {
+    #[inline(always)]
+    unsafe fn value<const MR: usize>(&self, kk: usize, i: usize) -> A {
+        // SAFETY: the caller keeps `kk` below the reduction length and `i` below `MR`.
+        unsafe { *self.0.add(kk * MR + i) }
+    }
+}
+
+/// `MR` rows read in place.
+pub(crate) struct RowsA<A, const MR: usize>(pub [*const A; MR]);
+
+impl<A, const MR: usize> RowsA<A, MR> {
+    /// The `MR` rows at `rows`, each from `offset`.
+    ///
+    /// # Safety
+    /// `rows` holds `MR` pointers, each valid from `offset` on for the reduction.
+    #[inline(always)]
+    pub unsafe fn new(rows: *const *const A, offset: usize) -> Self {
+        // SAFETY: the caller's contract.
+        RowsA(std::array::from_fn(|i| unsafe { (*rows.add(i)).add(offset) }))
+    }
+}
+
+impl<A: Copy, const R: usize> AValues<A> for RowsA<A, R> {
+    #[inline(always)]
+    unsafe fn value<const MR: usize>(&self, kk: usize, i: usize) -> A {
+        // SAFETY: as for `PackedA`; every row holds the reduction length.
+        unsafe { *self.0[i].add(kk) }
+    }
+}
+
 /// The operands of one `nn` micro-tile.
 pub(crate) struct NnTile<A> {
     /// Reduction length.
     pub k: usize,
-    /// `k` rows of `MR` values.
-    pub a: *const A,
+    pub a: AStrip<A>,
     /// `k` rows of `NR` values, `ldb` apart.
     pub b: *const A,
     pub ldb: usize,
@@ -53,7 +102,7 @@ pub(crate) struct NtTile<A> {
 /// `rows[k] + offset`.
 pub(crate) struct NnRowsTile<A> {
     pub k: usize,
-    pub a: *const A,
+    pub a: AStrip<A>,
     pub rows: *const *const A,
     pub offset: usize,
     pub c: *mut A,
@@ -85,13 +134,34 @@ impl<A> BRows<A> for NnRowsTile<A> {
 #[inline(always)]
 unsafe fn nn<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
     // SAFETY: forwarded.
-    unsafe { nn_body::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
+    unsafe { nn_any_a::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
 }
 
 #[inline(always)]
 unsafe fn nn_rows<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>) {
     // SAFETY: forwarded.
-    unsafe { nn_body::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
+    unsafe { nn_any_a::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
+}
+
+/// [`nn_body`] for either kind of `a` operand (one body each, chosen per call).
+#[inline(always)]
+unsafe fn nn_any_a<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
+    k: usize,
+    a: AStrip<A>,
+    b: &impl BRows<A>,
+    c: *mut A,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded; `AOperand::strip` checked that `Rows` holds `MR` pointers.
+    unsafe {
+        match a {
+            AStrip::Packed(a) => nn_body::<S, A, MR, NV>(k, &PackedA(a), b, c, ldc, accumulate),
+            AStrip::Rows(rows, offset) => {
+                nn_body::<S, A, MR, NV>(k, &RowsA::<A, MR>::new(rows, offset), b, c, ldc, accumulate)
+            }
+        }
+    }
 }
 
 /// One step of the `nn` reduction: `acc += a[..MR] ⊗ b.row(kk)[..NV·lanes]`.
@@ -99,7 +169,7 @@ unsafe fn nn_rows<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &Nn
 unsafe fn nn_step<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
     acc: &mut [[S::V; NV]; MR],
     b: &impl BRows<A>,
-    a: *const A,
+    a: &impl AValues<A>,
     kk: usize,
 ) {
     let l = S::LANES;
@@ -108,7 +178,7 @@ unsafe fn nn_step<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
         let row = b.row(kk);
         let bv: [S::V; NV] = std::array::from_fn(|v| S::load(row.add(v * l)));
         for (i, acc_row) in acc.iter_mut().enumerate() {
-            let av = S::splat(*a.add(i));
+            let av = S::splat(a.value::<MR>(kk, i));
             for (r, &bv) in acc_row.iter_mut().zip(&bv) {
                 *r = S::mul_add(av, bv, *r);
             }
@@ -119,7 +189,7 @@ unsafe fn nn_step<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
 #[inline(always)]
 unsafe fn nn_body<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
     k: usize,
-    a: *const A,
+    a: &impl AValues<A>,
     b: &impl BRows<A>,
     c: *mut A,
     ldc: usize,
@@ -136,22 +206,19 @@ unsafe fn nn_body<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
                 }
             }
         }
-        let mut a = a;
         // Four steps per trip: the loop's bookkeeping falls from 4 instructions per
         // 12 FMAs to 4 per 48, and at ~25 instructions a step the issue width, not
         // the FMA units, bounds this loop (single-thread dense layers ~5% faster).
         let mut kk = 0;
         while kk + 4 <= k {
             nn_step::<S, A, MR, NV>(&mut acc, b, a, kk);
-            nn_step::<S, A, MR, NV>(&mut acc, b, a.add(MR), kk + 1);
-            nn_step::<S, A, MR, NV>(&mut acc, b, a.add(2 * MR), kk + 2);
-            nn_step::<S, A, MR, NV>(&mut acc, b, a.add(3 * MR), kk + 3);
-            a = a.add(4 * MR);
+            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk + 1);
+            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk + 2);
+            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk + 3);
             kk += 4;
         }
         while kk < k {
             nn_step::<S, A, MR, NV>(&mut acc, b, a, kk);
-            a = a.add(MR);
             kk += 1;
         }
         for (i, row) in acc.iter().enumerate() {
@@ -427,6 +494,32 @@ unsafe fn dots_group<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const W: 
     }
 }
 
+/// The `a` operand of an `nn` micro-tile (`MR` rows of the weights, `k` long).
+#[derive(Clone, Copy)]
+pub(crate) enum AOperand<'a, A> {
+    /// Packed: `k` rows of `MR` values.
+    Packed(&'a [A]),
+    /// In place: `MR` rows, each read for `k` values from `offset`.
+    Rows(&'a RowSet<'a, A>, usize),
+}
+
+impl<A> AOperand<'_, A> {
+    /// The operand as the kernels take it, checked to hold `k` steps of `mr` rows.
+    pub fn strip(self, k: usize, mr: usize, kernel: &str) -> AStrip<A> {
+        match self {
+            AOperand::Packed(a) => {
+                assert!(a.len() >= k * mr, "{kernel}: a holds {} < {k}×{mr}", a.len());
+                AStrip::Packed(a.as_ptr())
+            }
+            AOperand::Rows(rows, offset) => {
+                assert_eq!(rows.rows(), mr, "{kernel}: a has {} rows, not {mr}", rows.rows());
+                assert!(offset + k <= rows.row_len(), "{kernel}: a rows hold {} < {offset} + {k}", rows.row_len());
+                AStrip::Rows(rows.pointers(), offset)
+            }
+        }
+    }
+}
+
 /// The `b` rows of [`Kernels::nn_indirect`]: borrowed slices, all at least `len` long.
 pub(crate) struct RowSet<'a, A> {
     pointers: Vec<*const A>,
@@ -689,24 +782,31 @@ pub(crate) fn kernels<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
 impl<A: Copy + 'static> Kernels<A> {
     /// Runs one `nn` micro-tile on slices, checking every operand holds the tile.
     #[allow(clippy::too_many_arguments)] // the BLAS operand list: each slice with its leading dimension
-    pub fn nn(&self, k: usize, a: &[A], b: &[A], ldb: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+    pub fn nn(&self, k: usize, a: AOperand<'_, A>, b: &[A], ldb: usize, c: &mut [A], ldc: usize, accumulate: bool) {
         let (mr, nr) = (self.nn_rows, self.nn_cols);
-        assert!(a.len() >= k * mr, "nn: a holds {} < {k}×{mr}", a.len());
+        let a = a.strip(k, mr, "nn");
         assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
-        let tile = NnTile { k, a: a.as_ptr(), b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
+        let tile = NnTile { k, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
         unsafe { (self.nn)(&tile) }
     }
 
     /// Runs one `nn` micro-tile whose `b` row `k` is `rows.row(k)[offset..]`.
-    pub fn nn_indirect(&self, a: &[A], rows: &RowSet<'_, A>, offset: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+    pub fn nn_indirect(
+        &self,
+        a: AOperand<'_, A>,
+        rows: &RowSet<'_, A>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         let (mr, nr, k) = (self.nn_rows, self.nn_cols, rows.pointers.len());
-        assert!(a.len() >= k * mr, "nn_indirect: a holds {} < {k}×{mr}", a.len());
+        let a = a.strip(k, mr, "nn_indirect");
         assert!(offset + nr <= rows.len, "nn_indirect: rows hold {} < {offset} + {nr}", rows.len);
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn_indirect: c too short");
-        let tile =
-            NnRowsTile { k, a: a.as_ptr(), rows: rows.pointers.as_ptr(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        let tile = NnRowsTile { k, a, rows: rows.pointers.as_ptr(), offset, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: as in `nn`; every row holds `offset + nr` elements (checked by `RowSet`).
         unsafe { (self.nn_indirect)(&tile) }
     }
@@ -849,14 +949,23 @@ mod tests {
         let b: Vec<A> = values(k * ldb, 2).into_iter().map(A::from_f64).collect();
         let ldc = nr + 1;
         let mut c = vec![A::ZERO; mr * ldc];
-        ks.nn(k, &a, &b, ldb, &mut c, ldc, false);
-        ks.nn(k, &a, &b, ldb, &mut c, ldc, true);
+        ks.nn(k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, false);
+        ks.nn(k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, true);
         for i in 0..mr {
             for j in 0..nr {
                 let want: f64 = (0..k).map(|kk| a[kk * mr + i].to_f64() * b[kk * ldb + j].to_f64()).sum();
                 close(c[i * ldc + j], 2.0 * want, "nn");
             }
         }
+        // The same `a` read in place from rows (after 2 other values each): the same sums, bit for bit.
+        let a_rows: Vec<Vec<A>> =
+            (0..mr).map(|i| [A::ONE, A::ONE].into_iter().chain((0..k).map(|kk| a[kk * mr + i])).collect()).collect();
+        let mut rows = RowSet::new();
+        a_rows.iter().for_each(|row| rows.push(row));
+        let mut in_place = vec![A::ZERO; mr * ldc];
+        ks.nn(k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, false);
+        ks.nn(k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, true);
+        assert!(c.iter().zip(&in_place).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()), "{isa:?} nn rows");
         // nt
         let (mr, nr, k) = (ks.nt_rows, ks.nt_cols, 7 * ks.lanes);
         let lda = k + 2;

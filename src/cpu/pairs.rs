@@ -23,7 +23,7 @@ use std::any::{Any, TypeId};
 use half::bf16;
 
 use super::isa::CpuIsa;
-use super::kernels::RowSet;
+use super::kernels::{AOperand, AStrip, AValues, PackedA, RowSet, RowsA};
 use crate::element::Element;
 
 /// `even` and `odd` in one word, `even` in the low half: the layout
@@ -45,8 +45,8 @@ pub(crate) fn as_bf16<T: Element>(values: &[T]) -> Option<&[bf16]> {
 struct PairTile<A> {
     /// Reduction length, in pairs.
     k: usize,
-    /// `k` rows of `MR` weight pairs.
-    a: *const u32,
+    /// `MR` weight pairs per step.
+    a: AStrip<u32>,
     /// `k` row pointers; row `k` is read from `rows[k] + offset`.
     rows: *const *const u32,
     offset: usize,
@@ -184,6 +184,17 @@ mod avx512 {
 /// pair and `NV` loaded data registers per reduction step.
 #[inline(always)]
 unsafe fn nn_pairs<S: PairLanes, const MR: usize, const NV: usize>(t: &PairTile<f32>) {
+    // SAFETY: forwarded; `AOperand::strip` checked that `Rows` holds `MR` pointers.
+    unsafe {
+        match t.a {
+            AStrip::Packed(a) => nn_pairs_body::<S, MR, NV>(t, &PackedA(a)),
+            AStrip::Rows(rows, offset) => nn_pairs_body::<S, MR, NV>(t, &RowsA::<u32, MR>::new(rows, offset)),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn nn_pairs_body<S: PairLanes, const MR: usize, const NV: usize>(t: &PairTile<f32>, a: &impl AValues<u32>) {
     let l = S::LANES;
     // SAFETY (whole body): `PairKernels::nn_indirect` checked the operands against the tile.
     unsafe {
@@ -195,17 +206,15 @@ unsafe fn nn_pairs<S: PairLanes, const MR: usize, const NV: usize>(t: &PairTile<
                 }
             }
         }
-        let mut a = t.a;
         for kk in 0..t.k {
             let row = (*t.rows.add(kk)).add(t.offset);
             let b: [S::P; NV] = std::array::from_fn(|v| S::load_pairs(row.add(v * l)));
             for (i, acc_row) in acc.iter_mut().enumerate() {
-                let w = S::splat_pair(*a.add(i));
+                let w = S::splat_pair(a.value::<MR>(kk, i));
                 for (r, &b) in acc_row.iter_mut().zip(&b) {
                     *r = S::dot(*r, w, b);
                 }
             }
-            a = a.add(MR);
         }
         for (i, row) in acc.iter().enumerate() {
             for (v, &r) in row.iter().enumerate() {
@@ -252,7 +261,7 @@ impl<A: Copy + 'static> PairKernels<A> {
     /// tile's `rows × cols`, checking every operand holds the tile.
     pub fn nn_indirect(
         &self,
-        a: &[u32],
+        a: AOperand<'_, u32>,
         rows: &RowSet<'_, u32>,
         offset: usize,
         c: &mut [A],
@@ -260,10 +269,10 @@ impl<A: Copy + 'static> PairKernels<A> {
         accumulate: bool,
     ) {
         let (mr, nr, k) = (self.rows, self.cols, rows.rows());
-        assert!(a.len() >= k * mr, "nn_pairs: a holds {} < {k}×{mr}", a.len());
+        let a = a.strip(k, mr, "nn_pairs");
         assert!(offset + nr <= rows.row_len(), "nn_pairs: rows hold {} < {offset} + {nr}", rows.row_len());
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn_pairs: c too short");
-        let tile = PairTile { k, a: a.as_ptr(), rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        let tile = PairTile { k, a, rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only where its instruction set runs, and the asserts bound every access.
         unsafe { (self.nn)(&tile) }
     }
@@ -292,7 +301,7 @@ mod tests {
         let mut rows = RowSet::new();
         data.iter().for_each(|row| rows.push(row));
         let mut c = vec![1.0f32; mr * nr];
-        ks.nn_indirect(&a, &rows, 1, &mut c, nr, true);
+        ks.nn_indirect(AOperand::Packed(&a), &rows, 1, &mut c, nr, true);
         for (i, j) in (0..mr).flat_map(|i| (0..nr).map(move |j| (i, j))) {
             let expected: f32 = 1.0
                 + (0..k)

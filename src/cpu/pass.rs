@@ -413,12 +413,19 @@ pub(crate) fn store_row<T: Element>(
     }
 }
 
+/// `values` as the accumulator type when `T` is that type (f32, f64).
+pub(crate) fn as_accumulators<T: Element>(values: &[T]) -> Option<&[T::Accum]> {
+    (TypeId::of::<T>() == TypeId::of::<T::Accum>()).then(|| {
+        // SAFETY: T and T::Accum are the same type.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<T::Accum>(), values.len()) }
+    })
+}
+
 /// `src` widened to the accumulator type: borrowed as it is when `T` already is
 /// that type, converted into `buffer` otherwise.
 pub(crate) fn widened<'a, T: Element>(src: &'a [T], buffer: &'a mut Vec<T::Accum>) -> &'a [T::Accum] {
-    if TypeId::of::<T>() == TypeId::of::<T::Accum>() {
-        // SAFETY: T and T::Accum are the same type.
-        return unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<T::Accum>(), src.len()) };
+    if let Some(values) = as_accumulators(src) {
+        return values;
     }
     buffer.clear();
     buffer.resize(src.len(), T::Accum::ZERO);
