@@ -32,7 +32,7 @@ use super::pairs::{PairKernels, as_bf16, pair};
 use super::pass::{Direction, Pass, RowPacker, Segment, as_accumulators, store_row, widen};
 use super::threads::Tasks;
 use crate::backend::Activation;
-use crate::element::{Accumulator, Element};
+use crate::element::{Accumulator, DType, Element};
 
 /// Rows of `X̂` a micro-kernel call reduces over: a `KC × columns` slice of
 /// the panel stays in L2, and a `MR × KC` weight strip in L1.
@@ -526,24 +526,29 @@ fn split_tasks<'a, T>(dst: &'a mut [T], columns: &Columns, first: &Pass) -> Vec<
         .collect()
 }
 
-/// Bytes of extra memory a forward or adjoint op takes with `threads` threads;
-/// `bf16` when its elements are bf16 (the pair kernel's copies, where it runs).
+/// Bytes of extra memory a forward or adjoint op on `dtype` elements takes
+/// with `threads` threads (weights packed unless read in place, copies of
+/// `src` in the accumulator type, or in bf16 pairs where the pair kernel runs).
 pub(crate) fn workspace_bytes<A: Copy + 'static>(
     ks: &Kernels<A>,
     passes: &[Pass],
-    bf16: bool,
+    dtype: DType,
     threads: usize,
 ) -> usize {
     let Some(first) = passes.first() else { return 0 };
     // Weights and `X̂` (copy or panels): per source channel, or per pair of them in words of two bf16.
-    let ((mr, nr), slots, slot_size) = match PairKernels::<A>::for_isa(ks.isa).filter(|_| bf16) {
+    let pairs = PairKernels::<A>::for_isa(ks.isa).filter(|_| dtype == DType::BF16);
+    let ((mr, nr), slots, slot_size) = match pairs {
         Some(p) => ((p.rows, p.cols), first.src_channels.div_ceil(2), std::mem::size_of::<u32>()),
         None => ((ks.nn_rows, ks.nn_cols), first.src_channels, std::mem::size_of::<A>()),
     };
     let size = std::mem::size_of::<A>();
     let Some(plan) = Plan::new(passes, mr, nr, size) else { return 0 };
-    let weights: usize =
-        passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(mr) * mr * slots * p.taps.len()).sum();
+    let in_place = pairs.is_none() && weights_in_place(passes, matches!(dtype, DType::F32 | DType::F64));
+    let weights: usize = match in_place {
+        true => 0,
+        false => passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(mr) * mr * slots * p.taps.len()).sum(),
+    };
     let k = slots * passes.iter().map(|p| p.taps.len()).max().unwrap_or(0);
     // Each thread holds at most one task's panel and one row block's tile; the
     // bordered copy replaces the panels where it is used.
@@ -668,6 +673,14 @@ enum Source<'a, A: 'static> {
 /// points: 12% slower in place; 784 points: even).
 const IN_PLACE_COLUMNS: usize = 512;
 
+/// Whether an op of `passes` reads its weights in place, given whether they
+/// are in the accumulator type: a single forward pass over few columns.
+fn weights_in_place(passes: &[Pass], accumulator_weights: bool) -> bool {
+    matches!(passes, [pass] if accumulator_weights
+        && pass.direction == Direction::Forward
+        && pass.batch * pass.dst_volume() <= IN_PLACE_COLUMNS)
+}
+
 /// The weights as the micro-kernel reads them.
 enum Weights<'a, B> {
     /// Packed per pass into `MR`-row strips ([`pack_weights`]).
@@ -737,12 +750,8 @@ impl<'a, A: Accumulator> Source<'a, A> {
             let weights = Weights::Packed(pack_weight_pairs(passes, w, kernels.rows));
             return Source::Pairs { src, bordered, weights, kernels };
         }
-        let weights = match (passes, as_accumulators(w)) {
-            ([pass], Some(w))
-                if pass.direction == Direction::Forward && pass.batch * pass.dst_volume() <= IN_PLACE_COLUMNS =>
-            {
-                Weights::Rows(w)
-            }
+        let weights = match as_accumulators(w) {
+            Some(w) if weights_in_place(passes, true) => Weights::Rows(w),
             _ => Weights::Packed(pack_weights(passes, w, ks.nn_rows)),
         };
         match Bordered::new(passes, src, ks.nn_cols, false) {

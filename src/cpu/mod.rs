@@ -280,13 +280,13 @@ impl CpuBackend {
     }
 
     fn workspace<A: Copy + 'static>(&self, g: &ConvGeometry, primitive: Primitive, dtype: DType) -> usize {
-        let (threads, bf16) = (self.threads(), dtype == DType::BF16);
+        let threads = self.threads();
         let elements = match (self.algorithm_for_primitive(g, primitive, dtype), kernels::<A>(self.isa())) {
             (_, _) if primitive == Primitive::ChannelSums => 0,
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 return match primitive {
-                    Primitive::Correlate => gemm::workspace_bytes(&ks, &[Pass::forward(g)], bf16, threads),
-                    Primitive::CorrelateAdjoint => gemm::workspace_bytes(&ks, &Pass::adjoint(g), bf16, threads),
+                    Primitive::Correlate => gemm::workspace_bytes(&ks, &[Pass::forward(g)], dtype, threads),
+                    Primitive::CorrelateAdjoint => gemm::workspace_bytes(&ks, &Pass::adjoint(g), dtype, threads),
                     _ => gemm::weight_workspace_bytes(&ks, &Pass::forward(g), threads),
                 };
             }

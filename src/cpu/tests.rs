@@ -208,6 +208,18 @@ fn bf16_channel_pairs_keep_an_odd_last_channel_alone() {
 }
 
 #[test]
+fn a_forward_conv_over_few_columns_counts_no_packed_weights() {
+    // 512 -> 512 channels, 3×3, on a 7×7 plane: 196 grid points, 9.4 MB of weights.
+    let g = ConvGeometry::conv(2, &[4, 512, 7, 7], &[512, 512, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
+    let cpu = CpuBackend::new().with_algorithm(CpuAlgorithm::ImplicitGemm);
+    let weights = 512 * 512 * 9 * 4;
+    let bytes = |dtype| cpu.workspace_bytes(&g, Primitive::Correlate, dtype);
+    // f32 reads its weights in place; f16's are widened into packed strips.
+    assert!(bytes(DType::F32) < weights && bytes(DType::F16) > weights, "{} {}", bytes(DType::F32), bytes(DType::F16));
+    assert!(cpu.workspace_bytes(&g, Primitive::CorrelateAdjoint, DType::F32) > weights, "the adjoint packs");
+}
+
+#[test]
 fn bf16_reads_channel_pairs_where_a_pair_kernel_exists() {
     // Under test the portable instruction set has the pair kernel (standing in for AVX-512 BF16's).
     let g = ConvGeometry::conv(2, &[2, 61, 6, 20], &[10, 61, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
