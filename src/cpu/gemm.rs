@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use half::bf16;
 
-use super::kernels::{AOperand, Kernels, RowSet};
+use super::kernels::{AOperand, IndirectKernel, Kernels, RowSet};
 use super::pairs::{PairKernels, as_bf16, pair};
 use super::pass::{Direction, Pass, RowPacker, Segment, as_accumulators, store_row, widen};
 use super::threads::Tasks;
@@ -769,56 +769,6 @@ impl<'a, A: Accumulator> Source<'a, A> {
     }
 }
 
-/// A micro-kernel that reads the rows of `X̂` in place: `c (+)= a · rows[..][offset..]`
-/// over one tile, with `a` and the rows in `B` and `c` in `A`.
-trait IndirectKernel<A, B> {
-    /// Tile rows (MR) and columns (NR).
-    fn tile(&self) -> (usize, usize);
-    fn multiply(
-        &self,
-        a: AOperand<'_, B>,
-        rows: &RowSet<'_, B>,
-        offset: usize,
-        c: &mut [A],
-        ldc: usize,
-        accumulate: bool,
-    );
-}
-
-impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
-    fn tile(&self) -> (usize, usize) {
-        (self.nn_rows, self.nn_cols)
-    }
-    fn multiply(
-        &self,
-        a: AOperand<'_, A>,
-        rows: &RowSet<'_, A>,
-        offset: usize,
-        c: &mut [A],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        self.nn_indirect(a, rows, offset, c, ldc, accumulate);
-    }
-}
-
-impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
-    fn tile(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-    fn multiply(
-        &self,
-        a: AOperand<'_, u32>,
-        rows: &RowSet<'_, u32>,
-        offset: usize,
-        c: &mut [A],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        self.nn_indirect(a, rows, offset, c, ldc, accumulate);
-    }
-}
-
 /// Grows `buffer` (with zeros) to hold `len` elements from a 64-byte boundary
 /// (a cache line), so that the kernels' vector loads never straddle two
 /// lines, and returns the index of that boundary.
@@ -1017,7 +967,7 @@ fn multiply_rows<'a, A: Accumulator, B: 'a>(
             // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
             for jr in (0..image.len).step_by(nr) {
                 for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-                    ks.multiply(weights.strip(s, k0), &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
+                    ks.nn_indirect(weights.strip(s, k0), &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
                 }
             }
         }

@@ -494,6 +494,64 @@ unsafe fn dots_group<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const W: 
     }
 }
 
+/// A micro-kernel that reads the `b` rows of its tile where they are:
+/// `c[i·ldc + j] (+)= Σ_k a[k][i] · rows.row(k)[offset + j]` over its
+/// `MR × NR` tile, with `a` and the rows in `B` and `c` in `A` (the `nn`
+/// kernels, and the bf16 pair kernel with `B` = pairs).
+pub(crate) trait IndirectKernel<A, B> {
+    /// Tile rows (MR) and columns (NR).
+    fn tile(&self) -> (usize, usize);
+    /// Runs one tile, checking every operand holds it.
+    fn nn_indirect(
+        &self,
+        a: AOperand<'_, B>,
+        rows: &RowSet<'_, B>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    );
+}
+
+/// The checks every [`IndirectKernel`] makes before its tile runs: the tile's
+/// reduction length and its `a` operand as the kernel takes it.
+pub(crate) fn check_indirect<A, B>(
+    kernel: &str,
+    (mr, nr): (usize, usize),
+    a: AOperand<'_, B>,
+    rows: &RowSet<'_, B>,
+    offset: usize,
+    c: &[A],
+    ldc: usize,
+) -> (usize, AStrip<B>) {
+    let k = rows.rows();
+    let a = a.strip(k, mr, kernel);
+    assert!(offset + nr <= rows.row_len(), "{kernel}: rows hold {} < {offset} + {nr}", rows.row_len());
+    assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "{kernel}: c too short");
+    (k, a)
+}
+
+impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
+    fn tile(&self) -> (usize, usize) {
+        (self.nn_rows, self.nn_cols)
+    }
+
+    fn nn_indirect(
+        &self,
+        a: AOperand<'_, A>,
+        rows: &RowSet<'_, A>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (k, a) = check_indirect("nn_indirect", self.tile(), a, rows, offset, c, ldc);
+        let tile = NnRowsTile { k, a, rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: the table exists only for a supported ISA, and `check_indirect` bounds every access.
+        unsafe { (self.nn_indirect)(&tile) }
+    }
+}
+
 /// The `a` operand of an `nn` micro-tile (`MR` rows of the weights, `k` long).
 #[derive(Clone, Copy)]
 pub(crate) enum AOperand<'a, A> {
@@ -790,25 +848,6 @@ impl<A: Copy + 'static> Kernels<A> {
         let tile = NnTile { k, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
         unsafe { (self.nn)(&tile) }
-    }
-
-    /// Runs one `nn` micro-tile whose `b` row `k` is `rows.row(k)[offset..]`.
-    pub fn nn_indirect(
-        &self,
-        a: AOperand<'_, A>,
-        rows: &RowSet<'_, A>,
-        offset: usize,
-        c: &mut [A],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        let (mr, nr, k) = (self.nn_rows, self.nn_cols, rows.pointers.len());
-        let a = a.strip(k, mr, "nn_indirect");
-        assert!(offset + nr <= rows.len, "nn_indirect: rows hold {} < {offset} + {nr}", rows.len);
-        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn_indirect: c too short");
-        let tile = NnRowsTile { k, a, rows: rows.pointers.as_ptr(), offset, c: c.as_mut_ptr(), ldc, accumulate };
-        // SAFETY: as in `nn`; every row holds `offset + nr` elements (checked by `RowSet`).
-        unsafe { (self.nn_indirect)(&tile) }
     }
 
     /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).

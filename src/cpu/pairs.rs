@@ -18,12 +18,13 @@
 //! products are exact in f32, so `c + a·b` rounds once, as the fused
 //! instruction does), which stands in for the AVX-512 one under `cfg(test)`.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 
 use half::bf16;
 
 use super::isa::CpuIsa;
-use super::kernels::{AOperand, AStrip, AValues, PackedA, RowSet, RowsA};
+use super::kernels::{AOperand, AStrip, AValues, IndirectKernel, PackedA, RowSet, RowsA, check_indirect};
+use super::pass::as_type;
 use crate::element::Element;
 
 /// `even` and `odd` in one word, `even` in the low half: the layout
@@ -34,10 +35,7 @@ pub(crate) fn pair(even: bf16, odd: bf16) -> u32 {
 
 /// `values` as bf16 when `T` is bf16.
 pub(crate) fn as_bf16<T: Element>(values: &[T]) -> Option<&[bf16]> {
-    (TypeId::of::<T>() == TypeId::of::<bf16>()).then(|| {
-        // SAFETY: `T` is `bf16`.
-        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<bf16>(), values.len()) }
-    })
+    as_type(values)
 }
 
 /// The operands of one pair micro-tile: `C[MR×NR] (+)= Σ_k a[k][MR] ⊙ rows[k][offset..][..NR]`,
@@ -256,10 +254,15 @@ impl<A: Copy + 'static> PairKernels<A> {
         };
         (&table as &dyn Any).downcast_ref::<PairKernels<A>>().copied()
     }
+}
 
-    /// `c[i·ldc + j] (+)= Σ_k a[k·rows + i] ⊙ rows.row(k)[offset + j]` for the
-    /// tile's `rows × cols`, checking every operand holds the tile.
-    pub fn nn_indirect(
+impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
+    fn tile(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// `c[i·ldc + j] (+)= Σ_k a[k·rows + i] ⊙ rows.row(k)[offset + j]` over the tile.
+    fn nn_indirect(
         &self,
         a: AOperand<'_, u32>,
         rows: &RowSet<'_, u32>,
@@ -268,12 +271,9 @@ impl<A: Copy + 'static> PairKernels<A> {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (mr, nr, k) = (self.rows, self.cols, rows.rows());
-        let a = a.strip(k, mr, "nn_pairs");
-        assert!(offset + nr <= rows.row_len(), "nn_pairs: rows hold {} < {offset} + {nr}", rows.row_len());
-        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn_pairs: c too short");
+        let (k, a) = check_indirect("nn_pairs", self.tile(), a, rows, offset, c, ldc);
         let tile = PairTile { k, a, rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
-        // SAFETY: the table exists only where its instruction set runs, and the asserts bound every access.
+        // SAFETY: the table exists only where its instruction set runs, and `check_indirect` bounds every access.
         unsafe { (self.nn)(&tile) }
     }
 }

@@ -413,12 +413,17 @@ pub(crate) fn store_row<T: Element>(
     }
 }
 
+/// `values` as a slice of `U` when `T` is `U`.
+pub(crate) fn as_type<T: 'static, U: 'static>(values: &[T]) -> Option<&[U]> {
+    (TypeId::of::<T>() == TypeId::of::<U>()).then(|| {
+        // SAFETY: `T` and `U` are the same type.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<U>(), values.len()) }
+    })
+}
+
 /// `values` as the accumulator type when `T` is that type (f32, f64).
 pub(crate) fn as_accumulators<T: Element>(values: &[T]) -> Option<&[T::Accum]> {
-    (TypeId::of::<T>() == TypeId::of::<T::Accum>()).then(|| {
-        // SAFETY: T and T::Accum are the same type.
-        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<T::Accum>(), values.len()) }
-    })
+    as_type(values)
 }
 
 /// `src` widened to the accumulator type: borrowed as it is when `T` already is
