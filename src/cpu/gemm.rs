@@ -801,16 +801,13 @@ fn pack_panel<T: Element>(
     ldb: usize,
     panel: &mut Vec<T::Accum>,
 ) -> usize {
-    let (k, ntaps) = (pass.reduction(), pass.taps.len());
+    let k = pass.reduction();
     // Every element is written below, so the buffer only grows, never needs clearing.
     let start = cache_aligned(panel, k * ldb);
     let packer = RowPacker::new(pass, group, segments, columns);
     panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).tasks().enumerate().for_each(|(job, rows)| {
-        for (i, row) in rows.chunks_mut(ldb).enumerate() {
-            let kk = job * PACK_ROWS + i;
-            packer.pack(src, kk / ntaps, kk % ntaps, &mut row[..columns]);
-            row[columns..].fill(T::Accum::ZERO);
-        }
+        let first = job * PACK_ROWS;
+        packer.pack_rows(src, first..first + rows.len() / ldb, rows, ldb);
     });
     start
 }
@@ -1116,9 +1113,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                 }
                 None => {
                     let mut xhat = vec![T::Accum::ZERO; rows.len().next_multiple_of(nr) * ld];
-                    for (kk, row) in rows.zip(xhat.chunks_mut(ld)) {
-                        packers[group].pack(x, kk / ntaps, kk % ntaps, &mut row[..columns]);
-                    }
+                    packers[group].pack_rows(x, rows, &mut xhat, ld);
                     for (s, acc_strip) in acc.chunks_mut(mr * plan.rows).enumerate() {
                         for jr in (0..xhat.len() / ld).step_by(nr) {
                             ks.nt(ld, &dy[s * mr * ld..], ld, &xhat[jr * ld..], ld, &mut acc_strip[jr..], plan.rows);
