@@ -37,6 +37,7 @@ struct Layout {
     pitch: [usize; 2],
     /// Output points per row, rounded up to the lane count.
     outputs: usize,
+    lanes: usize,
     len: usize,
 }
 
@@ -52,14 +53,18 @@ impl Layout {
         };
         let count = |d: usize| passes.iter().map(|p| p.count[d]).max().unwrap_or(0);
         let outputs = count(2).next_multiple_of(lanes);
+        // A row computed by a call of its own is a whole number of vectors;
+        // in a single run, the columns past a row's outputs read the next
+        // row's border and are dropped, so the row need only reach its own.
+        let row_outputs = if passes.iter().all(Layout::is_single_run) { count(2) } else { outputs };
         let stride2 = first.src_stride[2];
-        let phase_len = (lo[2] + reach(2, outputs)).div_ceil(stride2);
+        let phase_len = (lo[2] + reach(2, row_outputs)).div_ceil(stride2);
         let pitch1 = phase_len * stride2;
         let pitch0 = (lo[1] + reach(1, count(1))) * pitch1;
         let slabs = lo[0] + reach(0, count(0));
         // Slack so a whole-volume run starting at any tap stays inside.
         let len = slabs * pitch0 + pitch0 + lanes;
-        Layout { lo, phase_len, stride2, pitch: [pitch0, pitch1], outputs, len }
+        Layout { lo, phase_len, stride2, pitch: [pitch0, pitch1], outputs, lanes, len }
     }
 
     /// Where tap `offset` reads the output at grid point 0.
@@ -73,14 +78,19 @@ impl Layout {
     /// Whether the whole grid of `pass` is one run with the volume's pitches
     /// (unit strides along dims 0 and 1), so one kernel call covers it.
     fn single_run(&self, pass: &Pass) -> bool {
+        Layout::is_single_run(pass)
+    }
+
+    /// [`Layout::single_run`], before there is a layout.
+    fn is_single_run(pass: &Pass) -> bool {
         pass.src_stride[0] == 1 && pass.src_stride[1] == 1
     }
 
     /// Length of the accumulator of `pass`, and where grid row `(m0, m1)` starts in it.
     fn acc_len(&self, pass: &Pass) -> usize {
         if self.single_run(pass) {
-            let [c0, c1, _] = pass.count;
-            ((c0 - 1) * self.pitch[0] + (c1 - 1) * self.pitch[1] + self.outputs).next_multiple_of(self.outputs.max(1))
+            let [c0, c1, c2] = pass.count;
+            ((c0 - 1) * self.pitch[0] + (c1 - 1) * self.pitch[1] + c2).next_multiple_of(self.lanes)
         } else {
             pass.count[0] * pass.count[1] * self.outputs
         }
