@@ -155,8 +155,9 @@ impl Pass {
         self.dst_size.iter().product()
     }
 
-    /// Index in the weight of `w(group, o, c, j)`.
-    pub fn weight_index(&self, group: usize, o: usize, c: usize, j: usize) -> usize {
+    /// Index in the weight of the kernel of `(group, o, c)`: `w(group, o, c, j)`
+    /// is `taps[j].index` further.
+    pub fn kernel_start(&self, group: usize, o: usize, c: usize) -> usize {
         let (out, inner) = match self.direction {
             Direction::Forward => (group * self.dst_channels + o, c),
             Direction::Adjoint => (group * self.src_channels + c, o),
@@ -165,7 +166,7 @@ impl Pass {
             Direction::Forward => self.src_channels,
             Direction::Adjoint => self.dst_channels,
         };
-        (out * in_per_group + inner) * self.kernel_volume + self.taps[j].index
+        (out * in_per_group + inner) * self.kernel_volume
     }
 
     /// Offset of the `src` plane `(n, group, c)`.

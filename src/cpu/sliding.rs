@@ -184,14 +184,14 @@ pub(crate) fn correlate<T: Element>(
     let weights: Vec<Vec<T::Accum>> = passes
         .iter()
         .map(|p| {
-            let ntaps = p.taps.len();
-            let per_group = cd * cs * ntaps;
-            (0..groups * per_group)
-                .map(|i| {
-                    let (group, o, c, j) = (i / per_group, i / (cs * ntaps) % cd, i / ntaps % cs, i % ntaps);
-                    w[p.weight_index(group, o, c, j)].to_accum()
-                })
-                .collect()
+            let mut reordered = Vec::with_capacity(groups * cd * cs * p.taps.len());
+            for (group, o) in (0..groups).flat_map(|group| (0..cd).map(move |o| (group, o))) {
+                for c in 0..cs {
+                    let kernel = p.kernel_start(group, o, c);
+                    reordered.extend(p.taps.iter().map(|t| w[kernel + t.index].to_accum()));
+                }
+            }
+            reordered
         })
         .collect();
     let scratch = || Scratch { sources: Vec::new(), accs: Vec::new(), widened: Vec::new() };
