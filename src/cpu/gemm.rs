@@ -29,7 +29,7 @@ use half::bf16;
 
 use super::kernels::{AOperand, IndirectKernel, Kernels, RowSet};
 use super::pairs::{PairKernels, as_bf16, pair};
-use super::pass::{Direction, Pass, RowPacker, Segment, as_accumulators, store_row, widen};
+use super::pass::{Direction, Pass, RowPacker, Segment, as_accumulators, epilogue, store_row, widen};
 use super::threads::Tasks;
 use crate::backend::Activation;
 use crate::element::{Accumulator, DType, Element};
@@ -550,11 +550,14 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
         false => passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(mr) * mr * slots * p.taps.len()).sum(),
     };
     let k = slots * passes.iter().map(|p| p.taps.len()).max().unwrap_or(0);
-    // Each thread holds at most one task's panel and one row block's tile; the
-    // bordered copy replaces the panels where it is used.
+    // Each thread holds at most one task's panel and one row block's tile per
+    // pass it runs at once (two that interleave); the bordered copy replaces
+    // the panels where it is used.
+    let at_once = if passes.windows(2).any(|pair| interleaves(&pair[0], &pair[1])) { 2 } else { 1 };
     let bordered = BorderedLayout::len(passes, nr, slots);
     let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
-    (weights + bordered + threads.max(1) * panel) * slot_size + threads.max(1) * plan.max_ldb * plan.rows * size
+    let per_thread = at_once * threads.max(1);
+    (weights + bordered + per_thread * panel) * slot_size + per_thread * plan.max_ldb * plan.rows * size
 }
 
 /// The most grid points a column block holds in `pass`.
@@ -570,6 +573,11 @@ fn grid_columns(pass: &Pass, columns: &Columns) -> usize {
 }
 
 /// Runs `passes` (which together cover `dst`) by implicit GEMM.
+///
+/// Two passes that fill the even and odd positions of the same `dst` rows
+/// (the stride-2 phases of a transposed conv, see [`interleaves`]) run side
+/// by side in a task, each row block computing both tiles and storing them
+/// interleaved: whole runs of `dst` rather than every other element, twice.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn correlate<T: Element>(
     ks: &Kernels<T::Accum>,
@@ -584,38 +592,25 @@ pub(crate) fn correlate<T: Element>(
     let (mr, nr) = source.tile(ks);
     let Some(plan) = Plan::new(passes, mr, nr, std::mem::size_of::<T::Accum>()) else { return };
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
-    // Tile buffers, one per row block, kept by each worker from task to task:
+    // Tile buffers, two per row block, kept by each worker from task to task:
     // only their growth is zeroed, and each tile is written before it is read.
-    let tiles = || (0..plan.row_blocks).map(|_| Vec::new()).collect::<Vec<Vec<T::Accum>>>();
+    let tiles = || (0..plan.row_blocks).map(|_| [Vec::new(), Vec::new()]).collect::<Vec<[Vec<T::Accum>; 2]>>();
     tasks.into_par_iter().tasks().for_each_init(tiles, |tiles, mut task| {
-        let (mut segments, mut panel, mut pair_panel, mut images) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut panel_start = 0;
-        for (p, pass) in passes.iter().enumerate() {
-            let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut segments);
+        let mut inputs = [PassInput::default(), PassInput::default()];
+        let mut p = 0;
+        while p < passes.len() {
+            let [first, second] = &mut inputs;
+            let columns = first.prepare(&source, &passes[p], src, &task, nr);
+            let pair = p + 1 < passes.len()
+                && interleaves(&passes[p], &passes[p + 1])
+                && second.prepare(&source, &passes[p + 1], src, &task, nr) == columns
+                && first.segments.iter().zip(&second.segments).all(|(a, b)| a.n == b.n && a.m == b.m && a.m2 == b.m2);
+            let step = if pair { 2 } else { 1 };
             if columns == 0 {
+                p += step;
                 continue;
             }
-            let group = task.group;
-            let ldb = match &source {
-                Source::Bordered(bordered, _) => virtual_columns(bordered, nr, &mut segments, &mut images),
-                Source::Pairs { bordered: Some(bordered), .. } => {
-                    virtual_columns(bordered, nr, &mut segments, &mut images)
-                }
-                Source::Panel(_) => {
-                    let ldb = columns.next_multiple_of(nr);
-                    panel_start = pack_panel(pass, src, group, &segments, columns, ldb, &mut panel);
-                    ldb
-                }
-                Source::Pairs { src, bordered: None, .. } => {
-                    let ldb = columns.next_multiple_of(nr);
-                    panel_start = pack_pair_panel(pass, src, group, &segments, columns, ldb, &mut pair_panel);
-                    // The panel's columns as one run, for `multiply_rows`.
-                    images.clear();
-                    images.push(ImageColumns { n: 0, first: 0, column: 0, len: ldb });
-                    ldb
-                }
-            };
-            let image_count = task.images.len();
+            let (pass, group, image_count) = (&passes[p], task.group, task.images.len());
             let mut rest = &mut task.pieces[..];
             let mut blocks = Vec::with_capacity(plan.row_blocks);
             for index in 0..plan.row_blocks {
@@ -626,31 +621,129 @@ pub(crate) fn correlate<T: Element>(
                     blocks.push((channels, pieces));
                 }
             }
-            blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), tile)| {
-                let (block, images) = (channels.clone(), &images[..]);
-                let start = match &source {
-                    Source::Bordered(bordered, weights) => {
-                        multiply_indirect(ks, pass, weights, bordered, p, images, ldb, group, block, tile)
-                    }
-                    Source::Panel(weights) => {
-                        multiply(ks, pass, weights, p, &panel[panel_start..], ldb, group, block, tile)
-                    }
-                    Source::Pairs { bordered: Some(bordered), weights, kernels, .. } => {
-                        multiply_indirect(kernels, pass, weights, bordered, p, images, ldb, group, block, tile)
-                    }
-                    Source::Pairs { bordered: None, weights, kernels, .. } => {
-                        let k = pass.src_channels.div_ceil(2) * pass.taps.len();
-                        let panel = &pair_panel[panel_start..];
-                        let row = |_: &ImageColumns, kk: usize| &panel[kk * ldb..][..ldb];
-                        let weights = weights.block(pass, p, group, &block, kernels.rows, k);
-                        multiply_rows(kernels, k, &weights, images, ldb, block, tile, row)
-                    }
-                };
+            let inputs = &inputs;
+            blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), [a, b])| {
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
-                write_tile(pass, bias, activation, &mut tile[start..], ldb, &segments, &region, pieces);
+                let start = multiply_pass(ks, &source, pass, p, &inputs[0], group, region.channels.clone(), a);
+                let first = Tile { values: &mut a[start..], ldb: inputs[0].ldb, segments: &inputs[0].segments };
+                if pair {
+                    let start = multiply_pass(
+                        ks,
+                        &source,
+                        &passes[p + 1],
+                        p + 1,
+                        &inputs[1],
+                        group,
+                        region.channels.clone(),
+                        b,
+                    );
+                    let second = Tile { values: &mut b[start..], ldb: inputs[1].ldb, segments: &inputs[1].segments };
+                    write_tile_pair(pass, bias, activation, first, second, &region, pieces);
+                } else {
+                    write_tile(pass, bias, activation, first, &region, pieces);
+                }
             });
+            p += step;
         }
     });
+}
+
+/// Whether `b` fills the positions right after those `a` fills along the
+/// rows, at step 2: the two stride-2 phases of one row phase of a transposed
+/// conv (the odd phase one column on), with equal grids.
+fn interleaves(a: &Pass, b: &Pass) -> bool {
+    a.step == b.step
+        && a.step[2] == 2
+        && a.count == b.count
+        && a.start[..2] == b.start[..2]
+        && b.start[2] == a.start[2] + 1
+}
+
+/// What one pass of a task reads: its grid points as segments, and where the
+/// kernel finds `X̂` for them (a run per image in the bordered copy, or a panel).
+#[derive(Default)]
+struct PassInput<A> {
+    segments: Vec<Segment>,
+    images: Vec<ImageColumns>,
+    panel: Vec<A>,
+    pair_panel: Vec<u32>,
+    panel_start: usize,
+    /// Tile width: the columns rounded up to `NR` (per image in the bordered copy).
+    ldb: usize,
+}
+
+impl<A: Accumulator> PassInput<A> {
+    /// The segments of `pass` in `task`, with the panel packed where `source`
+    /// has no bordered copy; returns the number of grid points (0: nothing to do).
+    fn prepare<T: Element<Accum = A>>(
+        &mut self,
+        source: &Source<'_, A>,
+        pass: &Pass,
+        src: &[T],
+        task: &Task<'_, T>,
+        nr: usize,
+    ) -> usize {
+        let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut self.segments);
+        if columns == 0 {
+            return 0;
+        }
+        let group = task.group;
+        self.ldb = match source {
+            Source::Bordered(bordered, _) => virtual_columns(bordered, nr, &mut self.segments, &mut self.images),
+            Source::Pairs { bordered: Some(bordered), .. } => {
+                virtual_columns(bordered, nr, &mut self.segments, &mut self.images)
+            }
+            Source::Panel(_) => {
+                let ldb = columns.next_multiple_of(nr);
+                self.panel_start = pack_panel(pass, src, group, &self.segments, columns, ldb, &mut self.panel);
+                ldb
+            }
+            Source::Pairs { src, bordered: None, .. } => {
+                let ldb = columns.next_multiple_of(nr);
+                self.panel_start =
+                    pack_pair_panel(pass, src, group, &self.segments, columns, ldb, &mut self.pair_panel);
+                // The panel's columns as one run, for `multiply_rows`.
+                self.images.clear();
+                self.images.push(ImageColumns { n: 0, first: 0, column: 0, len: ldb });
+                ldb
+            }
+        };
+        columns
+    }
+}
+
+/// The tile of pass `p` (index `p` of its op) for `channels` of `group`,
+/// written into `buffer` from the index returned.
+#[allow(clippy::too_many_arguments)]
+fn multiply_pass<A: Accumulator>(
+    ks: &Kernels<A>,
+    source: &Source<'_, A>,
+    pass: &Pass,
+    p: usize,
+    input: &PassInput<A>,
+    group: usize,
+    channels: Range<usize>,
+    buffer: &mut Vec<A>,
+) -> usize {
+    let (images, ldb) = (&input.images[..], input.ldb);
+    match source {
+        Source::Bordered(bordered, weights) => {
+            multiply_indirect(ks, pass, weights, bordered, p, images, ldb, group, channels, buffer)
+        }
+        Source::Panel(weights) => {
+            multiply(ks, pass, weights, p, &input.panel[input.panel_start..], ldb, group, channels, buffer)
+        }
+        Source::Pairs { bordered: Some(bordered), weights, kernels, .. } => {
+            multiply_indirect(kernels, pass, weights, bordered, p, images, ldb, group, channels, buffer)
+        }
+        Source::Pairs { bordered: None, weights, kernels, .. } => {
+            let k = pass.src_channels.div_ceil(2) * pass.taps.len();
+            let panel = &input.pair_panel[input.panel_start..];
+            let row = |_: &ImageColumns, kk: usize| &panel[kk * ldb..][..ldb];
+            let weights = weights.block(pass, p, group, &channels, kernels.rows, k);
+            multiply_rows(kernels, k, &weights, images, ldb, channels, buffer, row)
+        }
+    }
 }
 
 /// Where a forward or adjoint op reads `X̂` from, with the weights packed per pass for its kernel.
@@ -980,26 +1073,64 @@ struct Region {
     channels: Range<usize>,
 }
 
+/// A computed tile: a row per channel, `ldb` apart, each segment's values from its column.
+struct Tile<'a, A> {
+    values: &'a mut [A],
+    ldb: usize,
+    segments: &'a [Segment],
+}
+
 /// Writes `act(tile + bias)` to the region's grid points of `pass`; `pieces` are ordered (channel, image).
-#[allow(clippy::too_many_arguments)]
 fn write_tile<T: Element>(
     pass: &Pass,
     bias: Option<&[T]>,
     activation: Activation,
-    tile: &mut [T::Accum],
-    ldb: usize,
-    segments: &[Segment],
+    tile: Tile<'_, T::Accum>,
     region: &Region,
     pieces: &mut [&mut [T]],
 ) {
     let images = region.images.len();
-    for ((o, tile_row), planes) in region.channels.clone().zip(tile.chunks_mut(ldb)).zip(pieces.chunks_mut(images)) {
+    let rows = tile.values.chunks_mut(tile.ldb);
+    for ((o, tile_row), planes) in region.channels.clone().zip(rows).zip(pieces.chunks_mut(images)) {
         let b = bias.map(|b| b[region.group * pass.dst_channels + o].to_accum());
-        for seg in segments {
+        for seg in tile.segments {
             let piece = &mut planes[seg.n - region.images.start];
             let first = pass.dst_position([seg.m[0], seg.m[1], seg.m2.start]) - region.positions.start;
             let values = &mut tile_row[seg.column..][..seg.m2.len()];
             store_row(values, b, activation, &mut piece[first..], pass.step[2]);
+        }
+    }
+}
+
+/// [`write_tile`] for the tiles of two passes that [`interleave`](interleaves)
+/// (`even` of `pass`, `odd` of the next, their segments alike): each row's
+/// values alternate, one contiguous run per segment.
+fn write_tile_pair<T: Element>(
+    pass: &Pass,
+    bias: Option<&[T]>,
+    activation: Activation,
+    even: Tile<'_, T::Accum>,
+    odd: Tile<'_, T::Accum>,
+    region: &Region,
+    pieces: &mut [&mut [T]],
+) {
+    let images = region.images.len();
+    let rows = even.values.chunks_mut(even.ldb).zip(odd.values.chunks_mut(odd.ldb));
+    for ((o, (even_row, odd_row)), planes) in region.channels.clone().zip(rows).zip(pieces.chunks_mut(images)) {
+        let b = bias.map(|b| b[region.group * pass.dst_channels + o].to_accum());
+        for (e, d) in even.segments.iter().zip(odd.segments) {
+            let piece = &mut planes[e.n - region.images.start];
+            let first = pass.dst_position([e.m[0], e.m[1], e.m2.start]) - region.positions.start;
+            let even_values = &mut even_row[e.column..][..e.m2.len()];
+            let odd_values = &mut odd_row[d.column..][..d.m2.len()];
+            epilogue(even_values, b, activation);
+            epilogue(odd_values, b, activation);
+            for ((pair, &x), &y) in
+                piece[first..][..2 * e.m2.len()].chunks_exact_mut(2).zip(&*even_values).zip(&*odd_values)
+            {
+                pair[0] = T::from_accum(x);
+                pair[1] = T::from_accum(y);
+            }
         }
     }
 }
@@ -1191,6 +1322,24 @@ mod tests {
                 assert_eq!(dst.iter().filter(|&&v| v != -1.0).count(), written, "len {len}: nothing else written");
             }
         }
+    }
+
+    /// A stride-2 transposed conv's adjoint passes pair up along the rows where
+    /// the two phases have the same grid, and only there.
+    #[test]
+    fn row_phases_of_stride_two_interleave() {
+        let pairs = |x: &[usize], w: &[usize], opts: &ConvTransposeOptions| {
+            let passes = Pass::adjoint(&ConvGeometry::conv_transpose(2, x, w, None, opts).unwrap());
+            passes.windows(2).filter(|pair| interleaves(&pair[0], &pair[1])).count()
+        };
+        let stride2 = ConvTransposeOptions::new().stride(2);
+        // 2x2 stride 2: the phases (a, 0), (a, 1) of each row phase a.
+        assert_eq!(pairs(&[1, 16, 30, 17], &[16, 20, 2, 2], &stride2), 2);
+        // An odd output width gives the even phase one more column: no pairs.
+        let odd = ConvTransposeOptions::new().stride(2).output_padding([0, 1]);
+        assert_eq!(pairs(&[1, 4, 5, 5], &[4, 3, 2, 2], &odd), 0);
+        // Stride 1 along the rows has a single phase there.
+        assert_eq!(pairs(&[1, 4, 5, 5], &[4, 3, 2, 2], &ConvTransposeOptions::new().stride([2, 1])), 0);
     }
 
     /// The shapes `cpu::tests` checks against the direct loops past the tile sizes

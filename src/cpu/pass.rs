@@ -435,15 +435,8 @@ pub(crate) fn narrow<T: Element>(src: &[T::Accum], dst: &mut [T]) {
     }
 }
 
-/// The epilogue of one row: `values = act(values + bias)` (no addition without
-/// a bias, so a `-0.0` stays one), stored to `dst[i·step]`.
-pub(crate) fn store_row<T: Element>(
-    values: &mut [T::Accum],
-    bias: Option<T::Accum>,
-    activation: Activation,
-    dst: &mut [T],
-    step: usize,
-) {
+/// `values = act(values + bias)`, in place (no addition without a bias, so a `-0.0` stays one).
+pub(crate) fn epilogue<A: Accumulator>(values: &mut [A], bias: Option<A>, activation: Activation) {
     // One loop per case, so each is a plain vectorisable loop.
     match (activation, bias) {
         (Activation::Identity, None) => {}
@@ -451,6 +444,17 @@ pub(crate) fn store_row<T: Element>(
         (Activation::Relu, None) => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v)),
         (Activation::Relu, Some(b)) => values.iter_mut().for_each(|v| *v = Activation::Relu.apply(*v + b)),
     }
+}
+
+/// The epilogue of one row ([`epilogue`]), stored to `dst[i·step]`.
+pub(crate) fn store_row<T: Element>(
+    values: &mut [T::Accum],
+    bias: Option<T::Accum>,
+    activation: Activation,
+    dst: &mut [T],
+    step: usize,
+) {
+    epilogue(values, bias, activation);
     if step == 1 {
         narrow(values, &mut dst[..values.len()]);
     } else {
