@@ -623,21 +623,19 @@ pub(crate) fn correlate<T: Element>(
             }
             let inputs = &inputs;
             blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), [a, b])| {
+                // The tile of the task's pass `p + i` (`i` = 1: the second of a pair) in `buffer`.
+                let tile = |i: usize, buffer: &mut Vec<T::Accum>| {
+                    let (input, channels) = (&inputs[i], channels.clone());
+                    let start = multiply_pass(ks, &source, &passes[p + i], p + i, input, group, channels, buffer);
+                    (start, input.ldb, &input.segments[..])
+                };
+                let (start, ldb, segments) = tile(0, a);
+                let first = Tile { values: &mut a[start..], ldb, segments };
+                let channels = channels.clone();
                 let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
-                let start = multiply_pass(ks, &source, pass, p, &inputs[0], group, region.channels.clone(), a);
-                let first = Tile { values: &mut a[start..], ldb: inputs[0].ldb, segments: &inputs[0].segments };
                 if pair {
-                    let start = multiply_pass(
-                        ks,
-                        &source,
-                        &passes[p + 1],
-                        p + 1,
-                        &inputs[1],
-                        group,
-                        region.channels.clone(),
-                        b,
-                    );
-                    let second = Tile { values: &mut b[start..], ldb: inputs[1].ldb, segments: &inputs[1].segments };
+                    let (start, ldb, segments) = tile(1, b);
+                    let second = Tile { values: &mut b[start..], ldb, segments };
                     write_tile_pair(pass, bias, activation, first, second, &region, pieces);
                 } else {
                     write_tile(pass, bias, activation, first, &region, pieces);
