@@ -537,7 +537,7 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
 ) -> usize {
     let Some(first) = passes.first() else { return 0 };
     // Weights and `X̂` (copy or panels): per source channel, or per pair of them in words of two bf16.
-    let pairs = PairKernels::<A>::for_isa(ks.isa).filter(|_| dtype == DType::BF16);
+    let pairs = ks.pairs.filter(|_| dtype == DType::BF16);
     let ((mr, nr), slots, slot_size) = match pairs {
         Some(p) => ((p.rows, p.cols), first.src_channels.div_ceil(2), std::mem::size_of::<u32>()),
         None => ((ks.nn_rows, ks.nn_cols), first.src_channels, std::mem::size_of::<A>()),
@@ -836,7 +836,7 @@ impl<'a, A: Accumulator> Source<'a, A> {
     /// Channel pairs for bf16 where the instruction set has a pair kernel; else
     /// the bordered copy where it serves, or panels.
     fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &'a [T], w: &'a [T]) -> Self {
-        if let (Some(src), Some(w), Some(kernels)) = (as_bf16(src), as_bf16(w), PairKernels::for_isa(ks.isa)) {
+        if let (Some(src), Some(w), Some(kernels)) = (as_bf16(src), as_bf16(w), ks.pairs) {
             let bordered = Bordered::bf16_pairs(passes, src, kernels.cols);
             let weights = Weights::Packed(pack_weight_pairs(passes, w, kernels.rows));
             return Source::Pairs { src, bordered, weights, kernels };

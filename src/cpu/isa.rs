@@ -126,33 +126,36 @@ pub(crate) unsafe trait Lanes<A: Copy>: Copy + 'static {
     fn mul_add_scalar(a: A, b: A, c: A) -> A;
 }
 
-/// Plain arrays, vectorised by the compiler.
+/// `L` lanes as a plain array, vectorised by the compiler for the build
+/// target. The portable instruction set is `Portable<4>`; tests also run the
+/// register shapes of the x86 sets this CPU may lack (`Portable<16>` for
+/// AVX-512's f32), so their tile geometry is checked everywhere.
 #[derive(Clone, Copy)]
-pub(crate) struct Portable;
+pub(crate) struct Portable<const L: usize>;
 
 macro_rules! portable_lanes {
     ($a:ty) => {
         // SAFETY: plain Rust, valid on every CPU; pointers are the caller's contract.
-        unsafe impl Lanes<$a> for Portable {
-            type V = [$a; 4];
-            const LANES: usize = 4;
+        unsafe impl<const L: usize> Lanes<$a> for Portable<L> {
+            type V = [$a; L];
+            const LANES: usize = L;
             #[inline(always)]
             unsafe fn zero() -> Self::V {
-                [0.0; 4]
+                [0.0; L]
             }
             #[inline(always)]
             unsafe fn splat(a: $a) -> Self::V {
-                [a; 4]
+                [a; L]
             }
             #[inline(always)]
             unsafe fn load(p: *const $a) -> Self::V {
-                // SAFETY: the caller guarantees 4 readable elements at `p`.
-                unsafe { p.cast::<[$a; 4]>().read_unaligned() }
+                // SAFETY: the caller guarantees `L` readable elements at `p`.
+                unsafe { p.cast::<[$a; L]>().read_unaligned() }
             }
             #[inline(always)]
             unsafe fn store(p: *mut $a, v: Self::V) {
-                // SAFETY: the caller guarantees 4 writable elements at `p`.
-                unsafe { p.cast::<[$a; 4]>().write_unaligned(v) }
+                // SAFETY: the caller guarantees `L` writable elements at `p`.
+                unsafe { p.cast::<[$a; L]>().write_unaligned(v) }
             }
             #[inline(always)]
             unsafe fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
@@ -162,9 +165,18 @@ macro_rules! portable_lanes {
             unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
                 std::array::from_fn(|i| a[i] + b[i])
             }
+            /// Folds the upper half onto the lower until one lane is left, as
+            /// the x86 reductions do (`L` is a power of two).
             #[inline(always)]
-            unsafe fn reduce_sum(v: Self::V) -> $a {
-                (v[0] + v[2]) + (v[1] + v[3])
+            unsafe fn reduce_sum(mut v: Self::V) -> $a {
+                let mut half = L;
+                while half > 1 {
+                    half /= 2;
+                    for i in 0..half {
+                        v[i] += v[i + half];
+                    }
+                }
+                v[0]
             }
             #[inline(always)]
             fn mul_add_scalar(a: $a, b: $a, c: $a) -> $a {

@@ -18,6 +18,7 @@ use std::any::Any;
 #[cfg(target_arch = "x86_64")]
 use super::isa::{Avx2, Avx512};
 use super::isa::{CpuIsa, Lanes, Portable};
+use super::pairs::PairKernels;
 
 /// Where the `a` operand of an `nn` micro-tile is.
 #[derive(Clone, Copy)]
@@ -619,8 +620,6 @@ impl<'a, A> RowSet<'a, A> {
 /// The kernels of one instruction set for accumulator `A`, as function pointers.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels<A: 'static> {
-    /// The instruction set they are written in.
-    pub isa: CpuIsa,
     /// Lanes per register.
     pub lanes: usize,
     /// `nn` tile rows (MR) and columns (NR).
@@ -637,184 +636,126 @@ pub(crate) struct Kernels<A: 'static> {
     /// `taps` blocks of 1, 2 and 4 outputs.
     taps: [unsafe fn(&TapsBlock<A>); 3],
     dots_row: unsafe fn(&DotsRow<A>),
+    /// The bf16 channel-pair kernel, where this instruction set has one.
+    pub pairs: Option<PairKernels<A>>,
 }
 
-/// Instantiates the generic kernels for one instruction set inside
-/// `#[target_feature]` wrappers, and builds its table for `f32` and `f64`.
+/// Instantiates the generic kernels for one instruction set, inside
+/// `#[target_feature]` wrappers when it names features, and builds its tables.
+/// Each table names its accumulator, the register type, and the shapes:
+/// `nn` rows × vectors, `nt` rows × columns, the vectors of the `taps` blocks
+/// of 1, 2 and 4 outputs, and the rows of `dots`.
 macro_rules! isa_kernels {
-    ($module:ident, $isa:ty, $cpu_isa:expr, $features:literal, f32: ($mr:literal, $nv:literal, $tr:literal, $tc:literal),
-     f64: ($mr64:literal, $nv64:literal, $tr64:literal, $tc64:literal)) => {
+    ($module:ident, [$($features:literal)?],
+     $($table:ident: $a:ty, $s:ty, nn: ($mr:literal, $nv:literal), nt: ($tr:literal, $tc:literal),
+       taps: ($t1:literal, $t2:literal, $t4:literal), dots: $dots:literal;)+) => {
         mod $module {
             use super::*;
 
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn nn_k<A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>)
-            where
-                $isa: Lanes<A>,
-            {
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nn_k<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
                 // SAFETY: forwarded from the caller (a supported ISA, valid operands).
-                unsafe { nn::<$isa, A, MR, NV>(t) }
+                unsafe { nn::<S, A, MR, NV>(t) }
             }
 
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn nn_rows_k<A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>)
-            where
-                $isa: Lanes<A>,
-            {
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nn_rows_k<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>) {
                 // SAFETY: forwarded from the caller.
-                unsafe { nn_rows::<$isa, A, MR, NV>(t) }
+                unsafe { nn_rows::<S, A, MR, NV>(t) }
             }
 
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn nt_k<A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nt_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
                 t: &NtTile<A>,
-            ) where
-                $isa: Lanes<A>,
-            {
+            ) {
                 // SAFETY: forwarded from the caller.
-                unsafe { nt::<$isa, A, MR, NR>(t) }
+                unsafe { nt::<S, A, MR, NR>(t) }
             }
 
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn nt_rows_k<A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nt_rows_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
                 t: &NtRowsTile<A>,
-            ) where
-                $isa: Lanes<A>,
-            {
+            ) {
                 // SAFETY: forwarded from the caller.
-                unsafe { nt_rows::<$isa, A, MR, NR>(t) }
+                unsafe { nt_rows::<S, A, MR, NR>(t) }
             }
 
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn sum_k<A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A
-            where
-                $isa: Lanes<A>,
-            {
+            $(#[target_feature(enable = $features)])?
+            unsafe fn sum_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A {
                 // SAFETY: forwarded from the caller.
-                unsafe { sum::<$isa, A>(n, a) }
+                unsafe { sum::<S, A>(n, a) }
             }
 
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn taps_k<A: Copy, const O: usize, const V: usize>(r: &TapsBlock<A>)
-            where
-                $isa: Lanes<A>,
-            {
+            $(#[target_feature(enable = $features)])?
+            unsafe fn taps_k<S: Lanes<A>, A: Copy, const O: usize, const V: usize>(r: &TapsBlock<A>) {
                 // SAFETY: forwarded from the caller.
-                unsafe { taps_block::<$isa, A, O, V>(r) }
+                unsafe { taps_block::<S, A, O, V>(r) }
             }
 
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn dots_k<A: Copy + std::ops::Add<Output = A>>(r: &DotsRow<A>)
-            where
-                $isa: Lanes<A>,
-            {
+            $(#[target_feature(enable = $features)])?
+            unsafe fn dots_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const T: usize>(r: &DotsRow<A>) {
                 // SAFETY: forwarded from the caller.
-                unsafe { dots_row::<$isa, A, 9>(r) }
+                unsafe { dots_row::<S, A, T>(r) }
             }
 
-            pub(super) static F32: Kernels<f32> = Kernels {
-                isa: $cpu_isa,
-                lanes: <$isa as Lanes<f32>>::LANES,
-                nn_rows: $mr,
-                nn_cols: $nv * <$isa as Lanes<f32>>::LANES,
-                nt_rows: $tr,
-                nt_cols: $tc,
-                nn: nn_k::<f32, $mr, $nv>,
-                nn_indirect: nn_rows_k::<f32, $mr, $nv>,
-                nt: nt_k::<f32, $tr, $tc>,
-                nt_indirect: nt_rows_k::<f32, $tr, $tc>,
-                sum: sum_k::<f32>,
-                taps: [taps_k::<f32, 1, 8>, taps_k::<f32, 2, 4>, taps_k::<f32, 4, 2>],
-                dots_row: dots_k::<f32>,
-            };
-
-            pub(super) static F64: Kernels<f64> = Kernels {
-                isa: $cpu_isa,
-                lanes: <$isa as Lanes<f64>>::LANES,
-                nn_rows: $mr64,
-                nn_cols: $nv64 * <$isa as Lanes<f64>>::LANES,
-                nt_rows: $tr64,
-                nt_cols: $tc64,
-                nn: nn_k::<f64, $mr64, $nv64>,
-                nn_indirect: nn_rows_k::<f64, $mr64, $nv64>,
-                nt: nt_k::<f64, $tr64, $tc64>,
-                nt_indirect: nt_rows_k::<f64, $tr64, $tc64>,
-                sum: sum_k::<f64>,
-                taps: [taps_k::<f64, 1, 8>, taps_k::<f64, 2, 4>, taps_k::<f64, 4, 2>],
-                dots_row: dots_k::<f64>,
-            };
+            $(
+                pub(super) static $table: Kernels<$a> = Kernels {
+                    lanes: <$s as Lanes<$a>>::LANES,
+                    nn_rows: $mr,
+                    nn_cols: $nv * <$s as Lanes<$a>>::LANES,
+                    nt_rows: $tr,
+                    nt_cols: $tc,
+                    nn: nn_k::<$s, $a, $mr, $nv>,
+                    nn_indirect: nn_rows_k::<$s, $a, $mr, $nv>,
+                    nt: nt_k::<$s, $a, $tr, $tc>,
+                    nt_indirect: nt_rows_k::<$s, $a, $tr, $tc>,
+                    sum: sum_k::<$s, $a>,
+                    taps: [taps_k::<$s, $a, 1, $t1>, taps_k::<$s, $a, 2, $t2>, taps_k::<$s, $a, 4, $t4>],
+                    dots_row: dots_k::<$s, $a, $dots>,
+                    pairs: None,
+                };
+            )+
         }
     };
 }
 
 // Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
 // a broadcast; nt: 4×6 + 4 + 1), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
+// The `tile_shapes` modules below repeat both in plain Rust for the tests.
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(avx512, Avx512, CpuIsa::Avx512, "avx512f,avx2,fma", f32: (12, 2, 4, 6), f64: (12, 2, 4, 6));
+isa_kernels!(avx512, ["avx512f,avx2,fma"],
+    F32: f32, Avx512, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+    F64: f64, Avx512, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+);
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(avx2, Avx2, CpuIsa::Avx2, "avx2,fma", f32: (6, 2, 3, 4), f64: (6, 2, 3, 4));
+isa_kernels!(avx2, ["avx2,fma"],
+    F32: f32, Avx2, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Avx2, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+);
+isa_kernels!(portable, [],
+    F32: f32, Portable<4>, nn: (4, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
+    F64: f64, Portable<4>, nn: (4, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
+);
 
-mod portable {
-    use super::*;
+// The x86 tables' shapes and register widths, computed in plain Rust: the
+// tests run every algorithm on them, so the tilings AVX-512 and AVX2 use are
+// checked on any CPU, whichever this one has.
+#[cfg(test)]
+isa_kernels!(avx512_shapes, [],
+    F32: f32, Portable<16>, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+    F64: f64, Portable<8>, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+);
+#[cfg(test)]
+isa_kernels!(avx2_shapes, [],
+    F32: f32, Portable<8>, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Portable<4>, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+);
 
-    pub(super) fn table<A>() -> Kernels<A>
-    where
-        A: Copy + std::ops::Add<Output = A>,
-        Portable: Lanes<A>,
-    {
-        // SAFETY (each wrapper): forwarded from the caller (valid operands); portable code runs anywhere.
-        unsafe fn nn_k<A: Copy>(t: &NnTile<A>)
-        where
-            Portable: Lanes<A>,
-        {
-            unsafe { nn::<Portable, A, 4, 2>(t) }
-        }
-        unsafe fn nn_rows_k<A: Copy>(t: &NnRowsTile<A>)
-        where
-            Portable: Lanes<A>,
-        {
-            unsafe { nn_rows::<Portable, A, 4, 2>(t) }
-        }
-        unsafe fn nt_k<A: Copy + std::ops::Add<Output = A>>(t: &NtTile<A>)
-        where
-            Portable: Lanes<A>,
-        {
-            unsafe { nt::<Portable, A, 2, 2>(t) }
-        }
-        unsafe fn nt_rows_k<A: Copy + std::ops::Add<Output = A>>(t: &NtRowsTile<A>)
-        where
-            Portable: Lanes<A>,
-        {
-            unsafe { nt_rows::<Portable, A, 2, 2>(t) }
-        }
-        unsafe fn taps_k<A: Copy, const O: usize, const V: usize>(r: &TapsBlock<A>)
-        where
-            Portable: Lanes<A>,
-        {
-            unsafe { taps_block::<Portable, A, O, V>(r) }
-        }
-        unsafe fn dots_k<A: Copy + std::ops::Add<Output = A>>(r: &DotsRow<A>)
-        where
-            Portable: Lanes<A>,
-        {
-            unsafe { dots_row::<Portable, A, 4>(r) }
-        }
-        Kernels {
-            isa: CpuIsa::Portable,
-            lanes: <Portable as Lanes<A>>::LANES,
-            nn_rows: 4,
-            nn_cols: 2 * <Portable as Lanes<A>>::LANES,
-            nt_rows: 2,
-            nt_cols: 2,
-            nn: nn_k::<A>,
-            nn_indirect: nn_rows_k::<A>,
-            nt: nt_k::<A>,
-            nt_indirect: nt_rows_k::<A>,
-            sum: sum::<Portable, A>,
-            taps: [taps_k::<A, 1, 2>, taps_k::<A, 2, 2>, taps_k::<A, 4, 1>],
-            dots_row: dots_k::<A>,
-        }
-    }
+/// The `f32` or `f64` table among two, as `Kernels<A>`.
+fn pick<A: Copy + 'static>(f32_table: Kernels<f32>, f64_table: Kernels<f64>) -> Option<Kernels<A>> {
+    let f32_any: &dyn Any = &f32_table;
+    let f64_any: &dyn Any = &f64_table;
+    f32_any.downcast_ref::<Kernels<A>>().or_else(|| f64_any.downcast_ref::<Kernels<A>>()).copied()
 }
 
 /// The kernel table for accumulator `A` on `isa`; `None` when the CPU does not
@@ -823,18 +764,28 @@ pub(crate) fn kernels<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
     if !isa.is_supported() {
         return None;
     }
-    let (f32_table, f64_table): (Kernels<f32>, Kernels<f64>) = match isa {
-        CpuIsa::Portable => (portable::table(), portable::table()),
+    let table = match isa {
+        CpuIsa::Portable => pick(portable::F32, portable::F64),
         #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx2 => (avx2::F32, avx2::F64),
+        CpuIsa::Avx2 => pick(avx2::F32, avx2::F64),
         #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx512 => (avx512::F32, avx512::F64),
+        CpuIsa::Avx512 => pick(avx512::F32, avx512::F64),
         #[cfg(not(target_arch = "x86_64"))]
-        _ => return None,
+        _ => None,
     };
-    let f32_any: &dyn Any = &f32_table;
-    let f64_any: &dyn Any = &f64_table;
-    f32_any.downcast_ref::<Kernels<A>>().or_else(|| f64_any.downcast_ref::<Kernels<A>>()).copied()
+    table.map(|table| Kernels { pairs: PairKernels::for_isa(isa), ..table })
+}
+
+/// Tests only: the table with `isa`'s tile shapes and register widths, in
+/// plain Rust (any CPU runs it), with the pair kernel of the same shape.
+#[cfg(test)]
+pub(crate) fn kernels_shaped_as<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
+    let table = match isa {
+        CpuIsa::Portable => pick(portable::F32, portable::F64),
+        CpuIsa::Avx2 => pick(avx2_shapes::F32, avx2_shapes::F64),
+        CpuIsa::Avx512 => pick(avx512_shapes::F32, avx512_shapes::F64),
+    };
+    table.map(|table| Kernels { pairs: PairKernels::shaped_as(isa), ..table })
 }
 
 impl<A: Copy + 'static> Kernels<A> {
@@ -971,11 +922,10 @@ mod tests {
         (0..n).map(|i| (((i as u64 * 2654435761 + seed * 40503) % 1000) as f64 - 500.0) / 250.0).collect()
     }
 
-    fn check_isa<A>(isa: CpuIsa)
+    fn check_isa<A>(isa: CpuIsa, ks: Kernels<A>)
     where
         A: Copy + 'static + crate::element::Accumulator,
     {
-        let ks = kernels::<A>(isa).expect("supported isa has kernels");
         let (mr, nr) = (ks.nn_rows, ks.nn_cols);
         let tol = if std::mem::size_of::<A>() == 4 { 1e-4 } else { 1e-12 };
         let close = |got: A, want: f64, what: &str| {
@@ -1025,8 +975,7 @@ mod tests {
         }
     }
 
-    fn check_rows<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa) {
-        let ks = kernels::<A>(isa).expect("supported isa has kernels");
+    fn check_rows<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa, ks: Kernels<A>) {
         let data: Vec<A> = values(400, 7).into_iter().map(A::from_f64).collect();
         for taps in [1, 3, 9, 12] {
             let weights: Vec<A> = values(7 * taps, 8).into_iter().map(A::from_f64).collect();
@@ -1070,16 +1019,31 @@ mod tests {
     #[test]
     fn every_supported_isa_computes_the_row_kernels() {
         for isa in CpuIsa::supported() {
-            check_rows::<f32>(isa);
-            check_rows::<f64>(isa);
+            check_rows::<f32>(isa, kernels(isa).unwrap());
+            check_rows::<f64>(isa, kernels(isa).unwrap());
         }
+    }
+
+    #[test]
+    fn every_isa_shape_computes_the_kernels_in_plain_rust() {
+        for isa in CpuIsa::ALL {
+            check_rows::<f32>(isa, kernels_shaped_as(isa).unwrap());
+            check_rows::<f64>(isa, kernels_shaped_as(isa).unwrap());
+            check_isa::<f32>(isa, kernels_shaped_as(isa).unwrap());
+            check_isa::<f64>(isa, kernels_shaped_as(isa).unwrap());
+        }
+        let (avx512, avx2) =
+            (kernels_shaped_as::<f32>(CpuIsa::Avx512).unwrap(), kernels_shaped_as::<f32>(CpuIsa::Avx2).unwrap());
+        assert_eq!((avx512.lanes, avx512.nn_rows, avx512.nn_cols, avx512.nt_rows, avx512.nt_cols), (16, 12, 32, 4, 6));
+        assert_eq!((avx2.lanes, avx2.nn_rows, avx2.nn_cols, avx2.nt_rows, avx2.nt_cols), (8, 6, 16, 3, 4));
+        assert!(avx512.pairs.is_some_and(|p| p.rows == 12 && p.cols == 32) && avx2.pairs.is_none());
     }
 
     #[test]
     fn every_supported_isa_computes_the_kernels_exactly_enough() {
         for isa in CpuIsa::supported() {
-            check_isa::<f32>(isa);
-            check_isa::<f64>(isa);
+            check_isa::<f32>(isa, kernels(isa).unwrap());
+            check_isa::<f64>(isa, kernels(isa).unwrap());
         }
     }
 

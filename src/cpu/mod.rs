@@ -47,10 +47,21 @@ use pass::Pass;
 pub struct CpuBackend {
     pool: Option<rayon::ThreadPool>,
     algorithm: CpuAlgorithm,
-    /// `None`: the detected instruction set.
-    isa: Option<CpuIsa>,
+    isa: IsaChoice,
     /// Ops with fewer multiply-adds run on the calling thread (see `threads.rs`).
     inline_macs: u64,
+}
+
+/// Which kernels a backend runs.
+#[derive(Debug, Clone, Copy)]
+enum IsaChoice {
+    /// The widest instruction set this CPU has ([`CpuIsa::detect`]).
+    Detected,
+    /// One the caller chose ([`CpuBackend::with_isa`]).
+    Chosen(CpuIsa),
+    /// Tests only: the shapes of one, in plain Rust (`kernels_shaped_as`).
+    #[cfg(test)]
+    ShapedAs(CpuIsa),
 }
 
 impl Default for CpuBackend {
@@ -176,7 +187,12 @@ pub enum Primitive {
 impl CpuBackend {
     /// A backend on rayon's global pool (as many threads as cores, or `RAYON_NUM_THREADS`).
     pub fn new() -> Self {
-        CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None, inline_macs: threads::INLINE_MACS }
+        CpuBackend {
+            pool: None,
+            algorithm: CpuAlgorithm::Auto,
+            isa: IsaChoice::Detected,
+            inline_macs: threads::INLINE_MACS,
+        }
     }
 
     /// A backend with a pool of its own of `threads` threads.
@@ -233,13 +249,35 @@ impl CpuBackend {
                 detail: format!("this CPU cannot run {isa} kernels (it supports {:?})", CpuIsa::supported()),
             });
         }
-        self.isa = Some(isa);
+        self.isa = IsaChoice::Chosen(isa);
         Ok(self)
+    }
+
+    /// Tests only: the same backend, running `isa`'s tile shapes and register
+    /// widths in plain Rust, so that any CPU checks the tilings of all of them.
+    #[cfg(test)]
+    pub(crate) fn shaped_as(mut self, isa: CpuIsa) -> Self {
+        self.isa = IsaChoice::ShapedAs(isa);
+        self
     }
 
     /// The instruction set the SIMD kernels use.
     pub fn isa(&self) -> CpuIsa {
-        self.isa.unwrap_or_else(CpuIsa::detect)
+        match self.isa {
+            IsaChoice::Detected => CpuIsa::detect(),
+            IsaChoice::Chosen(isa) => isa,
+            #[cfg(test)]
+            IsaChoice::ShapedAs(isa) => isa,
+        }
+    }
+
+    /// This backend's kernels for accumulator `A` (`None` where there are none).
+    fn kernels<A: Copy + 'static>(&self) -> Option<Kernels<A>> {
+        match self.isa {
+            #[cfg(test)]
+            IsaChoice::ShapedAs(isa) => kernels::kernels_shaped_as(isa),
+            _ => kernels(self.isa()),
+        }
     }
 
     /// The algorithm that computes the forward pass of `geometry` in `dtype` on
@@ -281,7 +319,7 @@ impl CpuBackend {
 
     fn workspace<A: Copy + 'static>(&self, g: &ConvGeometry, primitive: Primitive, dtype: DType) -> usize {
         let threads = self.threads();
-        let elements = match (self.algorithm_for_primitive(g, primitive, dtype), kernels::<A>(self.isa())) {
+        let elements = match (self.algorithm_for_primitive(g, primitive, dtype), self.kernels::<A>()) {
             (_, _) if primitive == Primitive::ChannelSums => 0,
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
                 return match primitive {
@@ -315,7 +353,7 @@ impl CpuBackend {
         }
         match self.algorithm_for_primitive(g, primitive, T::DTYPE) {
             CpuAlgorithm::Direct | CpuAlgorithm::Auto => (CpuAlgorithm::Direct, None),
-            fast => match kernels::<T::Accum>(self.isa()) {
+            fast => match self.kernels::<T::Accum>() {
                 Some(ks) => (fast, Some(ks)),
                 None => (CpuAlgorithm::Direct, None),
             },
@@ -324,8 +362,12 @@ impl CpuBackend {
 
     /// The shared backend on the global pool.
     pub fn global() -> &'static CpuBackend {
-        static GLOBAL: CpuBackend =
-            CpuBackend { pool: None, algorithm: CpuAlgorithm::Auto, isa: None, inline_macs: threads::INLINE_MACS };
+        static GLOBAL: CpuBackend = CpuBackend {
+            pool: None,
+            algorithm: CpuAlgorithm::Auto,
+            isa: IsaChoice::Detected,
+            inline_macs: threads::INLINE_MACS,
+        };
         &GLOBAL
     }
 
@@ -442,7 +484,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
     fn channel_sums(&self, batch: usize, channels: usize, volume: usize, t: &Vec<T>, sums: &mut Vec<T>) -> Result<()> {
         check_len("tensor", t, &[batch, channels, volume])?;
         check_len("sums", sums, &[channels])?;
-        self.install(t.len() as u128, || match kernels::<T::Accum>(self.isa()) {
+        self.install(t.len() as u128, || match self.kernels::<T::Accum>() {
             Some(ks) if self.algorithm != CpuAlgorithm::Direct => {
                 sliding::channel_sums(&ks, batch, channels, volume, t, sums)
             }

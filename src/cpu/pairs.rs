@@ -16,7 +16,8 @@
 //! widened f32 kernel. The tests still run this whole path on any CPU through
 //! a portable kernel with the instruction's arithmetic in plain Rust (bf16
 //! products are exact in f32, so `c + a·b` rounds once, as the fused
-//! instruction does), which stands in for the AVX-512 one under `cfg(test)`.
+//! instruction does): under `cfg(test)` the portable instruction set has one,
+//! and [`PairKernels::shaped_as`] runs it in the AVX-512 kernel's 12×32 tile.
 
 use std::any::Any;
 
@@ -73,11 +74,9 @@ unsafe trait PairLanes: Copy + 'static {
     unsafe fn dot(acc: Self::V, a: Self::P, b: Self::P) -> Self::V;
 }
 
-/// Plain Rust; the compiler vectorises it for the build target.
+/// `L` lanes in plain Rust; the compiler vectorises it for the build target.
 #[derive(Clone, Copy)]
-struct PortablePairs;
-
-const PORTABLE_LANES: usize = 4;
+struct PortablePairs<const L: usize>;
 
 /// The two halves of a pair as f32 (exact: a bf16 is the top half of an f32).
 fn halves(p: u32) -> (f32, f32) {
@@ -85,13 +84,13 @@ fn halves(p: u32) -> (f32, f32) {
 }
 
 // SAFETY: plain Rust, valid on every CPU; pointers are the caller's contract.
-unsafe impl PairLanes for PortablePairs {
-    type V = [f32; PORTABLE_LANES];
-    type P = [u32; PORTABLE_LANES];
-    const LANES: usize = PORTABLE_LANES;
+unsafe impl<const L: usize> PairLanes for PortablePairs<L> {
+    type V = [f32; L];
+    type P = [u32; L];
+    const LANES: usize = L;
     #[inline(always)]
     unsafe fn zero() -> Self::V {
-        [0.0; PORTABLE_LANES]
+        [0.0; L]
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self::V {
@@ -110,7 +109,7 @@ unsafe impl PairLanes for PortablePairs {
     }
     #[inline(always)]
     unsafe fn splat_pair(p: u32) -> Self::P {
-        [p; PORTABLE_LANES]
+        [p; L]
     }
     #[inline(always)]
     unsafe fn dot(acc: Self::V, a: Self::P, b: Self::P) -> Self::V {
@@ -222,9 +221,9 @@ unsafe fn nn_pairs_body<S: PairLanes, const MR: usize, const NV: usize>(t: &Pair
     }
 }
 
-unsafe fn portable_nn_pairs(t: &PairTile<f32>) {
+unsafe fn portable_nn_pairs<const L: usize, const MR: usize, const NV: usize>(t: &PairTile<f32>) {
     // SAFETY: forwarded from the caller (valid operands); portable code runs anywhere.
-    unsafe { nn_pairs::<PortablePairs, 4, 2>(t) }
+    unsafe { nn_pairs::<PortablePairs<L>, MR, NV>(t) }
 }
 
 /// The pair micro-kernel of one instruction set, accumulating in `A` (which
@@ -244,13 +243,25 @@ impl<A: Copy + 'static> PairKernels<A> {
     /// apart in software) and for any `A` but f32.
     pub fn for_isa(isa: CpuIsa) -> Option<PairKernels<A>> {
         let table: PairKernels<f32> = match isa {
-            CpuIsa::Portable if cfg!(test) => PairKernels { rows: 4, cols: 2 * PORTABLE_LANES, nn: portable_nn_pairs },
+            CpuIsa::Portable if cfg!(test) => PairKernels { rows: 4, cols: 8, nn: portable_nn_pairs::<4, 4, 2> },
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx512 if isa.is_supported() && std::arch::is_x86_feature_detected!("avx512bf16") => {
                 // Registers as the f32 AVX-512 kernel: 12×2 accumulators, 2 loads, a broadcast.
                 PairKernels { rows: 12, cols: 32, nn: avx512::nn_pairs_k::<12, 2> }
             }
             _ => return None,
+        };
+        (&table as &dyn Any).downcast_ref::<PairKernels<A>>().copied()
+    }
+
+    /// Tests only: the pair kernel of `isa`'s shape in plain Rust, where
+    /// `isa` has one (as `kernels_shaped_as`).
+    #[cfg(test)]
+    pub fn shaped_as(isa: CpuIsa) -> Option<PairKernels<A>> {
+        let table: PairKernels<f32> = match isa {
+            CpuIsa::Portable => return PairKernels::for_isa(isa),
+            CpuIsa::Avx512 => PairKernels { rows: 12, cols: 32, nn: portable_nn_pairs::<16, 12, 2> },
+            CpuIsa::Avx2 => return None,
         };
         (&table as &dyn Any).downcast_ref::<PairKernels<A>>().copied()
     }
