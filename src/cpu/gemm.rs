@@ -592,14 +592,17 @@ pub(crate) fn correlate<T: Element>(
     let (mr, nr) = source.tile(ks);
     let Some(plan) = Plan::new(passes, mr, nr, std::mem::size_of::<T::Accum>()) else { return };
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
-    // Tile buffers, two per row block, kept by each worker from task to task:
-    // only their growth is zeroed, and each tile is written before it is read.
-    let tiles = || (0..plan.row_blocks).map(|_| [Vec::new(), Vec::new()]).collect::<Vec<[Vec<T::Accum>; 2]>>();
-    tasks.into_par_iter().tasks().for_each_init(tiles, |tiles, mut task| {
-        let mut inputs = [PassInput::default(), PassInput::default()];
+    // Tile buffers, two per row block, and the inputs of a pass pair, kept by
+    // each worker from task to task: only their growth is zeroed (a panel's is
+    // 256 KiB for a 1×1 conv), and each tile and panel is written before it is read.
+    let buffers = || {
+        let tiles = (0..plan.row_blocks).map(|_| [Vec::new(), Vec::new()]).collect::<Vec<[Vec<T::Accum>; 2]>>();
+        (tiles, [PassInput::default(), PassInput::default()])
+    };
+    tasks.into_par_iter().tasks().for_each_init(buffers, |(tiles, inputs), mut task| {
         let mut p = 0;
         while p < passes.len() {
-            let [first, second] = &mut inputs;
+            let [first, second] = &mut *inputs;
             let columns = first.prepare(&source, &passes[p], src, &task, nr);
             let pair = p + 1 < passes.len()
                 && interleaves(&passes[p], &passes[p + 1])
@@ -621,7 +624,7 @@ pub(crate) fn correlate<T: Element>(
                     blocks.push((channels, pieces));
                 }
             }
-            let inputs = &inputs;
+            let inputs = &*inputs;
             blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), [a, b])| {
                 // The tile of the task's pass `p + i` (`i` = 1: the second of a pair) in `buffer`.
                 let tile = |i: usize, buffer: &mut Vec<T::Accum>| {
@@ -804,7 +807,7 @@ impl<'a, B> Weights<'a, B> {
                 // stored: they read the last row again rather than zeros.
                 let row = |o: usize| &w[(group * pass.dst_channels + o.min(channels.end - 1)) * k..][..k];
                 let strips = channels.clone().step_by(mr).map(|first| {
-                    let mut rows = RowSet::new();
+                    let mut rows = RowSet::with_capacity(mr);
                     (first..first + mr).for_each(|o| rows.push(row(o)));
                     rows
                 });
@@ -1221,7 +1224,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                 Some(bordered) => {
                     let zeros = vec![T::Accum::ZERO; ld];
                     for image in &images {
-                        let mut xhat = RowSet::new();
+                        let mut xhat = RowSet::with_capacity(rows.len().next_multiple_of(nr));
                         for kk in rows.clone() {
                             let (c, j) = (kk / ntaps, kk % ntaps);
                             let plane = ((image.n * groups + group) * pass.src_channels + c) * bordered.plane_len;

@@ -588,7 +588,12 @@ pub(crate) struct RowSet<'a, A> {
 
 impl<'a, A> RowSet<'a, A> {
     pub fn new() -> Self {
-        RowSet { pointers: Vec::new(), len: usize::MAX, _rows: std::marker::PhantomData }
+        RowSet::with_capacity(0)
+    }
+
+    /// An empty set with room for `rows` rows.
+    pub fn with_capacity(rows: usize) -> Self {
+        RowSet { pointers: Vec::with_capacity(rows), len: usize::MAX, _rows: std::marker::PhantomData }
     }
 
     pub fn clear(&mut self) {

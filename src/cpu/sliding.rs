@@ -205,7 +205,7 @@ pub(crate) fn correlate<T: Element>(
             fill(&src[start..][..first.src_volume()], first.src_size, &layout, data, widened);
         }
         for ((pass, starts), weights) in passes.iter().zip(&starts).zip(&weights) {
-            let mut rows = RowSet::new();
+            let mut rows = RowSet::with_capacity(cs * starts.len());
             for data in sources.chunks(layout.len) {
                 for &s in starts {
                     rows.push(&data[s..]);
