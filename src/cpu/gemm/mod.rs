@@ -1,0 +1,539 @@
+//! Implicit GEMM: each [`Pass`] is `Y[g] (cd × P) = W[g] (cd × K) · X̂[g] (K × P)`
+//! with `K = cs · taps` and `X̂` the im2col matrix, never formed whole.
+//!
+//! Tasks own disjoint blocks of `dst`: a column block (positions of one image,
+//! or several small images) × one group, every pass included; each task runs
+//! its channels in parallel row blocks on one shared source of `X̂`:
+//! - read in place from [`Bordered`], a copy of `src` made once per op with zero
+//!   borders and its stride phases split apart, so every im2col row is a
+//!   contiguous run of it (`nn_indirect`); or, where that would waste columns
+//!   (tiny planes) or is a plain 1×1 conv,
+//! - packed from the NCHW planes into a panel for the task's columns.
+//!
+//! The weights are packed once per op into `MR`-row strips. For bf16 where
+//! AVX-512 BF16 is available, the bordered copy (or panel) and the strips hold
+//! pairs of source channels instead, for the pair kernel (`pairs.rs`).
+//!
+//! The weight gradient `dW[g] (cd × K) = dY[g] (cd × NP) · X̂[g]ᵀ` runs the `nt`
+//! kernel over column blocks in a fixed order; its tasks own blocks of `K`
+//! (each reads or packs only its rows of `X̂`), and `dY` is packed once per
+//! block, in the same columns as `X̂` (zeros in the gap columns of the
+//! in-place layout, which is therefore used only when `x` is all finite).
+//!
+//! Here: the tasks of a forward or adjoint op and the products they run.
+//! `plan.rs` cuts an op into tasks, `bordered.rs` makes the bordered copy,
+//! `weights.rs` the weight strips, `store.rs` writes tiles to `dst`, and
+//! `weight_grad.rs` computes the weight gradient.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use half::bf16;
+
+use super::kernels::{IndirectKernel, Kernels, RowSet};
+use super::pairs::{PairKernels, as_bf16, pair};
+use super::pass::{Pass, RowPacker, Segment, as_accumulators};
+use super::threads::Tasks;
+use crate::backend::Activation;
+use crate::element::{Accumulator, DType, Element};
+
+mod bordered;
+mod plan;
+mod store;
+#[cfg(test)]
+mod tests;
+mod weight_grad;
+mod weights;
+
+use bordered::{Bordered, BorderedLayout, ImageColumns, virtual_columns};
+use plan::{Columns, Plan};
+use store::{Region, Tile, write_tile, write_tile_pair};
+use weights::{BlockWeights, Weights, pack_weight_pairs, pack_weights, weights_in_place};
+
+pub(crate) use weight_grad::{correlate_weight, weight_workspace_bytes};
+
+/// Rows of `X̂` a micro-kernel call reduces over. The `KC × NR` block of `X̂`
+/// a call reads stays in L1 while the row block's weight strips (`MR × KC`
+/// each, from L2) pass over it: 16 KiB of f32 with AVX2's tile, 32 KiB with
+/// AVX-512's, of an L1 of 32–48 KiB. On AVX2, 384 rows (24 KiB) ran as fast
+/// and 512 (all of L1) 2–5% slower.
+const KC: usize = 256;
+/// Columns (grid points per pass) a column block aims for.
+const COLUMNS: usize = 256;
+/// At most this many bytes of im2col panel per column block (fewer columns when `K` is long).
+const PANEL_BYTES: usize = 4 << 20;
+/// Channels a row block of a forward or adjoint task aims for.
+const ROWS: usize = 128;
+/// Parallel pieces an op aims to split into when its shape allows, whatever
+/// the thread count: enough to keep a few threads busy and balanced.
+const MIN_TASKS: usize = 8;
+/// Rows of the panel one packing job fills.
+const PACK_ROWS: usize = 32;
+
+/// One task's share of `dst`: the pieces of its planes, ordered by (channel, image).
+struct Task<'a, T> {
+    images: Range<usize>,
+    positions: Range<usize>,
+    group: usize,
+    pieces: Vec<&'a mut [T]>,
+}
+
+/// Pieces of `dst` keyed by their place in a task (channel-major, then image).
+type KeyedPieces<'a, T> = Vec<(usize, &'a mut [T])>;
+
+/// Splits `dst` (`[batch, groups·cd, volume]`) into one task per column block and group.
+fn split_tasks<'a, T>(dst: &'a mut [T], columns: &Columns, first: &Pass) -> Vec<Task<'a, T>> {
+    let (batch, groups, cd, volume) = (first.batch, first.groups, first.dst_channels, first.dst_volume());
+    let mut tasks: Vec<(Task<'a, T>, KeyedPieces<'a, T>)> = (0..columns.blocks * groups)
+        .map(|index| {
+            let (images, positions) = columns.block(index / groups, batch, volume);
+            (Task { images, positions, group: index % groups, pieces: Vec::new() }, Vec::new())
+        })
+        .collect();
+    if volume > 0 {
+        for (plane_index, plane) in dst.chunks_mut(volume).enumerate() {
+            let (n, channel) = (plane_index / (groups * cd), plane_index % (groups * cd));
+            let (group, o) = (channel / cd, channel % cd);
+            let mut rest = plane;
+            for pb in 0..columns.position_blocks {
+                let (piece, tail) = rest.split_at_mut(columns.positions.min(rest.len()));
+                rest = tail;
+                let block = n / columns.images * columns.position_blocks + pb;
+                let (task, keyed) = &mut tasks[block * groups + group];
+                keyed.push((o * columns.images + n - task.images.start, piece));
+            }
+        }
+    }
+    tasks
+        .into_iter()
+        .map(|(mut task, mut keyed)| {
+            keyed.sort_by_key(|&(key, _)| key);
+            task.pieces = keyed.into_iter().map(|(_, piece)| piece).collect();
+            task
+        })
+        .collect()
+}
+
+/// Bytes of extra memory a forward or adjoint op on `dtype` elements takes
+/// with `threads` threads (weights packed unless read in place, copies of
+/// `src` in the accumulator type, or in bf16 pairs where the pair kernel runs).
+pub(crate) fn workspace_bytes<A: Copy + 'static>(
+    ks: &Kernels<A>,
+    passes: &[Pass],
+    dtype: DType,
+    threads: usize,
+) -> usize {
+    let Some(first) = passes.first() else { return 0 };
+    // Weights and `X̂` (copy or panels): per source channel, or per pair of them in words of two bf16.
+    let pairs = ks.pairs.filter(|_| dtype == DType::BF16);
+    let ((mr, nr), slots, slot_size) = match pairs {
+        Some(p) => ((p.rows, p.cols), first.src_channels.div_ceil(2), std::mem::size_of::<u32>()),
+        None => ((ks.nn_rows, ks.nn_cols), first.src_channels, std::mem::size_of::<A>()),
+    };
+    let size = std::mem::size_of::<A>();
+    let Some(plan) = Plan::new(passes, mr, nr, size) else { return 0 };
+    let in_place = pairs.is_none() && weights_in_place(passes, matches!(dtype, DType::F32 | DType::F64));
+    let weights: usize = match in_place {
+        true => 0,
+        false => passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(mr) * mr * slots * p.taps.len()).sum(),
+    };
+    let k = slots * passes.iter().map(|p| p.taps.len()).max().unwrap_or(0);
+    // Each thread holds at most one task's panel and one row block's tile per
+    // pass it runs at once (two that interleave); the bordered copy replaces
+    // the panels where it is used.
+    let at_once = if passes.windows(2).any(|pair| interleaves(&pair[0], &pair[1])) { 2 } else { 1 };
+    let bordered = BorderedLayout::len(passes, nr, slots);
+    let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
+    let per_thread = at_once * threads.max(1);
+    (weights + bordered + per_thread * panel) * slot_size + per_thread * plan.max_ldb * plan.rows * size
+}
+
+/// Runs `passes` (which together cover `dst`) by implicit GEMM.
+///
+/// Two passes that fill the even and odd positions of the same `dst` rows
+/// (the stride-2 phases of a transposed conv, see [`interleaves`]) run side
+/// by side in a task, each row block computing both tiles and storing them
+/// interleaved: whole runs of `dst` rather than every other element, twice.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn correlate<T: Element>(
+    ks: &Kernels<T::Accum>,
+    passes: &[Pass],
+    src: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    activation: Activation,
+    dst: &mut [T],
+) {
+    let source = Source::new(ks, passes, src, w);
+    let (mr, nr) = source.tile(ks);
+    let Some(plan) = Plan::new(passes, mr, nr, std::mem::size_of::<T::Accum>()) else { return };
+    let tasks = split_tasks(dst, &plan.columns, &passes[0]);
+    // Tile buffers, two per row block, and the inputs of a pass pair, kept by
+    // each worker from task to task: only their growth is zeroed (a panel's is
+    // 256 KiB for a 1×1 conv), and each tile and panel is written before it is read.
+    let buffers = || {
+        let tiles = (0..plan.row_blocks).map(|_| [Vec::new(), Vec::new()]).collect::<Vec<[Vec<T::Accum>; 2]>>();
+        (tiles, [PassInput::default(), PassInput::default()])
+    };
+    tasks.into_par_iter().tasks().for_each_init(buffers, |(tiles, inputs), mut task| {
+        let mut p = 0;
+        while p < passes.len() {
+            let [first, second] = &mut *inputs;
+            let columns = first.prepare(&source, &passes[p], src, &task, nr);
+            let pair = p + 1 < passes.len()
+                && interleaves(&passes[p], &passes[p + 1])
+                && second.prepare(&source, &passes[p + 1], src, &task, nr) == columns
+                && first.segments.iter().zip(&second.segments).all(|(a, b)| a.n == b.n && a.m == b.m && a.m2 == b.m2);
+            let step = if pair { 2 } else { 1 };
+            if columns == 0 {
+                p += step;
+                continue;
+            }
+            let (pass, group, image_count) = (&passes[p], task.group, task.images.len());
+            let mut rest = &mut task.pieces[..];
+            let mut blocks = Vec::with_capacity(plan.row_blocks);
+            for index in 0..plan.row_blocks {
+                let channels = plan.row_block_channels(index, pass.dst_channels);
+                let (pieces, tail) = std::mem::take(&mut rest).split_at_mut(channels.len() * image_count);
+                rest = tail;
+                if !channels.is_empty() {
+                    blocks.push((channels, pieces));
+                }
+            }
+            let inputs = &*inputs;
+            blocks.into_par_iter().zip(tiles.par_iter_mut()).tasks().for_each(|((channels, pieces), [a, b])| {
+                // The tile of the task's pass `p + i` (`i` = 1: the second of a pair) in `buffer`.
+                let tile = |i: usize, buffer: &mut Vec<T::Accum>| {
+                    let (input, channels) = (&inputs[i], channels.clone());
+                    let start = multiply_pass(ks, &source, &passes[p + i], p + i, input, group, channels, buffer);
+                    (start, input.ldb, &input.segments[..])
+                };
+                let (start, ldb, segments) = tile(0, a);
+                let first = Tile { values: &mut a[start..], ldb, segments };
+                let channels = channels.clone();
+                let region = Region { images: task.images.clone(), positions: task.positions.clone(), group, channels };
+                if pair {
+                    let (start, ldb, segments) = tile(1, b);
+                    let second = Tile { values: &mut b[start..], ldb, segments };
+                    write_tile_pair(pass, bias, activation, first, second, &region, pieces);
+                } else {
+                    write_tile(pass, bias, activation, first, &region, pieces);
+                }
+            });
+            p += step;
+        }
+    });
+}
+
+/// Whether `b` fills the positions right after those `a` fills along the
+/// rows, at step 2: the two stride-2 phases of one row phase of a transposed
+/// conv (the odd phase one column on), with equal grids.
+fn interleaves(a: &Pass, b: &Pass) -> bool {
+    a.step == b.step
+        && a.step[2] == 2
+        && a.count == b.count
+        && a.start[..2] == b.start[..2]
+        && b.start[2] == a.start[2] + 1
+}
+
+/// What one pass of a task reads: its grid points as segments, and where the
+/// kernel finds `X̂` for them (a run per image in the bordered copy, or a panel).
+#[derive(Default)]
+struct PassInput<A> {
+    segments: Vec<Segment>,
+    images: Vec<ImageColumns>,
+    panel: Vec<A>,
+    pair_panel: Vec<u32>,
+    panel_start: usize,
+    /// Tile width: the columns rounded up to `NR` (per image in the bordered copy).
+    ldb: usize,
+}
+
+impl<A: Accumulator> PassInput<A> {
+    /// The segments of `pass` in `task`, with the panel packed where `source`
+    /// has no bordered copy; returns the number of grid points (0: nothing to do).
+    fn prepare<T: Element<Accum = A>>(
+        &mut self,
+        source: &Source<'_, A>,
+        pass: &Pass,
+        src: &[T],
+        task: &Task<'_, T>,
+        nr: usize,
+    ) -> usize {
+        let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut self.segments);
+        if columns == 0 {
+            return 0;
+        }
+        let group = task.group;
+        self.ldb = match source {
+            Source::Bordered(bordered, _) => virtual_columns(bordered, nr, &mut self.segments, &mut self.images),
+            Source::Pairs { bordered: Some(bordered), .. } => {
+                virtual_columns(bordered, nr, &mut self.segments, &mut self.images)
+            }
+            Source::Panel(_) => {
+                let ldb = columns.next_multiple_of(nr);
+                self.panel_start = pack_panel(pass, src, group, &self.segments, columns, ldb, &mut self.panel);
+                ldb
+            }
+            Source::Pairs { src, bordered: None, .. } => {
+                let ldb = columns.next_multiple_of(nr);
+                self.panel_start =
+                    pack_pair_panel(pass, src, group, &self.segments, columns, ldb, &mut self.pair_panel);
+                // The panel's columns as one run, for `multiply_rows`.
+                self.images.clear();
+                self.images.push(ImageColumns { n: 0, first: 0, column: 0, len: ldb });
+                ldb
+            }
+        };
+        columns
+    }
+}
+
+/// The tile of pass `p` (index `p` of its op) for `channels` of `group`,
+/// written into `buffer` from the index returned.
+#[allow(clippy::too_many_arguments)]
+fn multiply_pass<A: Accumulator>(
+    ks: &Kernels<A>,
+    source: &Source<'_, A>,
+    pass: &Pass,
+    p: usize,
+    input: &PassInput<A>,
+    group: usize,
+    channels: Range<usize>,
+    buffer: &mut Vec<A>,
+) -> usize {
+    let (images, ldb) = (&input.images[..], input.ldb);
+    match source {
+        Source::Bordered(bordered, weights) => {
+            multiply_indirect(ks, pass, weights, bordered, p, images, ldb, group, channels, buffer)
+        }
+        Source::Panel(weights) => {
+            multiply(ks, pass, weights, p, &input.panel[input.panel_start..], ldb, group, channels, buffer)
+        }
+        Source::Pairs { bordered: Some(bordered), weights, kernels, .. } => {
+            multiply_indirect(kernels, pass, weights, bordered, p, images, ldb, group, channels, buffer)
+        }
+        Source::Pairs { bordered: None, weights, kernels, .. } => {
+            let k = pass.src_channels.div_ceil(2) * pass.taps.len();
+            let panel = &input.pair_panel[input.panel_start..];
+            let row = |_: &ImageColumns, kk: usize| &panel[kk * ldb..][..ldb];
+            let weights = weights.block(pass, p, group, &channels, kernels.rows, k);
+            multiply_rows(kernels, k, &weights, images, ldb, channels, buffer, row)
+        }
+    }
+}
+
+/// Where a forward or adjoint op reads `X̂` from, with the weights packed per pass for its kernel.
+enum Source<'a, A: 'static> {
+    /// Read in place from a bordered copy of `src`.
+    Bordered(Bordered<A>, Weights<'a, A>),
+    /// Packed from NCHW into a panel per task.
+    Panel(Weights<'a, A>),
+    /// bf16 `src` in channel pairs, for the pair kernel: read in place from a
+    /// bordered copy where one serves, else packed into a panel per task.
+    Pairs { src: &'a [bf16], bordered: Option<Bordered<u32>>, weights: Weights<'a, u32>, kernels: PairKernels<A> },
+}
+
+impl<'a, A: Accumulator> Source<'a, A> {
+    /// Channel pairs for bf16 where the instruction set has a pair kernel; else
+    /// the bordered copy where it serves, or panels.
+    fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &'a [T], w: &'a [T]) -> Self {
+        if let (Some(src), Some(w), Some(kernels)) = (as_bf16(src), as_bf16(w), ks.pairs) {
+            let bordered = Bordered::bf16_pairs(passes, src, kernels.cols);
+            let weights = Weights::Packed(pack_weight_pairs(passes, w, kernels.rows));
+            return Source::Pairs { src, bordered, weights, kernels };
+        }
+        let weights = match as_accumulators(w) {
+            Some(w) if weights_in_place(passes, true) => Weights::Rows(w),
+            _ => Weights::Packed(pack_weights(passes, w, ks.nn_rows)),
+        };
+        match Bordered::new(passes, src, ks.nn_cols, false) {
+            Some(bordered) => Source::Bordered(bordered, weights),
+            None => Source::Panel(weights),
+        }
+    }
+
+    /// The micro-tile (rows, columns) of the kernel that reads it.
+    fn tile(&self, ks: &Kernels<A>) -> (usize, usize) {
+        match self {
+            Source::Pairs { kernels, .. } => (kernels.rows, kernels.cols),
+            Source::Bordered(..) | Source::Panel(_) => (ks.nn_rows, ks.nn_cols),
+        }
+    }
+}
+
+/// Grows `buffer` (with zeros) to hold `len` elements from a 64-byte boundary
+/// (a cache line), so that the kernels' vector loads never straddle two
+/// lines, and returns the index of that boundary.
+fn cache_aligned<V: Copy + Default>(buffer: &mut Vec<V>, len: usize) -> usize {
+    let slack = 64 / std::mem::size_of::<V>();
+    if buffer.len() < len + slack {
+        buffer.resize(len + slack, V::default());
+    }
+    buffer.as_ptr().align_offset(64).min(slack)
+}
+
+/// A tile of `len` accumulators in `buffer` (reused from call to call), from
+/// the index returned. The kernels overwrite it for any reduction length `k`
+/// but 0 — a stride phase no tap reaches — whose tile must then hold zeros.
+fn tile_in<A: Accumulator>(buffer: &mut Vec<A>, len: usize, k: usize) -> usize {
+    let start = cache_aligned(buffer, len);
+    if k == 0 {
+        buffer[start..][..len].fill(A::ZERO);
+    }
+    start
+}
+
+/// The whole `K × ldb` im2col panel of `segments`, packed `PACK_ROWS` rows per job.
+fn pack_panel<T: Element>(
+    pass: &Pass,
+    src: &[T],
+    group: usize,
+    segments: &[Segment],
+    columns: usize,
+    ldb: usize,
+    panel: &mut Vec<T::Accum>,
+) -> usize {
+    let k = pass.reduction();
+    // Every element is written below, so the buffer only grows, never needs clearing.
+    let start = cache_aligned(panel, k * ldb);
+    let packer = RowPacker::new(pass, group, segments, columns);
+    panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).tasks().enumerate().for_each(|(job, rows)| {
+        let first = job * PACK_ROWS;
+        packer.pack_rows(src, first..first + rows.len() / ldb, rows, ldb);
+    });
+    start
+}
+
+/// [`pack_panel`] for the pair kernel: row `(p, j)` holds the [`pair`]s of rows
+/// `(2p, j)` and `(2p + 1, j)` (zeros past the last channel).
+fn pack_pair_panel(
+    pass: &Pass,
+    src: &[bf16],
+    group: usize,
+    segments: &[Segment],
+    columns: usize,
+    ldb: usize,
+    panel: &mut Vec<u32>,
+) -> usize {
+    let (cs, ntaps) = (pass.src_channels, pass.taps.len());
+    let k = cs.div_ceil(2) * ntaps;
+    let start = cache_aligned(panel, k * ldb);
+    let packer = RowPacker::new(pass, group, segments, columns);
+    panel[start..][..k * ldb].par_chunks_mut(PACK_ROWS * ldb).tasks().enumerate().for_each(|(job, rows)| {
+        let (mut even, mut odd) = (vec![0f32; columns], vec![0f32; columns]);
+        for (i, row) in rows.chunks_mut(ldb).enumerate() {
+            let (p, j) = ((job * PACK_ROWS + i) / ntaps, (job * PACK_ROWS + i) % ntaps);
+            packer.pack(src, 2 * p, j, &mut even);
+            if 2 * p + 1 < cs {
+                packer.pack(src, 2 * p + 1, j, &mut odd);
+            } else {
+                odd.fill(0.0);
+            }
+            // The values were bf16 widened: narrowing them back is exact.
+            for ((d, &e), &o) in row.iter_mut().zip(&even).zip(&odd) {
+                *d = pair(bf16::from_f32(e), bf16::from_f32(o));
+            }
+            row[columns..].fill(0);
+        }
+    });
+    start
+}
+
+/// `W[group][channels] · panel`, `KC` rows at a time: `channels` (rounded up to
+/// `MR`) × `ldb`, written into `buffer` (grown as needed) from the index returned.
+#[allow(clippy::too_many_arguments)]
+fn multiply<A: Accumulator>(
+    ks: &Kernels<A>,
+    pass: &Pass,
+    weights: &Weights<'_, A>,
+    p: usize,
+    panel: &[A],
+    ldb: usize,
+    group: usize,
+    channels: Range<usize>,
+    buffer: &mut Vec<A>,
+) -> usize {
+    let (mr, nr, k) = (ks.nn_rows, ks.nn_cols, pass.reduction());
+    let strips = channels.len().div_ceil(mr);
+    let weights = weights.block(pass, p, group, &channels, mr, k);
+    let start = tile_in(buffer, strips * mr * ldb, k);
+    let tile = &mut buffer[start..][..strips * mr * ldb];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let b = &panel[k0 * ldb..];
+        // Each `KC × NR` block of the panel is read once and stays in L1 for every weight strip.
+        for jr in (0..ldb).step_by(nr) {
+            for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
+                ks.nn(kc, weights.strip(s, k0), &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
+            }
+        }
+    }
+    start
+}
+
+/// [`multiply`] with `X̂` read in place from the bordered planes, by `ks`
+/// (whose reduction runs over the planes' channels, or channel pairs, and taps).
+#[allow(clippy::too_many_arguments)]
+fn multiply_indirect<A: Accumulator, B>(
+    ks: &impl IndirectKernel<A, B>,
+    pass: &Pass,
+    weights: &Weights<'_, B>,
+    bordered: &Bordered<B>,
+    pass_index: usize,
+    images: &[ImageColumns],
+    ldb: usize,
+    group: usize,
+    channels: Range<usize>,
+    buffer: &mut Vec<A>,
+) -> usize {
+    let ntaps = pass.taps.len();
+    let starts = &bordered.starts[pass_index];
+    let k = bordered.channels * ntaps;
+    let row = |image: &ImageColumns, kk: usize| {
+        let (c, j) = (kk / ntaps, kk % ntaps);
+        let plane = ((image.n * pass.groups + group) * bordered.channels + c) * bordered.plane_len;
+        &bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]
+    };
+    let weights = weights.block(pass, pass_index, group, &channels, ks.tile().0, k);
+    multiply_rows(ks, k, &weights, images, ldb, channels, buffer, row)
+}
+
+/// `W[group][channels] · X̂` by a kernel that reads `X̂`'s rows where they are:
+/// row `kk` of image run `image` is `row(image, kk)`, read from its start.
+/// `channels` (rounded up to `MR`) × `ldb`, written into `buffer` (grown as
+/// needed) from the index returned.
+#[allow(clippy::too_many_arguments)]
+fn multiply_rows<'a, A: Accumulator, B: 'a>(
+    ks: &impl IndirectKernel<A, B>,
+    k: usize,
+    weights: &BlockWeights<'_, B>,
+    images: &[ImageColumns],
+    ldb: usize,
+    channels: Range<usize>,
+    buffer: &mut Vec<A>,
+    row: impl Fn(&ImageColumns, usize) -> &'a [B],
+) -> usize {
+    let (mr, nr) = ks.tile();
+    let strips = channels.len().div_ceil(mr);
+    let start = tile_in(buffer, strips * mr * ldb, k);
+    let tile = &mut buffer[start..][..strips * mr * ldb];
+    let mut rows = RowSet::new();
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for image in images {
+            rows.clear();
+            for kk in k0..k0 + kc {
+                rows.push(row(image, kk));
+            }
+            // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
+            for jr in (0..image.len).step_by(nr) {
+                for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
+                    ks.nn_indirect(weights.strip(s, k0), &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
+                }
+            }
+        }
+    }
+    start
+}

@@ -1,0 +1,173 @@
+//! The weights as the `nn` kernel reads them: packed strips, or rows in place.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::cpu::kernels::{AOperand, RowSet};
+use crate::cpu::pairs::pair;
+use crate::cpu::pass::{Direction, Pass};
+use crate::cpu::threads::Tasks;
+use crate::element::{Accumulator, Element};
+
+/// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
+pub(super) fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
+    pack_strips(passes, 1, mr, T::Accum::ZERO, |at, _, _| w[at].to_accum())
+}
+
+/// Weights packed for the pair kernel: as [`pack_weights`], with `K` over
+/// (channel pair, tap) and each element the [`pair`] of the two channels' weights.
+pub(super) fn pack_weight_pairs(passes: &[Pass], w: &[bf16], mr: usize) -> Vec<Vec<u32>> {
+    let Some(first) = passes.first() else { return Vec::new() };
+    let cs = first.src_channels;
+    pack_strips(passes, 2, mr, 0, |at, c_step, p| {
+        let odd = if 2 * p + 1 < cs { w[at + c_step] } else { bf16::ZERO };
+        pair(w[at], odd)
+    })
+}
+
+/// Weight strips with the source channels in slots of `per_slot` (1, or 2
+/// for pairs): per pass, `[group][strip][slots × taps][MR]`, element
+/// `(slot c, tap, row i)` given by `weight(at, c_step, c)`, with `at` the
+/// index in `w` of the slot's first channel of row `i` at the tap and
+/// `c_step` the distance between two channels; rows past `cd` are `zero`.
+///
+/// A strip is `MR` weight rows transposed. One task packs a strip for every
+/// pass, channel by channel: the strip's kernels of a channel are read once
+/// for all passes (an adjoint's strips gather kernels far apart, and a sweep
+/// per stride phase would cost a trip to memory each), and each pass's block
+/// is written in order, every element once (the buffers are not zeroed first:
+/// for large layers that would be another pass over megabytes).
+fn pack_strips<V: Copy + Send + Sync>(
+    passes: &[Pass],
+    per_slot: usize,
+    mr: usize,
+    zero: V,
+    weight: impl Fn(usize, usize, usize) -> V + Sync,
+) -> Vec<Vec<V>> {
+    let Some(first) = passes.first() else { return Vec::new() };
+    let (groups, cs, cd, kvol) = (first.groups, first.src_channels, first.dst_channels, first.kernel_volume);
+    let channels = cs.div_ceil(per_slot);
+    let strips = cd.div_ceil(mr);
+    let lens: Vec<usize> = passes.iter().map(|p| groups * strips * channels * p.taps.len() * mr).collect();
+    let mut packed: Vec<Vec<V>> = lens.iter().map(|&len| Vec::with_capacity(len)).collect();
+    // One entry per (group, strip): that strip's block of every pass.
+    let mut strip_blocks: Vec<Vec<&mut [MaybeUninit<V>]>> = (0..groups * strips).map(|_| Vec::new()).collect();
+    for ((pass, buffer), &len) in passes.iter().zip(packed.iter_mut()).zip(&lens) {
+        let spare = &mut buffer.spare_capacity_mut()[..len];
+        let strip_len = channels * pass.taps.len() * mr;
+        if strip_len == 0 {
+            strip_blocks.iter_mut().for_each(|blocks| blocks.push(&mut []));
+        } else {
+            strip_blocks.iter_mut().zip(spare.chunks_mut(strip_len)).for_each(|(blocks, strip)| blocks.push(strip));
+        }
+    }
+    strip_blocks.into_par_iter().tasks().enumerate().for_each(|(index, mut blocks)| {
+        let (group, first_row) = (index / strips, index % strips * mr);
+        let rows = mr.min(cd - first_row);
+        // w(group, first_row + i, c, j) is at `base + i·i_step + c·c_step + j`.
+        let (base, i_step, c_step) = match first.direction {
+            Direction::Forward => ((group * cd + first_row) * cs * kvol, cs * kvol, kvol),
+            Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
+        };
+        for c in 0..channels {
+            for (pass, block) in passes.iter().zip(blocks.iter_mut()) {
+                let ntaps = pass.taps.len();
+                for (tap, tile) in pass.taps.iter().zip(block[c * ntaps * mr..][..ntaps * mr].chunks_exact_mut(mr)) {
+                    let at = base + per_slot * c * c_step + tap.index;
+                    let (values, padding) = tile.split_at_mut(rows);
+                    for (i, v) in values.iter_mut().enumerate() {
+                        v.write(weight(at + i * i_step, c_step, c));
+                    }
+                    for v in padding {
+                        v.write(zero);
+                    }
+                }
+            }
+        }
+    });
+    for (buffer, len) in packed.iter_mut().zip(lens) {
+        // SAFETY: the strips tile each pass's `[0, len)`, and every element of each was written above.
+        unsafe { buffer.set_len(len) };
+    }
+    packed
+}
+
+/// Grid points (images × positions) up to which a forward pass reads its
+/// weights in place. Packing costs a read and a write of every weight, once;
+/// the kernel reads a packed strip faster (one stream rather than `MR`), and
+/// that gain grows with the columns each weight meets: on this side packing
+/// loses (ResNet-50's 3×3 conv with 512 channels, 196 points: 16% faster in
+/// place), past it the kernel's speed wins (the 1-D conv of the suite, 8192
+/// points: 12% slower in place; 784 points: even).
+const IN_PLACE_COLUMNS: usize = 512;
+
+/// Whether an op of `passes` reads its weights in place, given whether they
+/// are in the accumulator type: a single forward pass over few columns.
+pub(super) fn weights_in_place(passes: &[Pass], accumulator_weights: bool) -> bool {
+    matches!(passes, [pass] if accumulator_weights
+        && pass.direction == Direction::Forward
+        && pass.batch * pass.dst_volume() <= IN_PLACE_COLUMNS)
+}
+
+/// The weights as the micro-kernel reads them.
+pub(super) enum Weights<'a, B> {
+    /// Packed per pass into `MR`-row strips ([`pack_weights`]).
+    Packed(Vec<Vec<B>>),
+    /// In place: a forward pass's weights in the accumulator type, whose every
+    /// row (output channel) is one contiguous run of the reduction (`c`, tap),
+    /// where packing would cost more than it saves (see [`IN_PLACE_COLUMNS`]).
+    Rows(&'a [B]),
+}
+
+impl<'a, B> Weights<'a, B> {
+    /// The weights of pass `p` for the strips of rows `channels` of `group`,
+    /// `k` long, as the kernel's operands.
+    pub(super) fn block(
+        &'a self,
+        pass: &Pass,
+        p: usize,
+        group: usize,
+        channels: &Range<usize>,
+        mr: usize,
+        k: usize,
+    ) -> BlockWeights<'a, B> {
+        match self {
+            Weights::Packed(packed) => {
+                let first_strip = group * pass.dst_channels.div_ceil(mr) + channels.start / mr;
+                BlockWeights::Packed(&packed[p][first_strip * k * mr..], k, mr)
+            }
+            Weights::Rows(w) => {
+                // Tile rows past the block's channels compute values that are never
+                // stored: they read the last row again rather than zeros.
+                let row = |o: usize| &w[(group * pass.dst_channels + o.min(channels.end - 1)) * k..][..k];
+                let strips = channels.clone().step_by(mr).map(|first| {
+                    let mut rows = RowSet::with_capacity(mr);
+                    (first..first + mr).for_each(|o| rows.push(row(o)));
+                    rows
+                });
+                BlockWeights::Rows(strips.collect())
+            }
+        }
+    }
+}
+
+/// One row block's weight strips (see [`Weights::block`]).
+pub(super) enum BlockWeights<'a, B> {
+    /// Strips of `k × MR` values, from strip 0.
+    Packed(&'a [B], usize, usize),
+    /// `MR` rows per strip.
+    Rows(Vec<RowSet<'a, B>>),
+}
+
+impl<B> BlockWeights<'_, B> {
+    /// Strip `s` from reduction step `k0`.
+    pub(super) fn strip(&self, s: usize, k0: usize) -> AOperand<'_, B> {
+        match self {
+            BlockWeights::Packed(packed, k, mr) => AOperand::Packed(&packed[(s * k + k0) * mr..]),
+            BlockWeights::Rows(strips) => AOperand::Rows(&strips[s], k0),
+        }
+    }
+}
