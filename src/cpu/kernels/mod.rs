@@ -1,0 +1,461 @@
+//! The SIMD kernels, written once over [`Lanes`] and instantiated per
+//! instruction set, and the table ([`Kernels`]) an op looks them up in.
+//!
+//! - `nn`: the GEMM micro-kernel `C[MR×NR] (+)= Σ_k a[k][MR] ⊗ b[k][NR]`
+//!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint;
+//!   `a` packed in strips, or read in place from `MR` weight rows ([`AOperand`]).
+//! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
+//!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
+//! - `taps`, `dots`: rows of the direct path for thin groups (a few outputs
+//!   summed over every source channel and tap); `sum`: bias gradients.
+//!
+//! Each output element is one chain of multiply-adds in a fixed order, so a
+//! result depends on the data and the instruction set only, never on tiling
+//! or threads.
+//!
+//! The generic bodies are in `nn.rs`, `nt.rs` and `rows.rs`; here are the
+//! operands callers hand them and the table, instantiated per instruction set.
+
+use std::any::Any;
+
+#[cfg(target_arch = "x86_64")]
+use super::isa::{Avx2, Avx512};
+use super::isa::{CpuIsa, Lanes, Portable};
+use super::pairs::PairKernels;
+
+mod nn;
+mod nt;
+mod rows;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use nn::{AStrip, AValues, NnRowsTile, NnTile, PackedA, RowsA};
+use nn::{nn, nn_rows};
+pub(crate) use nt::{NtRowsTile, NtTile};
+use nt::{nt, nt_rows};
+pub(crate) use rows::{DotsRow, TapsBlock};
+use rows::{dots_row, sum, taps_block};
+
+/// A micro-kernel that reads the `b` rows of its tile where they are:
+/// `c[i·ldc + j] (+)= Σ_k a[k][i] · rows.row(k)[offset + j]` over its
+/// `MR × NR` tile, with `a` and the rows in `B` and `c` in `A` (the `nn`
+/// kernels, and the bf16 pair kernel with `B` = pairs).
+pub(crate) trait IndirectKernel<A, B> {
+    /// Tile rows (MR) and columns (NR).
+    fn tile(&self) -> (usize, usize);
+    /// Runs one tile, checking every operand holds it.
+    fn nn_indirect(
+        &self,
+        a: AOperand<'_, B>,
+        rows: &RowSet<'_, B>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    );
+}
+
+/// The checks every [`IndirectKernel`] makes before its tile runs: the tile's
+/// reduction length and its `a` operand as the kernel takes it.
+pub(crate) fn check_indirect<A, B>(
+    kernel: &str,
+    (mr, nr): (usize, usize),
+    a: AOperand<'_, B>,
+    rows: &RowSet<'_, B>,
+    offset: usize,
+    c: &[A],
+    ldc: usize,
+) -> (usize, AStrip<B>) {
+    let k = rows.rows();
+    let a = a.strip(k, mr, kernel);
+    assert!(offset + nr <= rows.row_len(), "{kernel}: rows hold {} < {offset} + {nr}", rows.row_len());
+    assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "{kernel}: c too short");
+    (k, a)
+}
+
+impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
+    fn tile(&self) -> (usize, usize) {
+        (self.nn_rows, self.nn_cols)
+    }
+
+    fn nn_indirect(
+        &self,
+        a: AOperand<'_, A>,
+        rows: &RowSet<'_, A>,
+        offset: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (k, a) = check_indirect("nn_indirect", self.tile(), a, rows, offset, c, ldc);
+        let tile = NnRowsTile { k, a, rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: the table exists only for a supported ISA, and `check_indirect` bounds every access.
+        unsafe { (self.nn_indirect)(&tile) }
+    }
+}
+
+/// The `a` operand of an `nn` micro-tile (`MR` rows of the weights, `k` long).
+#[derive(Clone, Copy)]
+pub(crate) enum AOperand<'a, A> {
+    /// Packed: `k` rows of `MR` values.
+    Packed(&'a [A]),
+    /// In place: `MR` rows, each read for `k` values from `offset`.
+    Rows(&'a RowSet<'a, A>, usize),
+}
+
+impl<A> AOperand<'_, A> {
+    /// The operand as the kernels take it, checked to hold `k` steps of `mr` rows.
+    pub fn strip(self, k: usize, mr: usize, kernel: &str) -> AStrip<A> {
+        match self {
+            AOperand::Packed(a) => {
+                assert!(a.len() >= k * mr, "{kernel}: a holds {} < {k}×{mr}", a.len());
+                AStrip::Packed(a.as_ptr())
+            }
+            AOperand::Rows(rows, offset) => {
+                assert_eq!(rows.rows(), mr, "{kernel}: a has {} rows, not {mr}", rows.rows());
+                assert!(offset + k <= rows.row_len(), "{kernel}: a rows hold {} < {offset} + {k}", rows.row_len());
+                AStrip::Rows(rows.pointers(), offset)
+            }
+        }
+    }
+}
+
+/// The `b` rows of [`Kernels::nn_indirect`]: borrowed slices, all at least `len` long.
+pub(crate) struct RowSet<'a, A> {
+    pointers: Vec<*const A>,
+    len: usize,
+    _rows: std::marker::PhantomData<&'a [A]>,
+}
+
+impl<'a, A> RowSet<'a, A> {
+    pub fn new() -> Self {
+        RowSet::with_capacity(0)
+    }
+
+    /// An empty set with room for `rows` rows.
+    pub fn with_capacity(rows: usize) -> Self {
+        RowSet { pointers: Vec::with_capacity(rows), len: usize::MAX, _rows: std::marker::PhantomData }
+    }
+
+    pub fn clear(&mut self) {
+        self.pointers.clear();
+        self.len = usize::MAX;
+    }
+
+    pub fn push(&mut self, row: &'a [A]) {
+        self.pointers.push(row.as_ptr());
+        self.len = self.len.min(row.len());
+    }
+
+    /// How many rows there are.
+    pub fn rows(&self) -> usize {
+        self.pointers.len()
+    }
+
+    /// The length of the shortest row.
+    pub fn row_len(&self) -> usize {
+        self.len
+    }
+
+    /// The row pointers, each valid for [`RowSet::row_len`] elements.
+    pub fn pointers(&self) -> *const *const A {
+        self.pointers.as_ptr()
+    }
+}
+
+/// The kernels of one instruction set for accumulator `A`, as function pointers.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels<A: 'static> {
+    /// Lanes per register.
+    pub lanes: usize,
+    /// `nn` tile rows (MR) and columns (NR).
+    pub nn_rows: usize,
+    pub nn_cols: usize,
+    /// `nt` tile rows and columns.
+    pub nt_rows: usize,
+    pub nt_cols: usize,
+    nn: unsafe fn(&NnTile<A>),
+    nn_indirect: unsafe fn(&NnRowsTile<A>),
+    nt: unsafe fn(&NtTile<A>),
+    nt_indirect: unsafe fn(&NtRowsTile<A>),
+    sum: unsafe fn(usize, *const A) -> A,
+    /// `taps` blocks of 1, 2 and 4 outputs.
+    taps: [unsafe fn(&TapsBlock<A>); 3],
+    dots_row: unsafe fn(&DotsRow<A>),
+    /// The bf16 channel-pair kernel, where this instruction set has one.
+    pub pairs: Option<PairKernels<A>>,
+}
+
+/// Instantiates the generic kernels for one instruction set, inside
+/// `#[target_feature]` wrappers when it names features, and builds its tables.
+/// Each table names its accumulator, the register type, and the shapes:
+/// `nn` rows × vectors, `nt` rows × columns, the vectors of the `taps` blocks
+/// of 1, 2 and 4 outputs, and the rows of `dots`.
+macro_rules! isa_kernels {
+    ($module:ident, [$($features:literal)?],
+     $($table:ident: $a:ty, $s:ty, nn: ($mr:literal, $nv:literal), nt: ($tr:literal, $tc:literal),
+       taps: ($t1:literal, $t2:literal, $t4:literal), dots: $dots:literal;)+) => {
+        mod $module {
+            use super::*;
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nn_k<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
+                // SAFETY: forwarded from the caller (a supported ISA, valid operands).
+                unsafe { nn::<S, A, MR, NV>(t) }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nn_rows_k<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>) {
+                // SAFETY: forwarded from the caller.
+                unsafe { nn_rows::<S, A, MR, NV>(t) }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nt_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+                t: &NtTile<A>,
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { nt::<S, A, MR, NR>(t) }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn nt_rows_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
+                t: &NtRowsTile<A>,
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { nt_rows::<S, A, MR, NR>(t) }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn sum_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>>(n: usize, a: *const A) -> A {
+                // SAFETY: forwarded from the caller.
+                unsafe { sum::<S, A>(n, a) }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn taps_k<S: Lanes<A>, A: Copy, const O: usize, const V: usize>(r: &TapsBlock<A>) {
+                // SAFETY: forwarded from the caller.
+                unsafe { taps_block::<S, A, O, V>(r) }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn dots_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const T: usize>(r: &DotsRow<A>) {
+                // SAFETY: forwarded from the caller.
+                unsafe { dots_row::<S, A, T>(r) }
+            }
+
+            $(
+                pub(super) static $table: Kernels<$a> = Kernels {
+                    lanes: <$s as Lanes<$a>>::LANES,
+                    nn_rows: $mr,
+                    nn_cols: $nv * <$s as Lanes<$a>>::LANES,
+                    nt_rows: $tr,
+                    nt_cols: $tc,
+                    nn: nn_k::<$s, $a, $mr, $nv>,
+                    nn_indirect: nn_rows_k::<$s, $a, $mr, $nv>,
+                    nt: nt_k::<$s, $a, $tr, $tc>,
+                    nt_indirect: nt_rows_k::<$s, $a, $tr, $tc>,
+                    sum: sum_k::<$s, $a>,
+                    taps: [taps_k::<$s, $a, 1, $t1>, taps_k::<$s, $a, 2, $t2>, taps_k::<$s, $a, 4, $t4>],
+                    dots_row: dots_k::<$s, $a, $dots>,
+                    pairs: None,
+                };
+            )+
+        }
+    };
+}
+
+// Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
+// a broadcast; nt: 4×6 + 4 + 1), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
+// The `tile_shapes` modules below repeat both in plain Rust for the tests.
+#[cfg(target_arch = "x86_64")]
+isa_kernels!(avx512, ["avx512f,avx2,fma"],
+    F32: f32, Avx512, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+    F64: f64, Avx512, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+);
+#[cfg(target_arch = "x86_64")]
+isa_kernels!(avx2, ["avx2,fma"],
+    F32: f32, Avx2, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Avx2, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+);
+isa_kernels!(portable, [],
+    F32: f32, Portable<4>, nn: (4, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
+    F64: f64, Portable<4>, nn: (4, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
+);
+
+// The x86 tables' shapes and register widths, computed in plain Rust: the
+// tests run every algorithm on them, so the tilings AVX-512 and AVX2 use are
+// checked on any CPU, whichever this one has.
+#[cfg(test)]
+isa_kernels!(avx512_shapes, [],
+    F32: f32, Portable<16>, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+    F64: f64, Portable<8>, nn: (12, 2), nt: (4, 6), taps: (8, 4, 2), dots: 9;
+);
+#[cfg(test)]
+isa_kernels!(avx2_shapes, [],
+    F32: f32, Portable<8>, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Portable<4>, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+);
+
+/// The `f32` or `f64` table among two, as `Kernels<A>`.
+fn pick<A: Copy + 'static>(f32_table: Kernels<f32>, f64_table: Kernels<f64>) -> Option<Kernels<A>> {
+    let f32_any: &dyn Any = &f32_table;
+    let f64_any: &dyn Any = &f64_table;
+    f32_any.downcast_ref::<Kernels<A>>().or_else(|| f64_any.downcast_ref::<Kernels<A>>()).copied()
+}
+
+/// The kernel table for accumulator `A` on `isa`; `None` when the CPU does not
+/// support `isa` or there are no kernels for `A` (only `f32` and `f64` have them).
+pub(crate) fn kernels<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
+    if !isa.is_supported() {
+        return None;
+    }
+    let table = match isa {
+        CpuIsa::Portable => pick(portable::F32, portable::F64),
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx2 => pick(avx2::F32, avx2::F64),
+        #[cfg(target_arch = "x86_64")]
+        CpuIsa::Avx512 => pick(avx512::F32, avx512::F64),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    };
+    table.map(|table| Kernels { pairs: PairKernels::for_isa(isa), ..table })
+}
+
+/// Tests only: the table with `isa`'s tile shapes and register widths, in
+/// plain Rust (any CPU runs it), with the pair kernel of the same shape.
+#[cfg(test)]
+pub(crate) fn kernels_shaped_as<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernels<A>> {
+    let table = match isa {
+        CpuIsa::Portable => pick(portable::F32, portable::F64),
+        CpuIsa::Avx2 => pick(avx2_shapes::F32, avx2_shapes::F64),
+        CpuIsa::Avx512 => pick(avx512_shapes::F32, avx512_shapes::F64),
+    };
+    table.map(|table| Kernels { pairs: PairKernels::shaped_as(isa), ..table })
+}
+
+impl<A: Copy + 'static> Kernels<A> {
+    /// Runs one `nn` micro-tile on slices, checking every operand holds the tile.
+    #[allow(clippy::too_many_arguments)] // the BLAS operand list: each slice with its leading dimension
+    pub fn nn(&self, k: usize, a: AOperand<'_, A>, b: &[A], ldb: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+        let (mr, nr) = (self.nn_rows, self.nn_cols);
+        let a = a.strip(k, mr, "nn");
+        assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
+        let tile = NnTile { k, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
+        // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
+        unsafe { (self.nn)(&tile) }
+    }
+
+    /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn nt(&self, k: usize, a: &[A], lda: usize, b: &[A], ldb: usize, c: &mut [A], ldc: usize) {
+        let (mr, nr) = (self.nt_rows, self.nt_cols);
+        assert!(k.is_multiple_of(self.lanes), "nt: k = {k} is not a multiple of {}", self.lanes);
+        assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt: a too short");
+        assert!(k == 0 || (ldb >= k && b.len() >= (nr - 1) * ldb + k), "nt: b too short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt: c too short");
+        let tile = NtTile { k, a: a.as_ptr(), lda, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
+        // SAFETY: as in `nn`.
+        unsafe { (self.nt)(&tile) }
+    }
+
+    /// Runs one `nt` micro-tile whose `b` row `j` is `rows.row(first + j)[..k]`.
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn nt_indirect(
+        &self,
+        k: usize,
+        a: &[A],
+        lda: usize,
+        rows: &RowSet<'_, A>,
+        first: usize,
+        c: &mut [A],
+        ldc: usize,
+    ) {
+        let (mr, nr) = (self.nt_rows, self.nt_cols);
+        assert!(k.is_multiple_of(self.lanes), "nt_indirect: k = {k} is not a multiple of {}", self.lanes);
+        assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt_indirect: a too short");
+        assert!(first + nr <= rows.pointers.len() && k <= rows.len, "nt_indirect: rows too few or short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt_indirect: c too short");
+        let tile = NtRowsTile {
+            k,
+            a: a.as_ptr(),
+            lda,
+            // SAFETY: `first + nr <= pointers.len()`, checked above.
+            rows: unsafe { rows.pointers.as_ptr().add(first) },
+            offset: 0,
+            c: c.as_mut_ptr(),
+            ldc,
+        };
+        // SAFETY: as in `nn`; every row holds `k` elements (checked by `RowSet`).
+        unsafe { (self.nt_indirect)(&tile) }
+    }
+
+    /// `out[o·ldo + i] = Σ_t weights[o·taps + t] · src.row(t)[offset + i]` for
+    /// every output `o` (`weights.len() / taps` of them) and `i < len` (a
+    /// multiple of the lane count); outputs go four, then two, then one at a time.
+    pub fn taps(&self, src: &RowSet<'_, A>, offset: usize, weights: &[A], out: &mut [A], ldo: usize, len: usize) {
+        let taps = src.pointers.len();
+        assert!(taps > 0, "taps: no source rows");
+        assert!(len.is_multiple_of(self.lanes), "taps: {len} is not a multiple of {}", self.lanes);
+        assert!(offset + len <= src.len, "taps: rows hold {} < {offset} + {len}", src.len);
+        let outputs = weights.len() / taps;
+        assert!(weights.len() == outputs * taps, "taps: {} weights for {taps} taps", weights.len());
+        assert!(outputs == 0 || (ldo >= len && out.len() >= (outputs - 1) * ldo + len), "taps: out too short");
+        let mut o = 0;
+        while o < outputs {
+            let log2 = match outputs - o {
+                1 => 0,
+                2 | 3 => 1,
+                _ => 2,
+            };
+            let block = TapsBlock {
+                len,
+                src: src.pointers.as_ptr(),
+                offset,
+                taps,
+                // SAFETY: `o < outputs`, so both offsets are inside their slices (checked above).
+                weights: unsafe { weights.as_ptr().add(o * taps) },
+                out: unsafe { out.as_mut_ptr().add(o * ldo) },
+                ldo,
+            };
+            // SAFETY: as in `nn`; `1 << log2` outputs remain, each valid per the asserts.
+            unsafe { (self.taps[log2])(&block) }
+            o += 1 << log2;
+        }
+    }
+
+    /// `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn dots(&self, len: usize, rows: usize, a: &[A], lda: usize, b: &[&[A]], ldb: usize, out: &mut [A]) {
+        assert_eq!(b.len(), out.len(), "dots: one output per row");
+        if rows == 0 || len == 0 {
+            return;
+        }
+        assert!(a.len() >= (rows - 1) * lda + len, "dots: a too short");
+        assert!(b.iter().all(|s| s.len() >= (rows - 1) * ldb + len), "dots: a row of b is too short");
+        let mut pointers = [std::ptr::null::<A>(); 32];
+        assert!(b.len() <= pointers.len(), "dots_row: at most {} rows a call", pointers.len());
+        for (p, s) in pointers.iter_mut().zip(b) {
+            *p = s.as_ptr();
+        }
+        let row = DotsRow {
+            len,
+            rows,
+            a: a.as_ptr(),
+            lda,
+            b: pointers.as_ptr(),
+            ldb,
+            count: out.len(),
+            out: out.as_mut_ptr(),
+        };
+        // SAFETY: as in `nn`; every pointer is valid for `len` elements.
+        unsafe { (self.dots_row)(&row) }
+    }
+
+    /// `Σ a[i]` in a fixed order.
+    pub fn sum(&self, a: &[A]) -> A {
+        // SAFETY: as in `nn`; `a` holds `a.len()` elements.
+        unsafe { (self.sum)(a.len(), a.as_ptr()) }
+    }
+}

@@ -1,0 +1,135 @@
+use super::*;
+
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    (0..n).map(|i| (((i as u64 * 2654435761 + seed * 40503) % 1000) as f64 - 500.0) / 250.0).collect()
+}
+
+fn check_isa<A>(isa: CpuIsa, ks: Kernels<A>)
+where
+    A: Copy + 'static + crate::element::Accumulator,
+{
+    let (mr, nr) = (ks.nn_rows, ks.nn_cols);
+    let tol = if std::mem::size_of::<A>() == 4 { 1e-4 } else { 1e-12 };
+    let close = |got: A, want: f64, what: &str| {
+        assert!((got.to_f64() - want).abs() <= tol * (1.0 + want.abs()), "{isa:?} {what}: {got:?} vs {want}")
+    };
+    // nn: c = a·b, then accumulated once more.
+    let k = 7;
+    let a: Vec<A> = values(k * mr, 1).into_iter().map(A::from_f64).collect();
+    let ldb = nr + 3;
+    let b: Vec<A> = values(k * ldb, 2).into_iter().map(A::from_f64).collect();
+    let ldc = nr + 1;
+    let mut c = vec![A::ZERO; mr * ldc];
+    ks.nn(k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, false);
+    ks.nn(k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, true);
+    for i in 0..mr {
+        for j in 0..nr {
+            let want: f64 = (0..k).map(|kk| a[kk * mr + i].to_f64() * b[kk * ldb + j].to_f64()).sum();
+            close(c[i * ldc + j], 2.0 * want, "nn");
+        }
+    }
+    // The same `a` read in place from rows (after 2 other values each): the same sums, bit for bit.
+    let a_rows: Vec<Vec<A>> =
+        (0..mr).map(|i| [A::ONE, A::ONE].into_iter().chain((0..k).map(|kk| a[kk * mr + i])).collect()).collect();
+    let mut rows = RowSet::new();
+    a_rows.iter().for_each(|row| rows.push(row));
+    let mut in_place = vec![A::ZERO; mr * ldc];
+    ks.nn(k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, false);
+    ks.nn(k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, true);
+    assert!(c.iter().zip(&in_place).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()), "{isa:?} nn rows");
+    // nt
+    let (mr, nr, k) = (ks.nt_rows, ks.nt_cols, 7 * ks.lanes);
+    let lda = k + 2;
+    let a: Vec<A> = values(mr * lda, 3).into_iter().map(A::from_f64).collect();
+    let b: Vec<A> = values(nr * lda, 4).into_iter().map(A::from_f64).collect();
+    let mut c = vec![A::ONE; mr * nr];
+    ks.nt(k, &a, lda, &b, lda, &mut c, nr);
+    for i in 0..mr {
+        for j in 0..nr {
+            let want: f64 = (0..k).map(|r| a[i * lda + r].to_f64() * b[j * lda + r].to_f64()).sum();
+            close(c[i * nr + j], 1.0 + want, "nt");
+        }
+    }
+    // rows, with lengths around the vector and unrolled widths
+    for n in [0, 1, ks.lanes - 1, ks.lanes, 4 * ks.lanes + 3, 37] {
+        let x: Vec<A> = values(n, 5).into_iter().map(A::from_f64).collect();
+        close(ks.sum(&x), x.iter().map(|a| a.to_f64()).sum(), "sum");
+    }
+}
+
+fn check_rows<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa, ks: Kernels<A>) {
+    let data: Vec<A> = values(400, 7).into_iter().map(A::from_f64).collect();
+    for taps in [1, 3, 9, 12] {
+        let weights: Vec<A> = values(7 * taps, 8).into_iter().map(A::from_f64).collect();
+        let mut src = RowSet::new();
+        for t in 0..taps {
+            src.push(&data[t * 5..]);
+        }
+        for len in [ks.lanes, 5 * ks.lanes, 9 * ks.lanes] {
+            // Every block width and remainder: 1..=7 outputs, rows `ldo` apart, read from `offset`.
+            for outputs in 1..=7 {
+                let (offset, ldo) = (3, len + 2);
+                let mut out = vec![A::ONE; outputs * ldo];
+                ks.taps(&src, offset, &weights[..outputs * taps], &mut out, ldo, len);
+                for o in 0..outputs {
+                    for i in 0..len {
+                        let want = (0..taps)
+                            .map(|t| weights[o * taps + t].to_f64() * data[t * 5 + offset + i].to_f64())
+                            .sum::<f64>();
+                        let got = out[o * ldo + i].to_f64();
+                        assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "taps {isa:?} {outputs} {o} {i}");
+                    }
+                    assert!(out[o * ldo + len..][..2].iter().all(|v| v.to_f64() == 1.0), "taps wrote between rows");
+                }
+            }
+            let src: Vec<&[A]> = (0..taps).map(|t| &data[t * 5..]).collect();
+            let (n, rows, lda, ldb) = (len / 3 + 1, 3, len / 3 + 2, len / 3 + 4);
+            let mut dots = vec![A::ONE; taps];
+            ks.dots(n, rows, &data, lda, &src, ldb, &mut dots);
+            for (t, &d) in dots.iter().enumerate() {
+                let want = 1.0
+                    + (0..rows)
+                        .flat_map(|r| (0..n).map(move |i| (r, i)))
+                        .map(|(r, i)| data[r * lda + i].to_f64() * src[t][r * ldb + i].to_f64())
+                        .sum::<f64>();
+                assert!((d.to_f64() - want).abs() < 1e-4 * (1.0 + want.abs()), "dots {isa:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_supported_isa_computes_the_row_kernels() {
+    for isa in CpuIsa::supported() {
+        check_rows::<f32>(isa, kernels(isa).unwrap());
+        check_rows::<f64>(isa, kernels(isa).unwrap());
+    }
+}
+
+#[test]
+fn every_isa_shape_computes_the_kernels_in_plain_rust() {
+    for isa in CpuIsa::ALL {
+        check_rows::<f32>(isa, kernels_shaped_as(isa).unwrap());
+        check_rows::<f64>(isa, kernels_shaped_as(isa).unwrap());
+        check_isa::<f32>(isa, kernels_shaped_as(isa).unwrap());
+        check_isa::<f64>(isa, kernels_shaped_as(isa).unwrap());
+    }
+    let (avx512, avx2) =
+        (kernels_shaped_as::<f32>(CpuIsa::Avx512).unwrap(), kernels_shaped_as::<f32>(CpuIsa::Avx2).unwrap());
+    assert_eq!((avx512.lanes, avx512.nn_rows, avx512.nn_cols, avx512.nt_rows, avx512.nt_cols), (16, 12, 32, 4, 6));
+    assert_eq!((avx2.lanes, avx2.nn_rows, avx2.nn_cols, avx2.nt_rows, avx2.nt_cols), (8, 6, 16, 3, 4));
+    assert!(avx512.pairs.is_some_and(|p| p.rows == 12 && p.cols == 32) && avx2.pairs.is_none());
+}
+
+#[test]
+fn every_supported_isa_computes_the_kernels_exactly_enough() {
+    for isa in CpuIsa::supported() {
+        check_isa::<f32>(isa, kernels(isa).unwrap());
+        check_isa::<f64>(isa, kernels(isa).unwrap());
+    }
+}
+
+#[test]
+fn unsupported_accumulators_have_no_kernels() {
+    assert!(kernels::<u8>(CpuIsa::Portable).is_none());
+}
