@@ -24,7 +24,9 @@ use std::any::Any;
 use half::bf16;
 
 use super::isa::CpuIsa;
-use super::kernels::{AOperand, AStrip, AValues, IndirectKernel, PackedA, RowSet, RowsA, check_indirect};
+use super::kernels::{
+    AOperand, AStrip, AValues, BRows, Gathered, IndirectKernel, NnTile, PackedA, RowSet, RowsA, check_indirect,
+};
 use super::pass::as_type;
 use crate::element::Element;
 
@@ -39,21 +41,9 @@ pub(crate) fn as_bf16<T: Element>(values: &[T]) -> Option<&[bf16]> {
     as_type(values)
 }
 
-/// The operands of one pair micro-tile: `C[MR×NR] (+)= Σ_k a[k][MR] ⊙ rows[k][offset..][..NR]`,
+/// The operands of one pair micro-tile: `C[MR×NR] (+)= Σ_k a[k][MR] ⊙ b.row(k)[..NR]`,
 /// where `⊙` is the dot product of two pairs.
-struct PairTile<A> {
-    /// Reduction length, in pairs.
-    k: usize,
-    /// `MR` weight pairs per step.
-    a: AStrip<u32>,
-    /// `k` row pointers; row `k` is read from `rows[k] + offset`.
-    rows: *const *const u32,
-    offset: usize,
-    /// `MR` rows of `NR` values, `ldc` apart.
-    c: *mut A,
-    ldc: usize,
-    accumulate: bool,
-}
+type PairTile<A> = NnTile<A, u32, Gathered<u32>>;
 
 /// A register of `LANES` f32 accumulators and the pair operations on it.
 ///
@@ -204,7 +194,7 @@ unsafe fn nn_pairs_body<S: PairLanes, const MR: usize, const NV: usize>(t: &Pair
             }
         }
         for kk in 0..t.k {
-            let row = (*t.rows.add(kk)).add(t.offset);
+            let row = t.b.row(kk);
             let b: [S::P; NV] = std::array::from_fn(|v| S::load_pairs(row.add(v * l)));
             for (i, acc_row) in acc.iter_mut().enumerate() {
                 let w = S::splat_pair(a.value::<MR>(kk, i));
@@ -283,7 +273,7 @@ impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
         accumulate: bool,
     ) {
         let (k, a) = check_indirect("nn_pairs", self.tile(), a, rows, offset, c, ldc);
-        let tile = PairTile { k, a, rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        let tile = PairTile { k, a, b: rows.gathered(0, offset), c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only where its instruction set runs, and `check_indirect` bounds every access.
         unsafe { (self.nn)(&tile) }
     }

@@ -56,7 +56,7 @@ impl Layout {
         // A row computed by a call of its own is a whole number of vectors;
         // in a single run, the columns past a row's outputs read the next
         // row's border and are dropped, so the row need only reach its own.
-        let row_outputs = if passes.iter().all(Layout::is_single_run) { count(2) } else { outputs };
+        let row_outputs = if passes.iter().all(Layout::single_run) { count(2) } else { outputs };
         let stride2 = first.src_stride[2];
         let phase_len = (lo[2] + reach(2, row_outputs)).div_ceil(stride2);
         let pitch1 = phase_len * stride2;
@@ -77,18 +77,13 @@ impl Layout {
 
     /// Whether the whole grid of `pass` is one run with the volume's pitches
     /// (unit strides along dims 0 and 1), so one kernel call covers it.
-    fn single_run(&self, pass: &Pass) -> bool {
-        Layout::is_single_run(pass)
-    }
-
-    /// [`Layout::single_run`], before there is a layout.
-    fn is_single_run(pass: &Pass) -> bool {
+    fn single_run(pass: &Pass) -> bool {
         pass.src_stride[0] == 1 && pass.src_stride[1] == 1
     }
 
     /// Length of the accumulator of `pass`, and where grid row `(m0, m1)` starts in it.
     fn acc_len(&self, pass: &Pass) -> usize {
-        if self.single_run(pass) {
+        if Layout::single_run(pass) {
             let [c0, c1, c2] = pass.count;
             ((c0 - 1) * self.pitch[0] + (c1 - 1) * self.pitch[1] + c2).next_multiple_of(self.lanes)
         } else {
@@ -97,7 +92,7 @@ impl Layout {
     }
 
     fn acc_row(&self, pass: &Pass, m0: usize, m1: usize) -> usize {
-        if self.single_run(pass) {
+        if Layout::single_run(pass) {
             m0 * self.pitch[0] + m1 * self.pitch[1]
         } else {
             (m0 * pass.count[1] + m1) * self.outputs
@@ -219,7 +214,7 @@ pub(crate) fn correlate<T: Element>(
                 let weights = &weights[(group * cd + o0) * reduction..][..outputs * reduction];
                 if reduction == 0 {
                     acc.fill(T::Accum::ZERO);
-                } else if layout.single_run(pass) {
+                } else if Layout::single_run(pass) {
                     ks.taps(&rows, 0, weights, acc, acc_len, acc_len);
                 } else {
                     for m0 in 0..pass.count[0] {
@@ -267,7 +262,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
     let starts: Vec<usize> = pass.taps.iter().map(|t| layout.tap_start(t.offset)).collect();
     let [_, c1, c2] = pass.count;
     // Rows a whole number of vectors long have no tails to save.
-    let single_run = layout.single_run(pass) && !c2.is_multiple_of(ks.lanes);
+    let single_run = Layout::single_run(pass) && !c2.is_multiple_of(ks.lanes);
     let run_len = if single_run { layout.acc_len(pass) } else { 0 };
     dw.par_chunks_mut(cd * cs * ntaps).tasks().enumerate().for_each(|(group, dw_rows)| {
         let mut acc = vec![T::Accum::ZERO; cd * cs * ntaps];

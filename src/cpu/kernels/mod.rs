@@ -29,10 +29,10 @@ mod rows;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use nn::{AStrip, AValues, NnRowsTile, NnTile, PackedA, RowsA};
-use nn::{nn, nn_rows};
-pub(crate) use nt::{NtRowsTile, NtTile};
-use nt::{nt, nt_rows};
+use nn::nn;
+pub(crate) use nn::{AStrip, AValues, NnTile, PackedA, RowsA};
+pub(crate) use nt::NtTile;
+use nt::nt;
 pub(crate) use rows::{DotsRow, TapsBlock};
 use rows::{dots_row, sum, taps_block};
 
@@ -88,7 +88,7 @@ impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
         accumulate: bool,
     ) {
         let (k, a) = check_indirect("nn_indirect", self.tile(), a, rows, offset, c, ldc);
-        let tile = NnRowsTile { k, a, rows: rows.pointers(), offset, c: c.as_mut_ptr(), ldc, accumulate };
+        let tile = NnTile { k, a, b: rows.gathered(0, offset), c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and `check_indirect` bounds every access.
         unsafe { (self.nn_indirect)(&tile) }
     }
@@ -117,6 +117,41 @@ impl<A> AOperand<'_, A> {
                 AStrip::Rows(rows.pointers(), offset)
             }
         }
+    }
+}
+
+/// Where the `b` rows of a micro-tile are: [`Strided`] through a matrix, or
+/// [`Gathered`] wherever they lie.
+pub(crate) trait BRows<B> {
+    /// Row `i`; the caller keeps `i` below the rows the tile was checked for.
+    unsafe fn row(&self, i: usize) -> *const B;
+}
+
+/// Rows `ld` apart from `start`.
+pub(crate) struct Strided<B> {
+    pub start: *const B,
+    pub ld: usize,
+}
+
+impl<B> BRows<B> for Strided<B> {
+    #[inline(always)]
+    unsafe fn row(&self, i: usize) -> *const B {
+        // SAFETY: the caller keeps `i` below the tile's rows.
+        unsafe { self.start.add(i * self.ld) }
+    }
+}
+
+/// Row `i` at `rows[i] + offset`: rows read in place (see [`RowSet::gathered`]).
+pub(crate) struct Gathered<B> {
+    pub rows: *const *const B,
+    pub offset: usize,
+}
+
+impl<B> BRows<B> for Gathered<B> {
+    #[inline(always)]
+    unsafe fn row(&self, i: usize) -> *const B {
+        // SAFETY: the caller keeps `i` below the tile's rows.
+        unsafe { (*self.rows.add(i)).add(self.offset) }
     }
 }
 
@@ -161,6 +196,14 @@ impl<'a, A> RowSet<'a, A> {
     pub fn pointers(&self) -> *const *const A {
         self.pointers.as_ptr()
     }
+
+    /// Rows `first..` of the set, each read from `offset`, as a micro-tile takes them.
+    ///
+    /// # Panics
+    /// If `first` is past the last row.
+    pub fn gathered(&self, first: usize, offset: usize) -> Gathered<A> {
+        Gathered { rows: self.pointers[first..].as_ptr(), offset }
+    }
 }
 
 /// The kernels of one instruction set for accumulator `A`, as function pointers.
@@ -174,10 +217,10 @@ pub(crate) struct Kernels<A: 'static> {
     /// `nt` tile rows and columns.
     pub nt_rows: usize,
     pub nt_cols: usize,
-    nn: unsafe fn(&NnTile<A>),
-    nn_indirect: unsafe fn(&NnRowsTile<A>),
-    nt: unsafe fn(&NtTile<A>),
-    nt_indirect: unsafe fn(&NtRowsTile<A>),
+    nn: unsafe fn(&NnTile<A, A, Strided<A>>),
+    nn_indirect: unsafe fn(&NnTile<A, A, Gathered<A>>),
+    nt: unsafe fn(&NtTile<A, Strided<A>>),
+    nt_indirect: unsafe fn(&NtTile<A, Gathered<A>>),
     sum: unsafe fn(usize, *const A) -> A,
     /// `taps` blocks of 1, 2 and 4 outputs.
     taps: [unsafe fn(&TapsBlock<A>); 3],
@@ -199,31 +242,17 @@ macro_rules! isa_kernels {
             use super::*;
 
             $(#[target_feature(enable = $features)])?
-            unsafe fn nn_k<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
+            unsafe fn nn_k<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: usize>(t: &NnTile<A, A, R>) {
                 // SAFETY: forwarded from the caller (a supported ISA, valid operands).
-                unsafe { nn::<S, A, MR, NV>(t) }
+                unsafe { nn::<S, A, R, MR, NV>(t) }
             }
 
             $(#[target_feature(enable = $features)])?
-            unsafe fn nn_rows_k<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>) {
-                // SAFETY: forwarded from the caller.
-                unsafe { nn_rows::<S, A, MR, NV>(t) }
-            }
-
-            $(#[target_feature(enable = $features)])?
-            unsafe fn nt_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
-                t: &NtTile<A>,
+            unsafe fn nt_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, R: BRows<A>, const MR: usize, const NR: usize>(
+                t: &NtTile<A, R>,
             ) {
                 // SAFETY: forwarded from the caller.
-                unsafe { nt::<S, A, MR, NR>(t) }
-            }
-
-            $(#[target_feature(enable = $features)])?
-            unsafe fn nt_rows_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
-                t: &NtRowsTile<A>,
-            ) {
-                // SAFETY: forwarded from the caller.
-                unsafe { nt_rows::<S, A, MR, NR>(t) }
+                unsafe { nt::<S, A, R, MR, NR>(t) }
             }
 
             $(#[target_feature(enable = $features)])?
@@ -251,10 +280,10 @@ macro_rules! isa_kernels {
                     nn_cols: $nv * <$s as Lanes<$a>>::LANES,
                     nt_rows: $tr,
                     nt_cols: $tc,
-                    nn: nn_k::<$s, $a, $mr, $nv>,
-                    nn_indirect: nn_rows_k::<$s, $a, $mr, $nv>,
-                    nt: nt_k::<$s, $a, $tr, $tc>,
-                    nt_indirect: nt_rows_k::<$s, $a, $tr, $tc>,
+                    nn: nn_k::<$s, $a, Strided<$a>, $mr, $nv>,
+                    nn_indirect: nn_k::<$s, $a, Gathered<$a>, $mr, $nv>,
+                    nt: nt_k::<$s, $a, Strided<$a>, $tr, $tc>,
+                    nt_indirect: nt_k::<$s, $a, Gathered<$a>, $tr, $tc>,
                     sum: sum_k::<$s, $a>,
                     taps: [taps_k::<$s, $a, 1, $t1>, taps_k::<$s, $a, 2, $t2>, taps_k::<$s, $a, 4, $t4>],
                     dots_row: dots_k::<$s, $a, $dots>,
@@ -342,7 +371,7 @@ impl<A: Copy + 'static> Kernels<A> {
         let a = a.strip(k, mr, "nn");
         assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
-        let tile = NnTile { k, a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
+        let tile = NnTile { k, a, b: Strided { start: b.as_ptr(), ld: ldb }, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
         unsafe { (self.nn)(&tile) }
     }
@@ -355,7 +384,7 @@ impl<A: Copy + 'static> Kernels<A> {
         assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt: a too short");
         assert!(k == 0 || (ldb >= k && b.len() >= (nr - 1) * ldb + k), "nt: b too short");
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt: c too short");
-        let tile = NtTile { k, a: a.as_ptr(), lda, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc };
+        let tile = NtTile { k, a: a.as_ptr(), lda, b: Strided { start: b.as_ptr(), ld: ldb }, c: c.as_mut_ptr(), ldc };
         // SAFETY: as in `nn`.
         unsafe { (self.nt)(&tile) }
     }
@@ -377,16 +406,7 @@ impl<A: Copy + 'static> Kernels<A> {
         assert!(k == 0 || (lda >= k && a.len() >= (mr - 1) * lda + k), "nt_indirect: a too short");
         assert!(first + nr <= rows.pointers.len() && k <= rows.len, "nt_indirect: rows too few or short");
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nt_indirect: c too short");
-        let tile = NtRowsTile {
-            k,
-            a: a.as_ptr(),
-            lda,
-            // SAFETY: `first + nr <= pointers.len()`, checked above.
-            rows: unsafe { rows.pointers.as_ptr().add(first) },
-            offset: 0,
-            c: c.as_mut_ptr(),
-            ldc,
-        };
+        let tile = NtTile { k, a: a.as_ptr(), lda, b: rows.gathered(first, 0), c: c.as_mut_ptr(), ldc };
         // SAFETY: as in `nn`; every row holds `k` elements (checked by `RowSet`).
         unsafe { (self.nt_indirect)(&tile) }
     }

@@ -1,5 +1,6 @@
 //! The `nn` micro-kernel: `C[MR×NR] (+)= Σ_k a[k][MR] ⊗ b[k][NR]`, a broadcast of `a` times vector loads of `b`.
 
+use super::BRows;
 use crate::cpu::isa::Lanes;
 
 /// Where the `a` operand of an `nn` micro-tile is.
@@ -51,83 +52,28 @@ impl<A: Copy, const R: usize> AValues<A> for RowsA<A, R> {
     }
 }
 
-/// The operands of one `nn` micro-tile.
-pub(crate) struct NnTile<A> {
+/// The operands of one `nn` micro-tile: `C[MR×NR] (+)= Σ_k a[k][MR] ⊗ b.row(k)[..NR]`,
+/// with `a` and `b` holding `B`s (the accumulator, or pairs of bf16 for the pair kernel).
+pub(crate) struct NnTile<C, B, R> {
     /// Reduction length.
     pub k: usize,
-    pub a: AStrip<A>,
-    /// `k` rows of `NR` values, `ldb` apart.
-    pub b: *const A,
-    pub ldb: usize,
+    pub a: AStrip<B>,
+    /// `k` rows of `NR` values.
+    pub b: R,
     /// `MR` rows of `NR` values, `ldc` apart.
-    pub c: *mut A,
+    pub c: *mut C,
     pub ldc: usize,
     /// Add to `c` rather than overwrite it.
     pub accumulate: bool,
 }
 
-/// The operands of one `nn` micro-tile whose `b` rows are anywhere: row `k` is
-/// `rows[k] + offset`.
-pub(crate) struct NnRowsTile<A> {
-    pub k: usize,
-    pub a: AStrip<A>,
-    pub rows: *const *const A,
-    pub offset: usize,
-    pub c: *mut A,
-    pub ldc: usize,
-    pub accumulate: bool,
-}
-
-/// Where the `b` rows of a micro-tile are.
-trait BRows<A> {
-    unsafe fn row(&self, k: usize) -> *const A;
-}
-
-impl<A> BRows<A> for NnTile<A> {
-    #[inline(always)]
-    unsafe fn row(&self, k: usize) -> *const A {
-        // SAFETY: the caller keeps `k` below the tile's reduction length.
-        unsafe { self.b.add(k * self.ldb) }
-    }
-}
-
-impl<A> BRows<A> for NnRowsTile<A> {
-    #[inline(always)]
-    unsafe fn row(&self, k: usize) -> *const A {
-        // SAFETY: the caller keeps `k` below the tile's reduction length.
-        unsafe { (*self.rows.add(k)).add(self.offset) }
-    }
-}
-
 #[inline(always)]
-pub(super) unsafe fn nn<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnTile<A>) {
-    // SAFETY: forwarded.
-    unsafe { nn_any_a::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
-}
-
-#[inline(always)]
-pub(super) unsafe fn nn_rows<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(t: &NnRowsTile<A>) {
-    // SAFETY: forwarded.
-    unsafe { nn_any_a::<S, A, MR, NV>(t.k, t.a, t, t.c, t.ldc, t.accumulate) }
-}
-
-/// [`nn_body`] for either kind of `a` operand (one body each, chosen per call).
-#[inline(always)]
-unsafe fn nn_any_a<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
-    k: usize,
-    a: AStrip<A>,
-    b: &impl BRows<A>,
-    c: *mut A,
-    ldc: usize,
-    accumulate: bool,
-) {
+pub(super) unsafe fn nn<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: usize>(t: &NnTile<A, A, R>) {
     // SAFETY: forwarded; `AOperand::strip` checked that `Rows` holds `MR` pointers.
     unsafe {
-        match a {
-            AStrip::Packed(a) => nn_body::<S, A, MR, NV>(k, &PackedA(a), b, c, ldc, accumulate),
-            AStrip::Rows(rows, offset) => {
-                nn_body::<S, A, MR, NV>(k, &RowsA::<A, MR>::new(rows, offset), b, c, ldc, accumulate)
-            }
+        match t.a {
+            AStrip::Packed(a) => nn_body::<S, A, R, MR, NV>(t, &PackedA(a)),
+            AStrip::Rows(rows, offset) => nn_body::<S, A, R, MR, NV>(t, &RowsA::<A, MR>::new(rows, offset)),
         }
     }
 }
@@ -155,19 +101,16 @@ unsafe fn nn_step<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
 }
 
 #[inline(always)]
-unsafe fn nn_body<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
-    k: usize,
+unsafe fn nn_body<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: usize>(
+    t: &NnTile<A, A, R>,
     a: &impl AValues<A>,
-    b: &impl BRows<A>,
-    c: *mut A,
-    ldc: usize,
-    accumulate: bool,
 ) {
+    let (k, b, c, ldc) = (t.k, &t.b, t.c, t.ldc);
     let l = S::LANES;
     // SAFETY (whole body): `Kernels::nn` / `Kernels::nn_indirect` checked the operands against the tile.
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
-        if accumulate {
+        if t.accumulate {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (v, r) in row.iter_mut().enumerate() {
                     *r = S::load(c.add(i * ldc + v * l));

@@ -1,89 +1,20 @@
 //! The `nt` micro-kernel: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the contiguous dim.
 
+use super::BRows;
 use crate::cpu::isa::Lanes;
 
 /// The operands of one `nt` micro-tile.
-pub(crate) struct NtTile<A> {
+pub(crate) struct NtTile<A, R> {
     /// Reduction length, a multiple of the lane count.
     pub k: usize,
     /// `MR` rows of `k` values, `lda` apart.
     pub a: *const A,
     pub lda: usize,
-    /// `NR` rows of `k` values, `ldb` apart.
-    pub b: *const A,
-    pub ldb: usize,
+    /// `NR` rows of `k` values.
+    pub b: R,
     /// `MR` rows of `NR` values, `ldc` apart; always accumulated into.
     pub c: *mut A,
     pub ldc: usize,
-}
-
-/// The operands of one `nt` micro-tile whose `b` rows are anywhere: row `j` is `rows[j] + offset`.
-pub(crate) struct NtRowsTile<A> {
-    pub k: usize,
-    pub a: *const A,
-    pub lda: usize,
-    pub rows: *const *const A,
-    pub offset: usize,
-    pub c: *mut A,
-    pub ldc: usize,
-}
-
-/// The operands an `nt` body needs, wherever its `b` rows are.
-trait NtOperands<A> {
-    fn k(&self) -> usize;
-    fn a(&self) -> (*const A, usize);
-    fn c(&self) -> (*mut A, usize);
-    unsafe fn b_row(&self, j: usize) -> *const A;
-}
-
-impl<A> NtOperands<A> for NtTile<A> {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn a(&self) -> (*const A, usize) {
-        (self.a, self.lda)
-    }
-    fn c(&self) -> (*mut A, usize) {
-        (self.c, self.ldc)
-    }
-    #[inline(always)]
-    unsafe fn b_row(&self, j: usize) -> *const A {
-        // SAFETY: the caller keeps `j` below the tile's column count.
-        unsafe { self.b.add(j * self.ldb) }
-    }
-}
-
-impl<A> NtOperands<A> for NtRowsTile<A> {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn a(&self) -> (*const A, usize) {
-        (self.a, self.lda)
-    }
-    fn c(&self) -> (*mut A, usize) {
-        (self.c, self.ldc)
-    }
-    #[inline(always)]
-    unsafe fn b_row(&self, j: usize) -> *const A {
-        // SAFETY: the caller keeps `j` below the tile's column count.
-        unsafe { (*self.rows.add(j)).add(self.offset) }
-    }
-}
-
-#[inline(always)]
-pub(super) unsafe fn nt<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
-    t: &NtTile<A>,
-) {
-    // SAFETY: forwarded.
-    unsafe { nt_body::<S, A, MR, NR>(t) }
-}
-
-#[inline(always)]
-pub(super) unsafe fn nt_rows<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
-    t: &NtRowsTile<A>,
-) {
-    // SAFETY: forwarded.
-    unsafe { nt_body::<S, A, MR, NR>(t) }
 }
 
 /// One step of the `nt` reduction: `acc[i][j] += a[i·lda + r..][..lanes] · b[j][r..][..lanes]`, lane-wise.
@@ -108,13 +39,19 @@ unsafe fn nt_step<S: Lanes<A>, A: Copy, const MR: usize, const NR: usize>(
 }
 
 #[inline(always)]
-unsafe fn nt_body<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const MR: usize, const NR: usize>(
-    t: &impl NtOperands<A>,
+pub(super) unsafe fn nt<
+    S: Lanes<A>,
+    A: Copy + std::ops::Add<Output = A>,
+    R: BRows<A>,
+    const MR: usize,
+    const NR: usize,
+>(
+    t: &NtTile<A, R>,
 ) {
-    let ((a, lda), (c, ldc), k) = (t.a(), t.c(), t.k());
+    let (a, lda, c, ldc, k) = (t.a, t.lda, t.c, t.ldc, t.k);
     // SAFETY (whole body): `Kernels::nt` / `Kernels::nt_indirect` checked the operands against the tile.
     unsafe {
-        let b: [*const A; NR] = std::array::from_fn(|j| t.b_row(j));
+        let b: [*const A; NR] = std::array::from_fn(|j| t.b.row(j));
         let mut acc = [[S::zero(); NR]; MR];
         let l = S::LANES;
         // Four steps per trip, as in `nn_body`.
