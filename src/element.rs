@@ -89,6 +89,8 @@ pub trait Accumulator:
     fn to_f64(self) -> f64;
     /// True for NaN.
     fn is_nan(self) -> bool;
+    /// True unless infinite or NaN.
+    fn is_finite(self) -> bool;
     /// `self + a * b`, unfused, so scalar paths round alike on every target.
     fn mul_add(self, a: Self, b: Self) -> Self;
 }
@@ -109,6 +111,10 @@ macro_rules! accumulator {
             #[inline]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
+            }
+            #[inline]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
             }
             #[inline]
             fn mul_add(self, a: Self, b: Self) -> Self {

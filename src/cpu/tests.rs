@@ -178,6 +178,84 @@ fn every_algorithm_equals_direct_past_the_tile_sizes() {
     check_against_direct::<f32>(&large_geometries());
 }
 
+/// Shapes Winograd's F(2, 3) takes, each reaching a different part of its
+/// tiling: rank, dilation (tiles per residue class), uneven and one-sided
+/// padding, 1-tap axes, groups, tiles across images and task blocks, odd
+/// output sizes (tiles with one output), two `KC` blocks of channels.
+fn winograd_geometries() -> Vec<ConvGeometry> {
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    vec![
+        conv(&[3, 13, 9, 11], &[17, 13, 3, 3], ConvOptions::new().padding(1)),
+        conv(&[2, 6, 13, 14], &[7, 6, 3, 3], ConvOptions::new().padding([2, 3]).dilation([2, 3])),
+        conv(&[1, 5, 12, 9], &[4, 5, 3, 3], ConvOptions::new().same().dilation([2, 1])),
+        conv(&[2, 4, 7, 8], &[6, 2, 3, 3], ConvOptions::new().groups(2)),
+        conv(&[1, 3, 5, 9], &[8, 3, 3, 1], ConvOptions::new().padding([1, 0]).stride([1, 2])),
+        conv(&[2, 3, 17], &[5, 3, 3], ConvOptions::new().padding(1).dilation(2)),
+        conv(&[1, 4, 5, 6, 7], &[6, 4, 3, 3, 3], ConvOptions::new().padding(1)),
+        conv(&[1, 270, 6, 5], &[9, 270, 3, 3], ConvOptions::new().padding(1)),
+        conv(&[4, 16, 30, 18], &[40, 16, 3, 3], ConvOptions::new().padding(1)),
+    ]
+}
+
+#[test]
+fn winograd_equals_direct_on_exact_operands() {
+    // On eighths every transform and sum is exact, so F(2, 3) must agree to the bit.
+    let geometries = winograd_geometries();
+    assert!(geometries.iter().all(winograd::applicable));
+    check_against_direct::<f32>(&geometries);
+    check_against_direct::<f64>(&geometries[..4]);
+    check_against_direct::<f16>(&geometries[..4]);
+}
+
+#[test]
+fn winograd_stays_within_the_fixture_tolerance() {
+    // The README's f32 rule against an f64 reference: rtol 1e-4, atol 1e-5 · √L.
+    let g = ConvGeometry::conv(2, &[2, 64, 12, 14], &[48, 64, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
+    let mut rng = Rng(11);
+    let (x, w, bias) = (rng.uniform::<f64>(2 * 64 * 12 * 14), rng.uniform::<f64>(48 * 64 * 9), rng.uniform::<f64>(48));
+    let mut want = vec![0f64; 2 * 48 * 12 * 14];
+    let direct = CpuBackend::with_threads(2).unwrap().with_algorithm(CpuAlgorithm::Direct);
+    direct.correlate(&g, &x, &w, Some(&bias), Activation::Identity, &mut want).unwrap();
+    let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let winograd = CpuBackend::with_threads(2).unwrap().with_algorithm(CpuAlgorithm::Winograd);
+    let mut got = vec![f32::NAN; want.len()];
+    winograd.correlate(&g, &narrow(&x), &narrow(&w), Some(&narrow(&bias)), Activation::Identity, &mut got).unwrap();
+    let atol = 1e-5 * ((64 * 9 + 1) as f64).sqrt();
+    for (i, (&a, &e)) in got.iter().zip(&want).enumerate() {
+        let e = e as f32 as f64; // the reference of the f32-rounded operands differs from this by less than an ulp
+        assert!((a as f64 - e).abs() <= atol + 1e-4 * e.abs(), "y[{i}] = {a}, reference {e}");
+    }
+}
+
+#[test]
+fn auto_picks_winograd_for_wide_3x3_layers_with_tiles_enough() {
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    let r50 = conv(&[4, 64, 56, 56], &[64, 64, 3, 3], ConvOptions::new().padding(1));
+    let pick = |g: &ConvGeometry, dtype| select_algorithm(g, dtype);
+    assert_eq!(pick(&r50, DType::F32), CpuAlgorithm::Winograd);
+    assert_eq!(pick(&r50, DType::F16), CpuAlgorithm::Winograd);
+    // bf16 keeps the GEMM whose pair kernel doubles its rate on AVX-512 BF16.
+    assert_eq!(pick(&r50, DType::BF16), CpuAlgorithm::ImplicitGemm);
+    // 64 tiles of 2×2 outputs: U costs more than it saves.
+    let deep = conv(&[4, 512, 7, 7], &[512, 512, 3, 3], ConvOptions::new().padding(1));
+    assert_eq!(pick(&deep, DType::F32), CpuAlgorithm::ImplicitGemm);
+    // Strided, 1-D, and narrow layers.
+    let strided = conv(&[4, 64, 56, 56], &[64, 64, 3, 3], ConvOptions::new().padding(1).stride(2));
+    let one_d = conv(&[8, 256, 1024], &[256, 256, 3], ConvOptions::new().padding(1));
+    let narrow = conv(&[4, 16, 56, 56], &[64, 16, 3, 3], ConvOptions::new().padding(1));
+    for g in [&strided, &one_d, &narrow] {
+        assert_eq!(pick(g, DType::F32), CpuAlgorithm::ImplicitGemm, "{g:?}");
+    }
+    // The backward primitives of a Winograd layer run implicit GEMM, as does a forced Winograd where it does not apply.
+    let forced = CpuBackend::new().with_algorithm(CpuAlgorithm::Winograd);
+    assert_eq!(
+        forced.algorithm_for_primitive(&r50, Primitive::CorrelateAdjoint, DType::F32),
+        CpuAlgorithm::ImplicitGemm
+    );
+    assert_eq!(forced.algorithm_for(&strided, DType::F32), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(forced.algorithm_for(&narrow, DType::F32), CpuAlgorithm::Winograd);
+}
+
 #[test]
 fn bf16_channel_pairs_equal_direct_past_the_tile_sizes() {
     let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
@@ -310,7 +388,8 @@ fn workspace_stays_bounded_on_large_layers() {
 
 /// An infinity in `x` reaches the outputs exactly as in the direct loops: the
 /// in-place paths drop the columns between rows (forward) or fall back to
-/// packing (weight gradient), where the infinity would meet a zero.
+/// packing (weight gradient), where the infinity would meet a zero, and
+/// Winograd, whose transforms would meet ∞ − ∞, to implicit GEMM.
 #[test]
 fn infinities_propagate_as_in_the_direct_loops() {
     // 40 columns, 3-wide kernel, no padding: 38 outputs per row, and the pad
@@ -333,7 +412,7 @@ fn infinities_propagate_as_in_the_direct_loops() {
         |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
     let (fwd, dw) = run(CpuAlgorithm::Direct);
     assert!(dw.iter().any(|v| v.is_finite()) && dw.iter().any(|v| !v.is_finite()));
-    for &algorithm in &[CpuAlgorithm::ImplicitGemm, CpuAlgorithm::SimdDirect] {
+    for &algorithm in &[CpuAlgorithm::ImplicitGemm, CpuAlgorithm::SimdDirect, CpuAlgorithm::Winograd] {
         let (f, d) = run(algorithm);
         assert!(same(&f, &fwd), "{algorithm:?} forward");
         assert!(same(&d, &dw), "{algorithm:?} weight gradient");

@@ -1,0 +1,548 @@
+//! Winograd's minimal filtering F(2, 3) (Lavin & Gray, 2016) for the forward
+//! correlation when the kernel spans 3 taps at stride 1 along some axes and
+//! 1 tap along the others: ResNet's and U-Net's 3×3 layers, dilated ones,
+//! 1-D and 3-D ones.
+//!
+//! Along a 3-tap axis a tile of 2 outputs reads 4 inputs `d`, and
+//! `y = Aᵀ[(G g) ⊙ (Bᵀ d)]` takes 4 multiplies where the direct sum takes 6;
+//! over two axes 16 instead of 36 (2.25× fewer), over three 64 instead of
+//! 216. Summed over channels, the products of each transform point `ξ` are one
+//! GEMM, `M_ξ (K × tiles) = U_ξ (K × C) · V_ξ (C × tiles)`, which the `nn`
+//! micro-kernel runs:
+//! - `U`, the transformed weights, is made once per op in `MR`-row strips;
+//! - a task owns `TILES` tiles × a block of output channels: it gathers and
+//!   transforms its tiles' inputs into `V` (`Bᵀ` along each axis), runs the
+//!   GEMMs into `M`, and transforms `M` back (`Aᵀ` along each axis) into `y`
+//!   with the bias and activation.
+//!
+//! Each output is one fixed chain of operations whatever the thread count.
+//! A tile's outputs and inputs are `dilation` apart, so a dilated axis is
+//! tiled per residue class of its outputs.
+//!
+//! The transforms round a few more times than the direct sum (results differ
+//! from it by a few ulps; on exactly representable operands they are exact).
+//! An infinity would meet its own negation in them (∞ − ∞ = NaN where the
+//! direct sum gives ∞). A non-finite input or weight reaches some output (as
+//! ∞ or NaN, never finite), so an op with an output that is not finite (or
+//! that overflowed) reports [`Outcome::NotFinite`] and the caller computes it
+//! another way.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
+use super::kernels::{AOperand, Kernels};
+use super::threads::Tasks;
+use crate::backend::Activation;
+use crate::element::{Accumulator, Element};
+use crate::geometry::ConvGeometry;
+
+/// Tiles a task transforms and multiplies together: the columns of its GEMMs.
+/// 32 keeps a task's `V` and `M` in L2 at 64 channels; 64 and 128 ran
+/// 0–20% slower on the suite's 3×3 layers (AVX2).
+const TILES: usize = 32;
+/// Input channels a micro-kernel call reduces over (as `gemm::KC`: the
+/// `KC × NR` block of `V` stays in L1 while the weight strips pass over it).
+const KC: usize = 256;
+/// Output channels a task's block holds at most, so that the `KC` rows of its
+/// `U_ξ` strips (128 KiB of f32) stay in L2.
+const ROWS: usize = 128;
+/// Parallel pieces an op aims for when its shape allows (as `gemm::MIN_TASKS`).
+const MIN_TASKS: usize = 8;
+/// A table entry that reads or writes nothing (a padding input, an output past the edge).
+const NONE: usize = usize::MAX;
+
+/// Whether F(2, 3) computes the correlation of `g`: along every axis the
+/// kernel has 1 tap, or 3 taps at stride 1, and along one at least 3.
+pub(crate) fn applicable(g: &ConvGeometry) -> bool {
+    let axis_ok = |d: usize| g.kernel_size[d] == 1 || (g.kernel_size[d] == 3 && g.stride[d] == 1);
+    (0..3).all(axis_ok) && g.kernel_size.contains(&3)
+}
+
+/// Tiles from which [`worthwhile`] holds: `U` (16 values per weight pair
+/// for 3×3, against 9) is made once per op and read once per block of tiles,
+/// so with few tiles its making and reading cost more than the multiplies
+/// saved. On 2 AVX2 cores, ResNet's 512-channel 7×7 layer (4 images, 64
+/// tiles) ran 1.44× slower than implicit GEMM; its 256-channel 14×14 layer
+/// (196 tiles) 0.78–0.95× the time.
+const MIN_TILES: usize = 128;
+
+/// Whether F(2, 3) should beat implicit GEMM on `g` (an [`applicable`]
+/// geometry): two 3-tap axes at least (16 multiplies for 36; along one axis
+/// it is 4 for 6, which the transforms eat: a 1-D layer ran as fast as
+/// implicit GEMM), and tiles enough to repay `U` (see [`MIN_TILES`]).
+pub(crate) fn worthwhile(g: &ConvGeometry) -> bool {
+    g.kernel_size.iter().filter(|&&k| k == 3).count() >= 2 && Tiling::new(g).tiles >= MIN_TILES
+}
+
+/// What [`correlate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// `y` holds the result.
+    Done,
+    /// An output (before the activation) is an infinity or a NaN; `y` is partly written.
+    NotFinite,
+}
+
+/// How the tiles cover one spatial axis.
+struct Axis {
+    /// Transform points per tile: 4 along a 3-tap axis, 1 along a 1-tap one.
+    points: usize,
+    /// Outputs per tile: 2 or 1.
+    outputs: usize,
+    /// Per tile: the input coordinate of each point (`NONE` in the padding).
+    inputs: Vec<[usize; 4]>,
+    /// Per tile: the output coordinate of each output (`NONE` past the edge).
+    dsts: Vec<[usize; 2]>,
+}
+
+impl Axis {
+    fn new(g: &ConvGeometry, d: usize) -> Axis {
+        let (size, out, pad) = (g.in_size[d] as i128, g.out_size[d], g.padding_lo[d] as i128);
+        let coordinate = |i: i128| if (0..size).contains(&i) { i as usize } else { NONE };
+        let (mut inputs, mut dsts) = (Vec::new(), Vec::new());
+        if g.kernel_size[d] == 1 {
+            let stride = g.stride[d] as i128;
+            for o in 0..out {
+                inputs.push([coordinate(o as i128 * stride - pad), NONE, NONE, NONE]);
+                dsts.push([o, NONE]);
+            }
+            return Axis { points: 1, outputs: 1, inputs, dsts };
+        }
+        let dilation = g.dilation[d];
+        for phase in 0..dilation.min(out) {
+            for o in (phase..out).step_by(2 * dilation) {
+                inputs.push(std::array::from_fn(|u| coordinate(o as i128 + (u * dilation) as i128 - pad)));
+                dsts.push([o, if o + dilation < out { o + dilation } else { NONE }]);
+            }
+        }
+        Axis { points: 4, outputs: 2, inputs, dsts }
+    }
+
+    fn tiles(&self) -> usize {
+        self.inputs.len()
+    }
+}
+
+/// The tiling of an op: its three axes and the strides of the transform points.
+struct Tiling {
+    axes: [Axis; 3],
+    /// Transform points per tile (`∏ points`), and the stride of each axis among them.
+    points: usize,
+    point_stride: [usize; 3],
+    /// Tiles per image, and in all.
+    per_image: usize,
+    tiles: usize,
+    /// Per 4-point axis, in the order they are transformed: the axis and the
+    /// first points of the lines the 1-D transform runs on, for the weights
+    /// (whose later axes hold taps only), the inputs (every point) and the
+    /// outputs (whose earlier axes hold outputs only).
+    weight_lines: Vec<(usize, Vec<usize>)>,
+    input_lines: Vec<(usize, Vec<usize>)>,
+    output_lines: Vec<(usize, Vec<usize>)>,
+    /// The points that hold the outputs once every axis is transformed back.
+    output_points: Vec<usize>,
+    /// Where in `x` each point of a tile inside the input lies, from its first.
+    point_offsets: Vec<usize>,
+}
+
+impl Tiling {
+    fn new(g: &ConvGeometry) -> Tiling {
+        let axes = [0, 1, 2].map(|d| Axis::new(g, d));
+        let point_stride = [axes[1].points * axes[2].points, axes[2].points, 1];
+        let per_image = axes.iter().map(Axis::tiles).product::<usize>();
+        let points = [0, 1, 2].map(|d| axes[d].points);
+        let outputs = [0, 1, 2].map(|d| axes[d].outputs);
+        let lines = |extent: &dyn Fn(usize, usize) -> usize| -> Vec<(usize, Vec<usize>)> {
+            (0..3)
+                .filter(|&axis| points[axis] == 4)
+                .map(|axis| {
+                    let extent = [0, 1, 2].map(|d| if d == axis { 1 } else { extent(axis, d) });
+                    (axis, grid(extent, point_stride))
+                })
+                .collect()
+        };
+        Tiling {
+            weight_lines: lines(&|axis, d| if d < axis { points[d] } else { g.kernel_size[d] }),
+            input_lines: lines(&|_, d| points[d]),
+            output_lines: lines(&|axis, d| if d < axis { outputs[d] } else { points[d] }),
+            output_points: grid(outputs, point_stride),
+            point_offsets: grid(points, {
+                let [_, ih, iw] = g.in_size;
+                let step = |d: usize| if points[d] == 4 { g.dilation[d] } else { 0 };
+                [step(0) * ih * iw, step(1) * iw, step(2)]
+            }),
+            points: point_stride[0] * points[0],
+            point_stride,
+            per_image,
+            tiles: g.batch * per_image,
+            axes,
+        }
+    }
+}
+
+/// The points `u0 · stride[0] + u1 · stride[1] + u2 · stride[2]` for every `u < extent`.
+fn grid(extent: [usize; 3], stride: [usize; 3]) -> Vec<usize> {
+    let mut points = Vec::with_capacity(extent.iter().product());
+    for u0 in 0..extent[0] {
+        for u1 in 0..extent[1] {
+            for u2 in 0..extent[2] {
+                points.push(u0 * stride[0] + u1 * stride[1] + u2 * stride[2]);
+            }
+        }
+    }
+    points
+}
+
+/// The four rows `start`, `start + gap`, … of `buf`, each `len` long.
+fn rows4<A>(buf: &mut [A], start: usize, gap: usize, len: usize) -> [&mut [A]; 4] {
+    let (r0, rest) = buf[start..].split_at_mut(gap);
+    let (r1, rest) = rest.split_at_mut(gap);
+    let (r2, r3) = rest.split_at_mut(gap);
+    [&mut r0[..len], &mut r1[..len], &mut r2[..len], &mut r3[..len]]
+}
+
+/// `Bᵀ d` along one axis, in place on four rows of tiles.
+fn input_transform<A: Accumulator>([r0, r1, r2, r3]: [&mut [A]; 4]) {
+    for (((d0, d1), d2), d3) in r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut()).zip(r3.iter_mut()) {
+        let (a, b, c, d) = (*d0, *d1, *d2, *d3);
+        *d0 = a - c;
+        *d1 = b + c;
+        *d2 = c - b;
+        *d3 = b - d;
+    }
+}
+
+/// `Aᵀ m` along one axis, in place: the two outputs replace the first two rows.
+fn output_transform<A: Accumulator>([r0, r1, r2, r3]: [&mut [A]; 4]) {
+    for (((m0, m1), m2), m3) in r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter()).zip(r3.iter()) {
+        let (a, b, c, d) = (*m0, *m1, *m2, *m3);
+        *m0 = a + b + c;
+        *m1 = b - c - d;
+    }
+}
+
+/// `G g` along one axis, in place on four rows of output channels whose first three hold the taps.
+fn weight_transform<A: Accumulator>([r0, r1, r2, r3]: [&mut [A]; 4]) {
+    let half = A::from_f64(0.5);
+    for (((g0, g1), g2), g3) in r0.iter().zip(r1.iter_mut()).zip(r2.iter_mut()).zip(r3.iter_mut()) {
+        let (a, b, c) = (*g0, *g1, *g2);
+        *g1 = (a + b + c) * half;
+        *g2 = (a - b + c) * half;
+        *g3 = c;
+    }
+}
+
+/// `y = x ⋆ w (+ bias)` by F(2, 3), for a geometry [`applicable`] accepts.
+pub(crate) fn correlate<T: Element>(
+    ks: &Kernels<T::Accum>,
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    activation: Activation,
+    y: &mut [T],
+) -> Outcome {
+    let tiling = Tiling::new(g);
+    if tiling.tiles == 0 {
+        return Outcome::Done;
+    }
+    let shape = Shape::new(ks, g, &tiling);
+    let u = transformed_weights(ks, g, &tiling, w);
+    let not_finite = AtomicBool::new(false);
+    let out = Dst(y.as_mut_ptr());
+    let workspace = || Workspace::<T::Accum>::new(&shape, &tiling);
+    (0..shape.tasks()).into_par_iter().tasks().for_each_init(workspace, |ws, index| {
+        if not_finite.load(Ordering::Relaxed) {
+            return;
+        }
+        let task = shape.task(index);
+        ws.locate(g, &tiling, &shape, &task);
+        ws.transform_inputs(g, &tiling, &shape, x);
+        ws.multiply(ks, &tiling, &shape, &task, &u);
+        // SAFETY: tasks write disjoint elements of `y` (see `Dst`), and it outlives the loop.
+        if !unsafe { ws.transform_outputs(g, &tiling, &shape, &task, bias, activation, &out) } {
+            not_finite.store(true, Ordering::Relaxed);
+        }
+    });
+    if not_finite.into_inner() { Outcome::NotFinite } else { Outcome::Done }
+}
+
+/// `y`, written by tasks at disjoint elements: a task writes the outputs of
+/// its own tiles (disjoint across tiles: each axis's tiles cover disjoint
+/// outputs) for its own output channels.
+struct Dst<T>(*mut T);
+
+// SAFETY: see the type's comment; every write is to an element no other task touches.
+unsafe impl<T: Send> Sync for Dst<T> {}
+
+/// The sizes of an op's pieces.
+struct Shape {
+    mr: usize,
+    nr: usize,
+    groups: usize,
+    /// Input and output channels per group.
+    cs: usize,
+    cd: usize,
+    /// `MR`-row strips per group, and per task's block of them.
+    strips: usize,
+    strips_per_block: usize,
+    strip_blocks: usize,
+    tile_blocks: usize,
+    /// Tiles per task, a multiple of `NR`.
+    tiles: usize,
+}
+
+/// One task: a group, a block of tiles, a block of strips.
+struct Task {
+    group: usize,
+    first_tile: usize,
+    strips: std::ops::Range<usize>,
+}
+
+impl Shape {
+    fn new<A>(ks: &Kernels<A>, g: &ConvGeometry, tiling: &Tiling) -> Shape {
+        let (mr, nr) = (ks.nn_rows, ks.nn_cols);
+        let (cs, cd) = (g.in_channels_per_group(), g.out_channels_per_group());
+        let tiles = TILES.next_multiple_of(nr);
+        let tile_blocks = tiling.tiles.div_ceil(tiles).max(1);
+        let strips = cd.div_ceil(mr);
+        // As many strip blocks as keep U's rows in L2, and more where tiles alone give too few tasks.
+        let wanted = MIN_TASKS.div_ceil(g.groups * tile_blocks).max(strips.div_ceil((ROWS / mr).max(1)));
+        let strips_per_block = strips.div_ceil(wanted.min(strips).max(1));
+        let strip_blocks = strips.div_ceil(strips_per_block);
+        Shape { mr, nr, groups: g.groups, cs, cd, strips, strips_per_block, strip_blocks, tile_blocks, tiles }
+    }
+
+    fn tasks(&self) -> usize {
+        self.groups * self.tile_blocks * self.strip_blocks
+    }
+
+    fn task(&self, index: usize) -> Task {
+        let (group, rest) =
+            (index / (self.tile_blocks * self.strip_blocks), index % (self.tile_blocks * self.strip_blocks));
+        let (tile_block, strip_block) = (rest / self.strip_blocks, rest % self.strip_blocks);
+        let first = strip_block * self.strips_per_block;
+        Task {
+            group,
+            first_tile: tile_block * self.tiles,
+            strips: first..(first + self.strips_per_block).min(self.strips),
+        }
+    }
+}
+
+/// `U`: per group and strip, per point `ξ`, `cs` steps of `MR` transformed
+/// weights (zeros past the group's last output channel).
+fn transformed_weights<T: Element>(
+    ks: &Kernels<T::Accum>,
+    g: &ConvGeometry,
+    tiling: &Tiling,
+    w: &[T],
+) -> Vec<T::Accum> {
+    let (mr, cs, cd, taps) = (ks.nn_rows, g.in_channels_per_group(), g.out_channels_per_group(), g.kernel_volume());
+    let strips = cd.div_ceil(mr);
+    let row = cs * mr;
+    let mut u = vec![T::Accum::ZERO; g.groups * strips * tiling.points * row];
+    // Tap (t0, t1, t2) starts at point (t0, t1, t2).
+    let tap_points = grid(g.kernel_size, tiling.point_stride);
+    u.par_chunks_mut(tiling.points * row).tasks().enumerate().for_each(|(index, strip)| {
+        let (group, first) = (index / strips, index % strips * mr);
+        for i in 0..mr.min(cd - first) {
+            for c in 0..cs {
+                let kernel = &w[((group * cd + first + i) * cs + c) * taps..][..taps];
+                for (&point, &v) in tap_points.iter().zip(kernel) {
+                    strip[point * row + c * mr + i] = v.to_accum();
+                }
+            }
+        }
+        // Each point's `cs × MR` values are one row: the 1-D transforms run along whole rows.
+        for (axis, starts) in &tiling.weight_lines {
+            for &start in starts {
+                weight_transform(rows4(strip, start * row, tiling.point_stride[*axis] * row, row));
+            }
+        }
+    });
+    u
+}
+
+/// A worker's buffers, kept from task to task.
+struct Workspace<A> {
+    /// `V`: per point, `cs` rows of the task's tiles.
+    v: Vec<A>,
+    /// `M`: per point, the block's output channels (whole strips) × its tiles.
+    m: Vec<A>,
+    /// Per tile inside the input: where in `x` (channel 0 of the group) its
+    /// first point lies; `NONE` for the others, whose points are in `src`.
+    first: Vec<usize>,
+    /// Per point and tile: where in `x` the point's input is, or `NONE` in the
+    /// padding (tiles at the edges); per output point and tile, where in `y`
+    /// its output goes, or `NONE` past the edge.
+    src: Vec<usize>,
+    dst: Vec<usize>,
+}
+
+impl<A: Accumulator> Workspace<A> {
+    fn new(shape: &Shape, tiling: &Tiling) -> Self {
+        let (points, tiles) = (tiling.points, shape.tiles);
+        Workspace {
+            v: vec![A::ZERO; points * shape.cs * tiles],
+            m: vec![A::ZERO; points * shape.strips_per_block * shape.mr * tiles],
+            first: vec![NONE; tiles],
+            src: vec![NONE; points * tiles],
+            dst: vec![NONE; points * tiles],
+        }
+    }
+
+    /// Fills the tables of the task's tiles.
+    fn locate(&mut self, g: &ConvGeometry, tiling: &Tiling, shape: &Shape, task: &Task) {
+        let tiles = shape.tiles;
+        let (in_volume, out_volume) = (g.in_volume(), g.out_volume());
+        let [_, ih, iw] = g.in_size;
+        let [_, oh, ow] = g.out_size;
+        let [a0, a1, a2] = &tiling.axes;
+        self.first.fill(NONE);
+        self.dst.fill(NONE);
+        for t in 0..tiles {
+            let tile = task.first_tile + t;
+            if tile >= tiling.tiles {
+                for xi in 0..tiling.points {
+                    self.src[xi * tiles + t] = NONE;
+                }
+                continue;
+            }
+            let (n, rest) = (tile / tiling.per_image, tile % tiling.per_image);
+            let (j0, j1, j2) = (rest / (a1.tiles() * a2.tiles()), rest / a2.tiles() % a1.tiles(), rest % a2.tiles());
+            let x_image = (n * g.in_channels + task.group * shape.cs) * in_volume;
+            let y_image = (n * g.out_channels + task.group * shape.cd) * out_volume;
+            let inside = |axis: &Axis, j: usize| axis.inputs[j][..axis.points].iter().all(|&i| i != NONE);
+            if inside(a0, j0) && inside(a1, j1) && inside(a2, j2) {
+                let (i0, i1, i2) = (a0.inputs[j0][0], a1.inputs[j1][0], a2.inputs[j2][0]);
+                self.first[t] = x_image + (i0 * ih + i1) * iw + i2;
+            }
+            for u0 in 0..a0.points {
+                for u1 in 0..a1.points {
+                    for u2 in 0..a2.points {
+                        let xi = u0 * tiling.point_stride[0] + u1 * tiling.point_stride[1] + u2;
+                        let (i0, i1, i2) = (a0.inputs[j0][u0], a1.inputs[j1][u1], a2.inputs[j2][u2]);
+                        let inside = i0 != NONE && i1 != NONE && i2 != NONE;
+                        self.src[xi * tiles + t] = if inside { x_image + (i0 * ih + i1) * iw + i2 } else { NONE };
+                        // Outputs sit at the first points along each axis.
+                        if u0 < a0.outputs && u1 < a1.outputs && u2 < a2.outputs {
+                            let (o0, o1, o2) = (a0.dsts[j0][u0], a1.dsts[j1][u1], a2.dsts[j2][u2]);
+                            if o0 != NONE && o1 != NONE && o2 != NONE {
+                                self.dst[xi * tiles + t] = y_image + (o0 * oh + o1) * ow + o2;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `V = Bᵀ d B`: gathers each channel's points of the task's tiles and
+    /// transforms them along each 4-point axis.
+    fn transform_inputs<T: Element<Accum = A>>(&mut self, g: &ConvGeometry, tiling: &Tiling, shape: &Shape, x: &[T]) {
+        let (cs, tiles) = (shape.cs, shape.tiles);
+        for c in 0..cs {
+            let channel = c * g.in_volume();
+            for (xi, &offset) in tiling.point_offsets.iter().enumerate() {
+                let row = &mut self.v[(xi * cs + c) * tiles..][..tiles];
+                let src = &self.src[xi * tiles..][..tiles];
+                for ((v, &first), &at) in row.iter_mut().zip(&self.first).zip(src) {
+                    *v = match (first, at) {
+                        (NONE, NONE) => A::ZERO,
+                        (NONE, at) => x[at + channel].to_accum(),
+                        (first, _) => x[first + offset + channel].to_accum(),
+                    };
+                }
+            }
+            for (axis, starts) in &tiling.input_lines {
+                let gap = tiling.point_stride[*axis] * cs * tiles;
+                for &start in starts {
+                    input_transform(rows4(&mut self.v, (start * cs + c) * tiles, gap, tiles));
+                }
+            }
+        }
+    }
+
+    /// `M_ξ = U_ξ · V_ξ` for every point, over the task's strips.
+    fn multiply(&mut self, ks: &Kernels<A>, tiling: &Tiling, shape: &Shape, task: &Task, u: &[A]) {
+        let (mr, nr, cs, tiles, points) = (shape.mr, shape.nr, shape.cs, shape.tiles, tiling.points);
+        let block_rows = shape.strips_per_block * mr;
+        for xi in 0..points {
+            for k0 in (0..cs).step_by(KC) {
+                let k = KC.min(cs - k0);
+                for j in (0..tiles).step_by(nr) {
+                    let b = &self.v[(xi * cs + k0) * tiles + j..];
+                    for (i, s) in task.strips.clone().enumerate() {
+                        let strip = ((task.group * shape.strips + s) * points + xi) * cs * mr;
+                        let a = &u[strip + k0 * mr..][..k * mr];
+                        let c = &mut self.m[(xi * block_rows + i * mr) * tiles + j..];
+                        ks.nn(k, AOperand::Packed(a), b, tiles, c, tiles, k0 > 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y = Aᵀ M A (+ bias)`, activated, for the task's channels and tiles;
+    /// false if an output (before the activation) is not finite.
+    ///
+    /// # Safety
+    /// `y` is the op's output, alive for the call, and no other task writes
+    /// these channels of these tiles.
+    #[allow(clippy::too_many_arguments)] // the op's operands and the task's place in it
+    unsafe fn transform_outputs<T: Element<Accum = A>>(
+        &mut self,
+        g: &ConvGeometry,
+        tiling: &Tiling,
+        shape: &Shape,
+        task: &Task,
+        bias: Option<&[T]>,
+        activation: Activation,
+        y: &Dst<T>,
+    ) -> bool {
+        let (mr, tiles) = (shape.mr, shape.tiles);
+        let mut finite = true;
+        let block_rows = shape.strips_per_block * mr;
+        let out_volume = g.out_volume();
+        let first = task.strips.start * mr;
+        for i in 0..(task.strips.len() * mr).min(shape.cd - first) {
+            let o = first + i;
+            // Axis by axis, each line's two outputs replace its first two points.
+            for (axis, starts) in &tiling.output_lines {
+                let gap = tiling.point_stride[*axis] * block_rows * tiles;
+                for &start in starts {
+                    output_transform(rows4(&mut self.m, (start * block_rows + i) * tiles, gap, tiles));
+                }
+            }
+            let b = bias.map_or(A::ZERO, |b| b[task.group * shape.cd + o].to_accum());
+            let channel = o * out_volume;
+            for &xi in &tiling.output_points {
+                let row = &self.m[(xi * block_rows + i) * tiles..][..tiles];
+                for (&v, &at) in row.iter().zip(&self.dst[xi * tiles..][..tiles]) {
+                    if at != NONE {
+                        let v = v + b;
+                        finite &= v.is_finite();
+                        // SAFETY: `at + channel` is an element of `y` (the table holds only
+                        // outputs inside it) that only this task writes (the caller's contract).
+                        unsafe { *y.0.add(at + channel) = T::from_accum(activation.apply(v)) };
+                    }
+                }
+            }
+        }
+        finite
+    }
+}
+
+/// Bytes of scratch [`correlate`] takes for `g` with `threads` tasks in
+/// flight: the transformed weights, and per task `V`, `M` and the tables.
+pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, g: &ConvGeometry, threads: usize) -> usize {
+    let tiling = Tiling::new(g);
+    let shape = Shape::new(ks, g, &tiling);
+    let size = std::mem::size_of::<A>();
+    let u = shape.groups * shape.strips * shape.mr * tiling.points * shape.cs * size;
+    let per_task = tiling.points * shape.tiles * (shape.cs + shape.strips_per_block * shape.mr) * size
+        + 2 * tiling.points * shape.tiles * std::mem::size_of::<usize>();
+    u + threads.min(shape.tasks()) * per_task
+}
