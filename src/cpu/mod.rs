@@ -160,10 +160,10 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 /// - [`Winograd`](CpuAlgorithm::Winograd) for the forward correlation when
 ///   the kernel has 3 taps at stride 1 along two axes or three (and 1 tap
 ///   along the others), both sides have at least 32 channels per group and
-///   there are at least 128 tiles of 2×2 outputs: the GEMMs then outweigh the
+///   there are at least 256 tiles of 2×2 outputs: the GEMMs then outweigh the
 ///   transforms of inputs, outputs and weights, so 2.25× fewer multiply-adds
-///   (3×3) pay. On 2 AVX2 cores, ResNet's, U-Net's, the dilated and the 3-D
-///   layers of the suite ran 0.75–0.95× the time of implicit GEMM.
+///   (3×3) pay. On 2 AVX2 cores, ResNet's 64-channel, U-Net's, the dilated
+///   and the 3-D layers of the suite ran 0.73–0.95× the time of implicit GEMM.
 ///   Not for bf16, whose implicit GEMM multiplies channel pairs at twice f32's
 ///   rate on AVX-512 BF16.
 /// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is

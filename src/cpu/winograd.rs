@@ -64,8 +64,8 @@ pub(crate) fn applicable(g: &ConvGeometry) -> bool {
 /// so with few tiles its making and reading cost more than the multiplies
 /// saved. On 2 AVX2 cores, ResNet's 512-channel 7×7 layer (4 images, 64
 /// tiles) ran 1.44× slower than implicit GEMM; its 256-channel 14×14 layer
-/// (196 tiles) 0.78–0.95× the time.
-const MIN_TILES: usize = 128;
+/// (196 tiles) 0.78–1.11× the time over eight paired runs, no gain at the median.
+const MIN_TILES: usize = 256;
 
 /// Whether F(2, 3) should beat implicit GEMM on `g` (an [`applicable`]
 /// geometry): two 3-tap axes at least (16 multiplies for 36; along one axis
@@ -90,8 +90,10 @@ struct Axis {
     points: usize,
     /// Outputs per tile: 2 or 1.
     outputs: usize,
-    /// Per tile: the input coordinate of each point (`NONE` in the padding).
+    /// Per tile: the input coordinate of each point (`NONE` in the padding),
+    /// and that of its first point, signed (it may lie in the padding).
     inputs: Vec<[usize; 4]>,
+    first_inputs: Vec<isize>,
     /// Per tile: the output coordinate of each output (`NONE` past the edge).
     dsts: Vec<[usize; 2]>,
 }
@@ -100,23 +102,25 @@ impl Axis {
     fn new(g: &ConvGeometry, d: usize) -> Axis {
         let (size, out, pad) = (g.in_size[d] as i128, g.out_size[d], g.padding_lo[d] as i128);
         let coordinate = |i: i128| if (0..size).contains(&i) { i as usize } else { NONE };
-        let (mut inputs, mut dsts) = (Vec::new(), Vec::new());
+        let (mut inputs, mut first_inputs, mut dsts) = (Vec::new(), Vec::new(), Vec::new());
         if g.kernel_size[d] == 1 {
             let stride = g.stride[d] as i128;
             for o in 0..out {
                 inputs.push([coordinate(o as i128 * stride - pad), NONE, NONE, NONE]);
+                first_inputs.push((o as i128 * stride - pad) as isize);
                 dsts.push([o, NONE]);
             }
-            return Axis { points: 1, outputs: 1, inputs, dsts };
+            return Axis { points: 1, outputs: 1, inputs, first_inputs, dsts };
         }
         let dilation = g.dilation[d];
         for phase in 0..dilation.min(out) {
             for o in (phase..out).step_by(2 * dilation) {
                 inputs.push(std::array::from_fn(|u| coordinate(o as i128 + (u * dilation) as i128 - pad)));
+                first_inputs.push((o as i128 - pad) as isize);
                 dsts.push([o, if o + dilation < out { o + dilation } else { NONE }]);
             }
         }
-        Axis { points: 4, outputs: 2, inputs, dsts }
+        Axis { points: 4, outputs: 2, inputs, first_inputs, dsts }
     }
 
     fn tiles(&self) -> usize {
@@ -144,6 +148,15 @@ struct Tiling {
     output_points: Vec<usize>,
     /// Where in `x` each point of a tile inside the input lies, from its first.
     point_offsets: Vec<usize>,
+    /// How far apart in `x` the first points of neighbouring tiles along the last axis are.
+    run_step: usize,
+    /// Where in `y` each of `output_points` lies, from the tile's first output.
+    output_offsets: Vec<usize>,
+    /// How far apart in `y` the first outputs of neighbouring tiles along the last axis are.
+    out_step: usize,
+    /// Whether a tile's two outputs along the last axis are neighbours in `y`
+    /// (3 taps, dilation 1), so that a run of tiles writes one contiguous row.
+    pairs: bool,
 }
 
 impl Tiling {
@@ -167,6 +180,14 @@ impl Tiling {
             input_lines: lines(&|_, d| points[d]),
             output_lines: lines(&|axis, d| if d < axis { outputs[d] } else { points[d] }),
             output_points: grid(outputs, point_stride),
+            run_step: if points[2] == 4 { 2 * g.dilation[2] } else { g.stride[2] },
+            output_offsets: grid(outputs, {
+                let [_, oh, ow] = g.out_size;
+                let step = |d: usize| if points[d] == 4 { g.dilation[d] } else { 0 };
+                [step(0) * oh * ow, step(1) * ow, step(2)]
+            }),
+            out_step: if points[2] == 4 { 2 * g.dilation[2] } else { 1 },
+            pairs: points[2] == 4 && g.dilation[2] == 1,
             point_offsets: grid(points, {
                 let [_, ih, iw] = g.in_size;
                 let step = |d: usize| if points[d] == 4 { g.dilation[d] } else { 0 };
@@ -195,6 +216,7 @@ fn grid(extent: [usize; 3], stride: [usize; 3]) -> Vec<usize> {
 }
 
 /// The four rows `start`, `start + gap`, … of `buf`, each `len` long.
+#[inline(always)]
 fn rows4<A>(buf: &mut [A], start: usize, gap: usize, len: usize) -> [&mut [A]; 4] {
     let (r0, rest) = buf[start..].split_at_mut(gap);
     let (r1, rest) = rest.split_at_mut(gap);
@@ -203,6 +225,7 @@ fn rows4<A>(buf: &mut [A], start: usize, gap: usize, len: usize) -> [&mut [A]; 4
 }
 
 /// `Bᵀ d` along one axis, in place on four rows of tiles.
+#[inline(always)]
 fn input_transform<A: Accumulator>([r0, r1, r2, r3]: [&mut [A]; 4]) {
     for (((d0, d1), d2), d3) in r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut()).zip(r3.iter_mut()) {
         let (a, b, c, d) = (*d0, *d1, *d2, *d3);
@@ -214,6 +237,7 @@ fn input_transform<A: Accumulator>([r0, r1, r2, r3]: [&mut [A]; 4]) {
 }
 
 /// `Aᵀ m` along one axis, in place: the two outputs replace the first two rows.
+#[inline(always)]
 fn output_transform<A: Accumulator>([r0, r1, r2, r3]: [&mut [A]; 4]) {
     for (((m0, m1), m2), m3) in r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter()).zip(r3.iter()) {
         let (a, b, c, d) = (*m0, *m1, *m2, *m3);
@@ -250,22 +274,65 @@ pub(crate) fn correlate<T: Element>(
     let shape = Shape::new(ks, g, &tiling);
     let u = transformed_weights(ks, g, &tiling, w);
     let not_finite = AtomicBool::new(false);
-    let out = Dst(y.as_mut_ptr());
+    let y = Dst(y.as_mut_ptr());
+    let op = Op { ks, g, tiling: &tiling, shape: &shape, x, u: &u, bias, activation, y: &y };
     let workspace = || Workspace::<T::Accum>::new(&shape, &tiling);
     (0..shape.tasks()).into_par_iter().tasks().for_each_init(workspace, |ws, index| {
         if not_finite.load(Ordering::Relaxed) {
             return;
         }
-        let task = shape.task(index);
-        ws.locate(g, &tiling, &shape, &task);
-        ws.transform_inputs(g, &tiling, &shape, x);
-        ws.multiply(ks, &tiling, &shape, &task, &u);
         // SAFETY: tasks write disjoint elements of `y` (see `Dst`), and it outlives the loop.
-        if !unsafe { ws.transform_outputs(g, &tiling, &shape, &task, bias, activation, &out) } {
+        if !unsafe { run_task(ws, &op, &shape.task(index)) } {
             not_finite.store(true, Ordering::Relaxed);
         }
     });
     if not_finite.into_inner() { Outcome::NotFinite } else { Outcome::Done }
+}
+
+/// What every task of an op reads, and `y`.
+struct Op<'a, T: Element> {
+    ks: &'a Kernels<T::Accum>,
+    g: &'a ConvGeometry,
+    tiling: &'a Tiling,
+    shape: &'a Shape,
+    x: &'a [T],
+    u: &'a [T::Accum],
+    bias: Option<&'a [T]>,
+    activation: Activation,
+    y: &'a Dst<T>,
+}
+
+/// Runs one task; false if an output is not finite. The transforms are loops
+/// over tiles that the compiler vectorises: compiled for AVX2 where the CPU
+/// has it (8 lanes; the baseline x86-64 build has SSE's 4). Adds, subtracts
+/// and halvings round alike at any width, so the results do not change.
+///
+/// # Safety
+/// As [`Workspace::transform_outputs`]: no other task writes this task's outputs.
+unsafe fn run_task<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2; the caller's contract covers the rest.
+        return unsafe { task_avx2(ws, op, task) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { task_body(ws, op, task) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn task_avx2<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
+    // SAFETY: forwarded from `run_task`.
+    unsafe { task_body(ws, op, task) }
+}
+
+#[inline(always)]
+unsafe fn task_body<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
+    ws.locate(op.g, op.tiling, op.shape, task);
+    ws.transform_inputs(op.g, op.tiling, op.shape, op.x);
+    ws.multiply(op.ks, op.tiling, op.shape, task, op.u);
+    // SAFETY: forwarded from `run_task`.
+    unsafe { ws.transform_outputs(op.g, op.tiling, op.shape, task, op.bias, op.activation, op.y) }
 }
 
 /// `y`, written by tasks at disjoint elements: a task writes the outputs of
@@ -371,14 +438,63 @@ struct Workspace<A> {
     v: Vec<A>,
     /// `M`: per point, the block's output channels (whole strips) × its tiles.
     m: Vec<A>,
-    /// Per tile inside the input: where in `x` (channel 0 of the group) its
-    /// first point lies; `NONE` for the others, whose points are in `src`.
-    first: Vec<usize>,
-    /// Per point and tile: where in `x` the point's input is, or `NONE` in the
-    /// padding (tiles at the edges); per output point and tile, where in `y`
-    /// its output goes, or `NONE` past the edge.
+    /// The task's tiles inside the input, in runs along the last axis.
+    runs: Vec<Run>,
+    /// The others (at the edges, or past the last tile), whose points are in `src`.
+    edges: Vec<usize>,
+    /// The task's tiles whose outputs are all inside `y`, in runs along the
+    /// last axis (`first`: where in `y`, channel 0 of the group, the first
+    /// tile's first output goes), and the others, whose outputs are in `dst`.
+    out_runs: Vec<Run>,
+    out_edges: Vec<usize>,
+    /// Per point and edge tile: where in `x` (channel 0 of the group) the
+    /// point's input is, or `NONE` in the padding; per output point and tile,
+    /// where in `y` its output goes, or `NONE` past the edge.
     src: Vec<usize>,
     dst: Vec<usize>,
+}
+
+/// Neighbouring tiles of one row of tiles, whose first points lie
+/// `Tiling::run_step` apart in `x` (or whose first outputs lie `out_step`
+/// apart in `y`), all inside along the last axis.
+struct Run {
+    tile: usize,
+    len: usize,
+    /// Where in `x` (or `y`), channel 0 of the group, the first tile's first
+    /// point (or output) lies, as if the padding were there.
+    first: isize,
+    /// Bit `u0 · points1 + u1`: whether the tiles' points at `(u0, u1)` along
+    /// the leading axes are inside `x` (the same for every tile of a row).
+    rows: u32,
+}
+
+impl Run {
+    /// Extends the last of `runs` by tile `t` if it continues it, or starts a new run.
+    fn push(runs: &mut Vec<Run>, t: usize, first: isize, rows: u32, step: usize) {
+        match runs.last_mut() {
+            Some(run)
+                if run.tile + run.len == t && run.rows == rows && run.first + (run.len * step) as isize == first =>
+            {
+                run.len += 1
+            }
+            _ => runs.push(Run { tile: t, len: 1, first, rows }),
+        }
+    }
+}
+
+/// `dst[i] = src[i · step]`, widened; in pairs where `step` is 2, so the loop vectorises.
+#[inline(always)]
+fn gather<T: Element>(dst: &mut [T::Accum], src: &[T], step: usize) {
+    match step {
+        1 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s.to_accum()),
+        2 => {
+            let Some((last, body)) = dst.split_last_mut() else { return };
+            body.iter_mut().zip(src.chunks_exact(2)).for_each(|(d, pair)| *d = pair[0].to_accum());
+            // The last element's partner may lie past `x`.
+            *last = src[2 * body.len()].to_accum();
+        }
+        _ => dst.iter_mut().enumerate().for_each(|(i, d)| *d = src[i * step].to_accum()),
+    }
 }
 
 impl<A: Accumulator> Workspace<A> {
@@ -387,24 +503,33 @@ impl<A: Accumulator> Workspace<A> {
         Workspace {
             v: vec![A::ZERO; points * shape.cs * tiles],
             m: vec![A::ZERO; points * shape.strips_per_block * shape.mr * tiles],
-            first: vec![NONE; tiles],
+            runs: Vec::with_capacity(tiles),
+            edges: Vec::with_capacity(tiles),
+            out_runs: Vec::with_capacity(tiles),
+            out_edges: Vec::with_capacity(tiles),
             src: vec![NONE; points * tiles],
             dst: vec![NONE; points * tiles],
         }
     }
 
     /// Fills the tables of the task's tiles.
+    #[inline(always)]
     fn locate(&mut self, g: &ConvGeometry, tiling: &Tiling, shape: &Shape, task: &Task) {
         let tiles = shape.tiles;
         let (in_volume, out_volume) = (g.in_volume(), g.out_volume());
         let [_, ih, iw] = g.in_size;
         let [_, oh, ow] = g.out_size;
         let [a0, a1, a2] = &tiling.axes;
-        self.first.fill(NONE);
+        self.runs.clear();
+        self.edges.clear();
+        self.out_runs.clear();
+        self.out_edges.clear();
         self.dst.fill(NONE);
         for t in 0..tiles {
             let tile = task.first_tile + t;
             if tile >= tiling.tiles {
+                self.edges.push(t);
+                self.out_edges.push(t);
                 for xi in 0..tiling.points {
                     self.src[xi * tiles + t] = NONE;
                 }
@@ -414,20 +539,43 @@ impl<A: Accumulator> Workspace<A> {
             let (j0, j1, j2) = (rest / (a1.tiles() * a2.tiles()), rest / a2.tiles() % a1.tiles(), rest % a2.tiles());
             let x_image = (n * g.in_channels + task.group * shape.cs) * in_volume;
             let y_image = (n * g.out_channels + task.group * shape.cd) * out_volume;
-            let inside = |axis: &Axis, j: usize| axis.inputs[j][..axis.points].iter().all(|&i| i != NONE);
-            if inside(a0, j0) && inside(a1, j1) && inside(a2, j2) {
-                let (i0, i1, i2) = (a0.inputs[j0][0], a1.inputs[j1][0], a2.inputs[j2][0]);
-                self.first[t] = x_image + (i0 * ih + i1) * iw + i2;
+            // Tiles inside along the last axis read their points in runs, rows of them in the padding as zeros.
+            let interior = a2.inputs[j2][..a2.points].iter().all(|&i| i != NONE);
+            if interior {
+                let (s0, s1, s2) = (a0.first_inputs[j0], a1.first_inputs[j1], a2.first_inputs[j2]);
+                let first = x_image as isize + (s0 * ih as isize + s1) * iw as isize + s2;
+                let mut rows = 0;
+                for u0 in 0..a0.points {
+                    for u1 in 0..a1.points {
+                        if a0.inputs[j0][u0] != NONE && a1.inputs[j1][u1] != NONE {
+                            rows |= 1 << (u0 * a1.points + u1);
+                        }
+                    }
+                }
+                Run::push(&mut self.runs, t, first, rows, tiling.run_step);
+            } else {
+                self.edges.push(t);
+            }
+            let filled = |axis: &Axis, j: usize| axis.dsts[j][..axis.outputs].iter().all(|&o| o != NONE);
+            let whole = filled(a0, j0) && filled(a1, j1) && filled(a2, j2);
+            if whole {
+                let (o0, o1, o2) = (a0.dsts[j0][0], a1.dsts[j1][0], a2.dsts[j2][0]);
+                let first = y_image + (o0 * oh + o1) * ow + o2;
+                Run::push(&mut self.out_runs, t, first as isize, u32::MAX, tiling.out_step);
+            } else {
+                self.out_edges.push(t);
             }
             for u0 in 0..a0.points {
                 for u1 in 0..a1.points {
                     for u2 in 0..a2.points {
                         let xi = u0 * tiling.point_stride[0] + u1 * tiling.point_stride[1] + u2;
                         let (i0, i1, i2) = (a0.inputs[j0][u0], a1.inputs[j1][u1], a2.inputs[j2][u2]);
-                        let inside = i0 != NONE && i1 != NONE && i2 != NONE;
-                        self.src[xi * tiles + t] = if inside { x_image + (i0 * ih + i1) * iw + i2 } else { NONE };
+                        if !interior {
+                            let inside = i0 != NONE && i1 != NONE && i2 != NONE;
+                            self.src[xi * tiles + t] = if inside { x_image + (i0 * ih + i1) * iw + i2 } else { NONE };
+                        }
                         // Outputs sit at the first points along each axis.
-                        if u0 < a0.outputs && u1 < a1.outputs && u2 < a2.outputs {
+                        if !whole && u0 < a0.outputs && u1 < a1.outputs && u2 < a2.outputs {
                             let (o0, o1, o2) = (a0.dsts[j0][u0], a1.dsts[j1][u1], a2.dsts[j2][u2]);
                             if o0 != NONE && o1 != NONE && o2 != NONE {
                                 self.dst[xi * tiles + t] = y_image + (o0 * oh + o1) * ow + o2;
@@ -441,19 +589,25 @@ impl<A: Accumulator> Workspace<A> {
 
     /// `V = Bᵀ d B`: gathers each channel's points of the task's tiles and
     /// transforms them along each 4-point axis.
+    #[inline(always)]
     fn transform_inputs<T: Element<Accum = A>>(&mut self, g: &ConvGeometry, tiling: &Tiling, shape: &Shape, x: &[T]) {
         let (cs, tiles) = (shape.cs, shape.tiles);
         for c in 0..cs {
             let channel = c * g.in_volume();
             for (xi, &offset) in tiling.point_offsets.iter().enumerate() {
                 let row = &mut self.v[(xi * cs + c) * tiles..][..tiles];
-                let src = &self.src[xi * tiles..][..tiles];
-                for ((v, &first), &at) in row.iter_mut().zip(&self.first).zip(src) {
-                    *v = match (first, at) {
-                        (NONE, NONE) => A::ZERO,
-                        (NONE, at) => x[at + channel].to_accum(),
-                        (first, _) => x[first + offset + channel].to_accum(),
-                    };
+                let lead = 1 << (xi / tiling.axes[2].points);
+                for run in &self.runs {
+                    let dst = &mut row[run.tile..][..run.len];
+                    match run.rows & lead {
+                        0 => dst.fill(A::ZERO),
+                        // Inside `x`: the point's row is.
+                        _ => gather(dst, &x[(run.first + offset as isize) as usize + channel..], tiling.run_step),
+                    }
+                }
+                for &t in &self.edges {
+                    let at = self.src[xi * tiles + t];
+                    row[t] = if at == NONE { A::ZERO } else { x[at + channel].to_accum() };
                 }
             }
             for (axis, starts) in &tiling.input_lines {
@@ -466,6 +620,7 @@ impl<A: Accumulator> Workspace<A> {
     }
 
     /// `M_ξ = U_ξ · V_ξ` for every point, over the task's strips.
+    #[inline(always)]
     fn multiply(&mut self, ks: &Kernels<A>, tiling: &Tiling, shape: &Shape, task: &Task, u: &[A]) {
         let (mr, nr, cs, tiles, points) = (shape.mr, shape.nr, shape.cs, shape.tiles, tiling.points);
         let block_rows = shape.strips_per_block * mr;
@@ -492,6 +647,7 @@ impl<A: Accumulator> Workspace<A> {
     /// `y` is the op's output, alive for the call, and no other task writes
     /// these channels of these tiles.
     #[allow(clippy::too_many_arguments)] // the op's operands and the task's place in it
+    #[inline(always)]
     unsafe fn transform_outputs<T: Element<Accum = A>>(
         &mut self,
         g: &ConvGeometry,
@@ -517,16 +673,40 @@ impl<A: Accumulator> Workspace<A> {
                 }
             }
             let b = bias.map_or(A::ZERO, |b| b[task.group * shape.cd + o].to_accum());
+            let out = |v: A| T::from_accum(activation.apply(v + b));
             let channel = o * out_volume;
-            for &xi in &tiling.output_points {
-                let row = &self.m[(xi * block_rows + i) * tiles..][..tiles];
-                for (&v, &at) in row.iter().zip(&self.dst[xi * tiles..][..tiles]) {
+            let row = |xi: usize| &self.m[(xi * block_rows + i) * tiles..][..tiles];
+            for (&xi, &offset) in tiling.output_points.iter().zip(&tiling.output_offsets) {
+                // A count, not a short-circuit, so that the check vectorises.
+                finite &= row(xi).iter().filter(|&&v| !(v + b).is_finite()).count() == 0;
+                for &t in &self.out_edges {
+                    let at = self.dst[xi * tiles + t];
                     if at != NONE {
-                        let v = v + b;
-                        finite &= v.is_finite();
                         // SAFETY: `at + channel` is an element of `y` (the table holds only
                         // outputs inside it) that only this task writes (the caller's contract).
-                        unsafe { *y.0.add(at + channel) = T::from_accum(activation.apply(v)) };
+                        unsafe { *y.0.add(at + channel) = out(row(xi)[t]) };
+                    }
+                }
+                if tiling.pairs && xi % 2 == 1 {
+                    continue; // the right output of a pair (the last coordinate of `xi`; its other strides are multiples of 4): written with the left one below
+                }
+                for run in &self.out_runs {
+                    let start = run.first as usize + offset + channel;
+                    let values = &row(xi)[run.tile..][..run.len];
+                    if tiling.pairs {
+                        // SAFETY: the run's outputs at these leading points are `2 · len`
+                        // neighbours in `y`, all this task's (the caller's contract).
+                        let dst = unsafe { std::slice::from_raw_parts_mut(y.0.add(start), 2 * run.len) };
+                        let right = &row(xi + 1)[run.tile..][..run.len];
+                        for ((pair, &l), &r) in dst.chunks_exact_mut(2).zip(values).zip(right) {
+                            pair[0] = out(l);
+                            pair[1] = out(r);
+                        }
+                    } else {
+                        for (j, &v) in values.iter().enumerate() {
+                            // SAFETY: as above, one output per tile of the run.
+                            unsafe { *y.0.add(start + j * tiling.out_step) = out(v) };
+                        }
                     }
                 }
             }
