@@ -13,7 +13,9 @@
 //! - a task owns `TILES` tiles × a block of output channels: it gathers and
 //!   transforms its tiles' inputs into `V` (`Bᵀ` along each axis), runs the
 //!   GEMMs into `M`, and transforms `M` back (`Aᵀ` along each axis) into `y`
-//!   with the bias and activation.
+//!   with the bias and activation. Its tiles are read and written in runs
+//!   along the last axis (strided loads, a pair of outputs interleaved per
+//!   tile); only the tiles at that axis's edges go through per-point tables.
 //!
 //! Each output is one fixed chain of operations whatever the thread count.
 //! A tile's outputs and inputs are `dilation` apart, so a dilated axis is
