@@ -321,6 +321,10 @@ unsafe fn run_task<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, tas
     unsafe { task_body(ws, op, task) }
 }
 
+/// [`task_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2, and [`run_task`]'s contract holds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn task_avx2<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
@@ -328,6 +332,10 @@ unsafe fn task_avx2<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, ta
     unsafe { task_body(ws, op, task) }
 }
 
+/// One task: locate its tiles, transform its inputs, multiply, transform its outputs into `y`.
+///
+/// # Safety
+/// As [`run_task`].
 #[inline(always)]
 unsafe fn task_body<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
     ws.locate(op.g, op.tiling, op.shape, task);
