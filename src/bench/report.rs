@@ -24,6 +24,9 @@ pub struct Record {
     pub direction: String,
     /// The algorithm's name (`"auto"` when the backend chose).
     pub algorithm: String,
+    /// The algorithms that ran, per primitive (`"winograd"`, or
+    /// `"simd_direct+implicit_gemm"` for a backward pass whose two primitives differ).
+    pub ran: String,
     /// Threads the CPU backend ran on.
     pub threads: usize,
     /// The batch size, after `--batch-mult`.
@@ -69,6 +72,7 @@ pub struct Failure {
 
 /// The end of one run.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per case and algorithm of a run: boxing would buy nothing
 pub enum Outcome {
     /// It ran and was timed.
     Measured(Record),
@@ -174,16 +178,18 @@ impl Progress for Quiet {
 /// The text table: [`table_header`] once, then a [`table_row`] per outcome.
 ///
 /// ```text
-/// case             dir  algorithm     median ms    GFLOP/s  % peak  workspace
-/// r50_3x3_64       fwd  auto              3.106        298    85.1        0 B
+/// case             dir  algorithm                   median ms    GFLOP/s  % peak  workspace
+/// r50_3x3_64       fwd  auto: winograd                  3.106        298    85.1  800.0 KiB
 /// ```
+///
+/// The algorithm column names the one asked for, then the one that ran where they differ.
 pub fn table_header(meta: &Meta) -> String {
     let peak = match &meta.peak {
         Some(p) => format!("FP32 peak {:.1} GFLOP/s ({} FMA probe, {} threads)", p.gflops, p.isa, p.threads),
         None => "no peak probe".to_string(),
     };
     format!(
-        "# ferroconv {} bench: {}, {} threads, {}, suite {}, batch x{}\n# {peak}\n{:<16} {:<4} {:<10} {:>12} {:>10} {:>7} {:>10}",
+        "# ferroconv {} bench: {}, {} threads, {}, suite {}, batch x{}\n# {peak}\n{:<16} {:<4} {:<24} {:>12} {:>10} {:>7} {:>10}",
         meta.version,
         meta.device,
         meta.threads,
@@ -204,16 +210,19 @@ pub fn table_header(meta: &Meta) -> String {
 pub fn table_row(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Measured(r) => format!(
-            "{:<16} {:<4} {:<10} {:>12.3} {:>10} {:>7} {:>10}",
+            "{:<16} {:<4} {:<24} {:>12.3} {:>10} {:>7} {:>10}",
             r.name,
             r.direction,
-            r.algorithm,
+            match r.ran == r.algorithm {
+                true => r.algorithm.clone(),
+                false => format!("{}: {}", r.algorithm, r.ran),
+            },
             r.median_ms,
             three_digits(r.gflops),
             r.percent_of_peak.map_or("-".to_string(), three_digits),
             human_bytes(r.workspace_bytes),
         ),
-        Outcome::Failed(f) => format!("{:<16} {:<4} {:<10} failed: {}", f.name, f.direction, f.algorithm, f.reason),
+        Outcome::Failed(f) => format!("{:<16} {:<4} {:<24} failed: {}", f.name, f.direction, f.algorithm, f.reason),
     }
 }
 
@@ -250,6 +259,7 @@ mod tests {
             dtype: "f32".into(),
             direction: "fwd".into(),
             algorithm: "auto".into(),
+            ran: "winograd".into(),
             threads: 2,
             batch: 4,
             out_shape: vec![4, 64, 56, 56],
@@ -279,6 +289,7 @@ mod tests {
             "dtype",
             "direction",
             "algorithm",
+            "ran",
             "threads",
             "batch",
             "out_shape",
@@ -331,7 +342,9 @@ mod tests {
     #[test]
     fn table_rows_line_up_with_the_header() {
         let row = table_row(&Outcome::Measured(sample_record()));
-        assert_eq!(row, "r50_3x3_64       fwd  auto              3.106        298    85.1    1.5 KiB");
+        assert_eq!(row, "r50_3x3_64       fwd  auto: winograd                  3.106        298    85.1    1.5 KiB");
+        let forced = Record { algorithm: "winograd".into(), ..sample_record() };
+        assert!(table_row(&Outcome::Measured(forced)).starts_with("r50_3x3_64       fwd  winograd    "));
         let meta_free_header = table_header(&Meta {
             library: "ferroconv".into(),
             version: "0.1.0".into(),

@@ -106,5 +106,6 @@ fn outcome<T: Element, B: BenchTarget<T>>(
         peak_gflops,
         percent_of_peak: peak_gflops.map(|p| 100.0 * gflops / p),
         workspace_bytes: target.backend.workspace_bytes(geometry, direction),
+        ran: target.backend.algorithms_run(geometry, direction),
     })
 }

@@ -22,6 +22,37 @@ pub trait BenchTarget<T: Element>: Conv<T> + ConvTranspose<T> {
     /// Bytes the backend allocates inside one op of `direction` beyond its
     /// operands (scratch, packed panels, padded copies): the `workspace_bytes` of the report.
     fn workspace_bytes(&self, geometry: &ConvGeometry, direction: Direction) -> u64;
+
+    /// The algorithms that compute the primitives of one op of `direction`,
+    /// in order, `+`-joined where they differ: what `auto` chose, or where a
+    /// forced algorithm does not apply (a strided layer under `winograd`), the
+    /// one that stood in. The bias gradient's channel sums are not counted.
+    fn algorithms_run(&self, geometry: &ConvGeometry, direction: Direction) -> String;
+}
+
+/// The primitives one op of `direction` runs, in order, the bias gradient aside.
+fn primitives(op: OpKind, direction: Direction) -> &'static [Primitive] {
+    match (op, direction) {
+        (OpKind::Conv, Direction::Fwd) => &[Primitive::Correlate],
+        (OpKind::ConvTranspose, Direction::Fwd) => &[Primitive::CorrelateAdjoint],
+        (OpKind::Conv, Direction::Bwd) => &[Primitive::CorrelateAdjoint, Primitive::CorrelateWeight],
+        (OpKind::ConvTranspose, Direction::Bwd) => &[Primitive::Correlate, Primitive::CorrelateWeight],
+    }
+}
+
+/// `names` joined by `+`, each repeat of the one before dropped.
+fn joined(names: impl Iterator<Item = &'static str>) -> String {
+    let mut names: Vec<&str> = names.collect();
+    names.dedup();
+    names.join("+")
+}
+
+/// `geometry`, or for a padding mode other than zeros the zero-padded geometry the primitives see.
+fn as_run(geometry: &ConvGeometry) -> std::borrow::Cow<'_, ConvGeometry> {
+    match geometry.zero_padded() {
+        true => std::borrow::Cow::Borrowed(geometry),
+        false => std::borrow::Cow::Owned(geometry.with_materialised_padding()),
+    }
 }
 
 impl<T: Element> BenchTarget<T> for CpuBackend {
@@ -36,21 +67,18 @@ impl<T: Element> BenchTarget<T> for CpuBackend {
     /// The padded input (for a padding mode other than zeros) plus the most
     /// scratch any one primitive of `direction` takes: they run one after another.
     fn workspace_bytes(&self, geometry: &ConvGeometry, direction: Direction) -> u64 {
-        let materialised;
-        let g = if geometry.zero_padded() {
-            geometry
-        } else {
-            materialised = geometry.with_materialised_padding();
-            &materialised
-        };
-        let primitives: &[Primitive] = match (geometry.op, direction) {
-            (OpKind::Conv, Direction::Fwd) => &[Primitive::Correlate],
-            (OpKind::ConvTranspose, Direction::Fwd) => &[Primitive::CorrelateAdjoint],
-            (OpKind::Conv, Direction::Bwd) => &[Primitive::CorrelateAdjoint, Primitive::CorrelateWeight],
-            (OpKind::ConvTranspose, Direction::Bwd) => &[Primitive::Correlate, Primitive::CorrelateWeight],
-        };
-        let scratch = primitives.iter().map(|&p| CpuBackend::workspace_bytes(self, g, p, T::DTYPE)).max().unwrap_or(0);
+        let g = as_run(geometry);
+        let scratch = primitives(geometry.op, direction)
+            .iter()
+            .map(|&p| CpuBackend::workspace_bytes(self, &g, p, T::DTYPE))
+            .max()
+            .unwrap_or(0);
         padded_input_bytes(geometry, size_of::<T>()).saturating_add(scratch as u64)
+    }
+
+    fn algorithms_run(&self, geometry: &ConvGeometry, direction: Direction) -> String {
+        let g = as_run(geometry);
+        joined(primitives(geometry.op, direction).iter().map(|&p| self.algorithm_for_primitive(&g, p, T::DTYPE).name()))
     }
 }
 
@@ -65,6 +93,18 @@ impl<T: Element> BenchTarget<T> for GpuBackend<CudaExecutor> {
 
     fn workspace_bytes(&self, geometry: &ConvGeometry, direction: Direction) -> u64 {
         gpu_workspace(&self.planner::<T>(), geometry, direction, size_of::<T>()).unwrap_or(u64::MAX)
+    }
+
+    fn algorithms_run(&self, geometry: &ConvGeometry, direction: Direction) -> String {
+        let (planner, g) = (self.planner::<T>(), as_run(geometry));
+        joined(primitives(geometry.op, direction).iter().map(|&p| {
+            match p {
+                Primitive::Correlate => planner.correlate_algorithm(&g),
+                Primitive::CorrelateAdjoint => planner.adjoint_algorithm(&g),
+                Primitive::CorrelateWeight | Primitive::ChannelSums => planner.weight_algorithm(&g),
+            }
+            .name()
+        }))
     }
 }
 

@@ -104,6 +104,26 @@ fn dtype_batch_mult_and_named_algorithm_are_honoured() {
 }
 
 #[test]
+fn records_name_the_algorithms_that_ran() {
+    // c2 is strided (no Winograd); r2 is a 3×3 stride-1 conv Winograd takes,
+    // forward only: its backward primitives run implicit GEMM.
+    let suite = Suite::parse(SMALL).unwrap();
+    let config = quick(Direction::ALL.to_vec(), AlgorithmSelection::Named("winograd".into()));
+    let outcomes = run(&config, &suite, None, &mut Quiet).unwrap();
+    let ran = |name: &str, direction: &str| {
+        let r = measured(&outcomes).into_iter().find(|r| r.name == name && r.direction == direction).unwrap();
+        assert_eq!(r.algorithm, "winograd");
+        r.ran.clone()
+    };
+    assert_eq!(ran("c2", "fwd"), "implicit_gemm");
+    assert_eq!(ran("r2", "fwd"), "winograd");
+    assert_eq!(ran("r2", "bwd"), "implicit_gemm");
+    // Under auto, c2's two channels per group go to the direct SIMD path.
+    let auto = run(&quick(vec![Direction::Fwd], AlgorithmSelection::Auto), &suite, None, &mut Quiet).unwrap();
+    assert_eq!(measured(&auto)[0].ran, "simd_direct");
+}
+
+#[test]
 fn bad_configurations_are_errors() {
     let suite = Suite::parse(SMALL).unwrap();
     let bad = |config: BenchConfig| run(&config, &suite, None, &mut Quiet).unwrap_err().to_string();

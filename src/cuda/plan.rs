@@ -234,7 +234,7 @@ impl Planner {
         let mut args = KernelArgs::for_geometry(g)?;
         (args.x, args.w, args.bias, args.out) = (b.x, b.w, b.bias.unwrap_or(0), b.y);
         args.activation = activation_code(activation);
-        let launch = match self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_CORRELATE) {
+        let launch = match self.correlate_algorithm(g) {
             GpuAlgorithm::Direct => {
                 let [depth, height, width] = g.out_size;
                 let segments = width.div_ceil(DIRECT_ROW as usize);
@@ -259,7 +259,7 @@ impl Planner {
         let mut args = KernelArgs::for_geometry(g)?;
         (args.y, args.w, args.bias, args.out) = (b.y, b.w, b.bias.unwrap_or(0), b.x);
         args.activation = activation_code(activation);
-        let launch = match self.algorithm.resolve(g, g.in_channels_per_group(), DIRECT_ROWS_OTHERS) {
+        let launch = match self.adjoint_algorithm(g) {
             GpuAlgorithm::Direct => {
                 let [depth, height, width] = g.in_size;
                 let phases = g.stride[2].min(width);
@@ -385,8 +385,18 @@ impl Planner {
         Ok(Plan { steps: vec![Step::Kernel(Box::new(launch))] })
     }
 
+    /// The algorithm of the correlation (`Auto` resolved for `g`).
+    pub(crate) fn correlate_algorithm(&self, g: &ConvGeometry) -> GpuAlgorithm {
+        self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_CORRELATE)
+    }
+
+    /// The algorithm of the adjoint.
+    pub(crate) fn adjoint_algorithm(&self, g: &ConvGeometry) -> GpuAlgorithm {
+        self.algorithm.resolve(g, g.in_channels_per_group(), DIRECT_ROWS_OTHERS)
+    }
+
     /// The algorithm of the weight gradient, whose split and launch must agree on it.
-    fn weight_algorithm(&self, g: &ConvGeometry) -> GpuAlgorithm {
+    pub(crate) fn weight_algorithm(&self, g: &ConvGeometry) -> GpuAlgorithm {
         self.algorithm.resolve(g, g.out_channels_per_group(), DIRECT_ROWS_OTHERS)
     }
 
