@@ -106,7 +106,7 @@ fn dtype_batch_mult_and_named_algorithm_are_honoured() {
 #[test]
 fn records_name_the_algorithms_that_ran() {
     // c2 is strided (no Winograd); r2 is a 3×3 stride-1 conv Winograd takes,
-    // forward only: its backward primitives run implicit GEMM.
+    // forward and input gradient: its weight gradient runs implicit GEMM.
     let suite = Suite::parse(SMALL).unwrap();
     let config = quick(Direction::ALL.to_vec(), AlgorithmSelection::Named("winograd".into()));
     let outcomes = run(&config, &suite, None, &mut Quiet).unwrap();
@@ -117,7 +117,7 @@ fn records_name_the_algorithms_that_ran() {
     };
     assert_eq!(ran("c2", "fwd"), "implicit_gemm");
     assert_eq!(ran("r2", "fwd"), "winograd");
-    assert_eq!(ran("r2", "bwd"), "implicit_gemm");
+    assert_eq!(ran("r2", "bwd"), "winograd+implicit_gemm");
     // Under auto, c2's two channels per group go to the direct SIMD path.
     let auto = run(&quick(vec![Direction::Fwd], AlgorithmSelection::Auto), &suite, None, &mut Quiet).unwrap();
     assert_eq!(measured(&auto)[0].ran, "simd_direct");

@@ -92,10 +92,12 @@ pub enum CpuAlgorithm {
     /// Direct loops vectorised along the innermost spatial dim, one output
     /// plane per task: for depthwise and other thin-group convs.
     SimdDirect,
-    /// Winograd's F(2, 3) for the forward correlation of kernels with 3 taps
-    /// at stride 1 (any dilation) or 1 tap along each axis: 2.25× fewer
-    /// multiplies than direct for 3×3, as one GEMM per transform point on the
-    /// implicit GEMM's micro-kernel. Other problems and primitives run
+    /// Winograd's F(2, 3) for kernels with 3 taps at stride 1 (any dilation)
+    /// or 1 tap along each axis: 2.25× fewer multiplies than direct for 3×3,
+    /// as one GEMM per transform point on the implicit GEMM's micro-kernel.
+    /// It runs the correlation, and the adjoint where every stride is 1 (as
+    /// the correlation with the kernel flipped). Other problems and the weight
+    /// gradient run
     /// [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm), as does an op with an
     /// output that is not finite (the transforms may turn ∞ − ∞ into NaN where
     /// the direct sum gives ∞).
@@ -157,10 +159,11 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 ///   element would feed only a handful of multiply-adds. The direct path lays
 ///   each input plane out once and sums every tap of a row chunk in
 ///   registers, one load per multiply-add.
-/// - [`Winograd`](CpuAlgorithm::Winograd) for the forward correlation when
-///   the kernel has 3 taps at stride 1 along two axes or three (and 1 tap
-///   along the others), both sides have at least 32 channels per group and
-///   there are at least 256 tiles of 2×2 outputs: the GEMMs then outweigh the
+/// - [`Winograd`](CpuAlgorithm::Winograd) for the correlation (and, at
+///   stride 1, the adjoint: conv's input gradient) when the kernel has 3
+///   taps at stride 1 along two axes or three (and 1 tap along the others),
+///   both sides have at least 32 channels per group and the primitive's
+///   output has at least 256 tiles of 2×2 outputs: the GEMMs then outweigh the
 ///   transforms of inputs, outputs and weights, so 2.25× fewer multiply-adds
 ///   (3×3) pay. On 2 AVX2 cores, ResNet's 64-channel, U-Net's, the dilated
 ///   and the 3-D layers of the suite ran 0.73–0.95× the time of implicit GEMM.
@@ -189,16 +192,24 @@ pub fn select_algorithm_for(geometry: &ConvGeometry, primitive: Primitive, dtype
         Primitive::CorrelateAdjoint => geometry.in_channels_per_group(),
         Primitive::Correlate | Primitive::CorrelateWeight | Primitive::ChannelSums => geometry.out_channels_per_group(),
     };
-    let winograd = primitive == Primitive::Correlate
-        && dtype != DType::BF16
+    let winograd = dtype != DType::BF16
         && geometry.in_channels_per_group().min(geometry.out_channels_per_group()) >= WINOGRAD_CHANNELS
-        && winograd::applicable(geometry)
-        && winograd::worthwhile(geometry);
+        && winograd_geometry(geometry, primitive).is_some_and(|g| winograd::worthwhile(&g));
     match output_channels_per_group {
         ..=THIN_GROUP => CpuAlgorithm::SimdDirect,
         _ if winograd => CpuAlgorithm::Winograd,
         _ => CpuAlgorithm::ImplicitGemm,
     }
+}
+
+/// The geometry of the correlation Winograd runs for `primitive`, if it can.
+fn winograd_geometry(g: &ConvGeometry, primitive: Primitive) -> Option<std::borrow::Cow<'_, ConvGeometry>> {
+    let correlation = match primitive {
+        Primitive::Correlate => std::borrow::Cow::Borrowed(g),
+        Primitive::CorrelateAdjoint => std::borrow::Cow::Owned(winograd::adjoint_geometry(g)?),
+        Primitive::CorrelateWeight | Primitive::ChannelSums => return None,
+    };
+    winograd::applicable(&correlation).then_some(correlation)
 }
 
 /// A primitive of [`ConvPrimitives`], to ask [`CpuBackend::workspace_bytes`] about.
@@ -339,9 +350,7 @@ impl CpuBackend {
             forced => forced,
         };
         match chosen {
-            CpuAlgorithm::Winograd if primitive != Primitive::Correlate || !winograd::applicable(geometry) => {
-                CpuAlgorithm::ImplicitGemm
-            }
+            CpuAlgorithm::Winograd if winograd_geometry(geometry, primitive).is_none() => CpuAlgorithm::ImplicitGemm,
             other => other,
         }
     }
@@ -376,7 +385,15 @@ impl CpuBackend {
                     _ => gemm::weight_workspace_bytes(&ks, &Pass::forward(g), threads),
                 };
             }
-            (CpuAlgorithm::Winograd, Some(ks)) => return winograd::workspace_bytes(&ks, g, threads),
+            (CpuAlgorithm::Winograd, Some(ks)) => {
+                let Some(correlation) = winograd_geometry(g, primitive) else { return 0 };
+                // The adjoint's flipped copy of the weights.
+                let flipped = match primitive {
+                    Primitive::CorrelateAdjoint => g.weight_shape().iter().product::<usize>() * dtype.size_in_bytes(),
+                    _ => 0,
+                };
+                return winograd::workspace_bytes(&ks, &correlation, threads) + flipped;
+            }
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 return match primitive {
                     Primitive::Correlate => sliding::workspace_bytes(&ks, &[Pass::forward(g)], false, threads),
@@ -516,6 +533,15 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
             }
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 sliding::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
+            }
+            (CpuAlgorithm::Winograd, Some(ks)) => {
+                let done = winograd::adjoint_geometry(g).is_some_and(|adjoint| {
+                    let flipped = winograd::adjoint_weights(g, w);
+                    winograd::correlate(&ks, &adjoint, y, &flipped, bias, activation, x) == winograd::Outcome::Done
+                });
+                if !done {
+                    gemm::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
+                }
             }
             _ => direct::correlate_adjoint(g, y, w, bias, activation, x),
         });

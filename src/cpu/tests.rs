@@ -194,6 +194,16 @@ fn winograd_geometries() -> Vec<ConvGeometry> {
         conv(&[1, 4, 5, 6, 7], &[6, 4, 3, 3, 3], ConvOptions::new().padding(1)),
         conv(&[1, 270, 6, 5], &[9, 270, 3, 3], ConvOptions::new().padding(1)),
         conv(&[4, 16, 30, 18], &[40, 16, 3, 3], ConvOptions::new().padding(1)),
+        // Padding below the kernel's reach on one side only: the adjoint pads the other way.
+        conv(&[2, 6, 9, 10], &[5, 6, 3, 3], ConvOptions::new().padding([0, 1])),
+        ConvGeometry::conv_transpose(
+            2,
+            &[2, 7, 6, 7],
+            &[7, 5, 3, 3],
+            None,
+            &ConvTransposeOptions::new().padding(1).dilation(2).output_padding(1),
+        )
+        .unwrap(),
     ]
 }
 
@@ -202,6 +212,9 @@ fn winograd_equals_direct_on_exact_operands() {
     // On eighths every transform and sum is exact, so F(2, 3) must agree to the bit.
     let geometries = winograd_geometries();
     assert!(geometries.iter().all(winograd::applicable));
+    // The adjoint runs as a Winograd correlation on all but the strided one.
+    let adjoints = geometries.iter().filter_map(winograd::adjoint_geometry).filter(winograd::applicable).count();
+    assert_eq!(adjoints, geometries.len() - 1);
     check_against_direct::<f32>(&geometries);
     check_against_direct::<f64>(&geometries[..4]);
     check_against_direct::<f16>(&geometries[..4]);
@@ -248,10 +261,22 @@ fn auto_picks_winograd_for_wide_3x3_layers_with_tiles_enough() {
     for g in [&strided, &one_d, &narrow] {
         assert_eq!(pick(g, DType::F32), CpuAlgorithm::ImplicitGemm, "{g:?}");
     }
-    // The backward primitives of a Winograd layer run implicit GEMM, as does a forced Winograd where it does not apply.
+    // The input gradient of a stride-1 layer is a correlation Winograd runs (with the kernel flipped);
+    // the weight gradient runs implicit GEMM, as does a forced Winograd where it does not apply.
+    let for_primitive = |g: &ConvGeometry, p| select_algorithm_for(g, p, DType::F32);
+    assert_eq!(for_primitive(&r50, Primitive::CorrelateAdjoint), CpuAlgorithm::Winograd);
+    assert_eq!(for_primitive(&r50, Primitive::CorrelateWeight), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(for_primitive(&strided, Primitive::CorrelateAdjoint), CpuAlgorithm::ImplicitGemm);
     let forced = CpuBackend::new().with_algorithm(CpuAlgorithm::Winograd);
     assert_eq!(
-        forced.algorithm_for_primitive(&r50, Primitive::CorrelateAdjoint, DType::F32),
+        forced.algorithm_for_primitive(&strided, Primitive::CorrelateAdjoint, DType::F32),
+        CpuAlgorithm::ImplicitGemm
+    );
+    // Padding past the kernel's reach: outputs that read only padding have no adjoint correlation.
+    let wide_pad = conv(&[1, 40, 9, 9], &[40, 40, 3, 3], ConvOptions::new().padding(3));
+    assert_eq!(forced.algorithm_for_primitive(&wide_pad, Primitive::Correlate, DType::F32), CpuAlgorithm::Winograd);
+    assert_eq!(
+        forced.algorithm_for_primitive(&wide_pad, Primitive::CorrelateAdjoint, DType::F32),
         CpuAlgorithm::ImplicitGemm
     );
     assert_eq!(forced.algorithm_for(&strided, DType::F32), CpuAlgorithm::ImplicitGemm);

@@ -1,7 +1,9 @@
-//! Winograd's minimal filtering F(2, 3) (Lavin & Gray, 2016) for the forward
+//! Winograd's minimal filtering F(2, 3) (Lavin & Gray, 2016) for the
 //! correlation when the kernel spans 3 taps at stride 1 along some axes and
 //! 1 tap along the others: ResNet's and U-Net's 3×3 layers, dilated ones,
-//! 1-D and 3-D ones.
+//! 1-D and 3-D ones; and for the adjoint of such a layer at stride 1 (its
+//! input gradient), which is the correlation with the kernel flipped
+//! ([`adjoint_geometry`]).
 //!
 //! Along a 3-tap axis a tile of 2 outputs reads 4 inputs `d`, and
 //! `y = Aᵀ[(G g) ⊙ (Bᵀ d)]` takes 4 multiplies where the direct sum takes 6;
@@ -75,6 +77,45 @@ const MIN_TILES: usize = 256;
 /// implicit GEMM), and tiles enough to repay `U` (see [`MIN_TILES`]).
 pub(crate) fn worthwhile(g: &ConvGeometry) -> bool {
     g.kernel_size.iter().filter(|&&k| k == 3).count() >= 2 && Tiling::new(g).tiles >= MIN_TILES
+}
+
+/// The correlation that computes the adjoint of `g`'s (conv's input
+/// gradient, conv_transpose's forward) where every stride is 1:
+/// `x = y ⋆ w̃`, with `w̃` the kernel flipped along every axis and its two
+/// channel sides swapped ([`adjoint_weights`]), padded by `dilation · (k − 1)`
+/// less the original's at the start, and at the end by what makes `x`'s size
+/// (positions of `x` no output reads, as a conv_transpose's output padding,
+/// get zeros from the padding). `None` where a stride is not 1 or the start
+/// padding exceeds the kernel's reach (outputs that read nothing but padding).
+pub(crate) fn adjoint_geometry(g: &ConvGeometry) -> Option<ConvGeometry> {
+    let mut adjoint = g.clone();
+    for d in 0..3 {
+        let reach = g.dilation[d] * (g.kernel_size[d] - 1);
+        let lo = g.padding_lo[d];
+        let end = (g.in_size[d] + lo).checked_sub(g.out_size[d])?;
+        if g.stride[d] != 1 || lo > reach {
+            return None;
+        }
+        (adjoint.padding_lo[d], adjoint.padding_hi[d]) = (reach - lo, end);
+    }
+    (adjoint.in_channels, adjoint.out_channels) = (g.out_channels, g.in_channels);
+    (adjoint.in_size, adjoint.out_size) = (g.out_size, g.in_size);
+    Some(adjoint)
+}
+
+/// `g`'s weights as those of [`adjoint_geometry`]: per group, `w̃[c][o]` is
+/// `w[o][c]` with its taps in reverse order (a flip along every axis).
+pub(crate) fn adjoint_weights<T: Copy>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    let (cs, cd, taps) = (g.in_channels_per_group(), g.out_channels_per_group(), g.kernel_volume());
+    let mut flipped = Vec::with_capacity(w.len());
+    for group in 0..g.groups {
+        for c in 0..cs {
+            for o in 0..cd {
+                flipped.extend(w[((group * cd + o) * cs + c) * taps..][..taps].iter().rev());
+            }
+        }
+    }
+    flipped
 }
 
 /// What [`correlate`] did.
