@@ -227,7 +227,7 @@ impl Bordered<u32> {
 }
 
 /// `slots`, every one set to `zero`, as initialised values.
-fn zeroed<V: Copy>(slots: &mut [MaybeUninit<V>], zero: V) -> &mut [V] {
+pub(super) fn zeroed<V: Copy>(slots: &mut [MaybeUninit<V>], zero: V) -> &mut [V] {
     slots.fill(MaybeUninit::new(zero));
     // SAFETY: every slot was just written, and `MaybeUninit<V>` has `V`'s layout.
     unsafe { &mut *(slots as *mut [MaybeUninit<V>] as *mut [V]) }
