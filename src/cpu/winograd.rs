@@ -346,17 +346,24 @@ struct Op<'a, T: Element> {
 }
 
 /// Runs one task; false if an output is not finite. The transforms are loops
-/// over tiles that the compiler vectorises: compiled for AVX2 where the CPU
-/// has it (8 lanes; the baseline x86-64 build has SSE's 4). Adds, subtracts
-/// and halvings round alike at any width, so the results do not change.
+/// over tiles that the compiler vectorises: compiled for the widest of
+/// AVX-512 (16 lanes) and AVX2 (8) that the CPU has (the baseline x86-64
+/// build has SSE's 4). Adds, subtracts and halvings round alike at any
+/// width, so the results do not change.
 ///
 /// # Safety
 /// As [`Workspace::transform_outputs`]: no other task writes this task's outputs.
 unsafe fn run_task<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2; the caller's contract covers the rest.
-        return unsafe { task_avx2(ws, op, task) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F; the caller's contract covers the rest.
+            return unsafe { task_avx512(ws, op, task) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2; the caller's contract covers the rest.
+            return unsafe { task_avx2(ws, op, task) };
+        }
     }
     // SAFETY: the caller's contract.
     unsafe { task_body(ws, op, task) }
@@ -369,6 +376,17 @@ unsafe fn run_task<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, tas
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn task_avx2<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
+    // SAFETY: forwarded from `run_task`.
+    unsafe { task_body(ws, op, task) }
+}
+
+/// [`task_body`] compiled for AVX-512 F.
+///
+/// # Safety
+/// The CPU has AVX-512 F, and [`run_task`]'s contract holds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn task_avx512<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
     // SAFETY: forwarded from `run_task`.
     unsafe { task_body(ws, op, task) }
 }
