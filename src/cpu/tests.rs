@@ -254,11 +254,14 @@ fn auto_picks_winograd_for_wide_3x3_layers_with_tiles_enough() {
     let r50_256 = conv(&[4, 256, 14, 14], &[256, 256, 3, 3], ConvOptions::new().padding(1));
     assert_eq!(pick(&deep, DType::F32), CpuAlgorithm::ImplicitGemm);
     assert_eq!(pick(&r50_256, DType::F32), CpuAlgorithm::ImplicitGemm);
-    // Strided, 1-D, and narrow layers.
-    let strided = conv(&[4, 64, 56, 56], &[64, 64, 3, 3], ConvOptions::new().padding(1).stride(2));
+    // One 3-tap axis is enough: 4 multiplies for 6.
     let one_d = conv(&[8, 256, 1024], &[256, 256, 3], ConvOptions::new().padding(1));
-    let narrow = conv(&[4, 16, 56, 56], &[64, 16, 3, 3], ConvOptions::new().padding(1));
-    for g in [&strided, &one_d, &narrow] {
+    assert_eq!(pick(&one_d, DType::F32), CpuAlgorithm::Winograd);
+    // Strided, narrow (the 3-D layer's 32 channels), and 1×1 layers.
+    let strided = conv(&[4, 64, 56, 56], &[64, 64, 3, 3], ConvOptions::new().padding(1).stride(2));
+    let narrow = conv(&[1, 32, 16, 32, 32], &[32, 32, 3, 3, 3], ConvOptions::new().padding(1));
+    let pointwise = conv(&[4, 256, 56, 56], &[64, 256, 1, 1], ConvOptions::new());
+    for g in [&strided, &narrow, &pointwise] {
         assert_eq!(pick(g, DType::F32), CpuAlgorithm::ImplicitGemm, "{g:?}");
     }
     // The input gradient of a stride-1 layer is a correlation Winograd runs (with the kernel flipped);
