@@ -500,7 +500,8 @@ fn multiply<A: Accumulator>(
         // Each `KC × NR` block of the panel is read once and stays in L1 for every weight strip.
         for jr in (0..ldb).step_by(nr) {
             for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-                ks.nn(kc, weights.strip(s, k0), &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
+                let height = channels.len() - s * mr;
+                ks.nn(height, kc, weights.strip(s, k0), &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
             }
         }
     }
@@ -564,7 +565,8 @@ fn multiply_rows<'a, A: Accumulator, B: 'a>(
             // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
             for jr in (0..image.len).step_by(nr) {
                 for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-                    ks.nn_indirect(weights.strip(s, k0), &rows, jr, &mut tile_strip[image.column + jr..], ldb, k0 > 0);
+                    let (height, c) = (channels.len() - s * mr, &mut tile_strip[image.column + jr..]);
+                    ks.nn_indirect(height, weights.strip(s, k0), &rows, jr, c, ldb, k0 > 0);
                 }
             }
         }

@@ -43,9 +43,12 @@ use rows::{dots_row, sum, taps_block};
 pub(crate) trait IndirectKernel<A, B> {
     /// Tile rows (MR) and columns (NR).
     fn tile(&self) -> (usize, usize);
-    /// Runs one tile, checking every operand holds it.
+    /// Runs one tile, checking every operand holds it: its first `height`
+    /// rows at least (see [`Kernels::nn`]).
+    #[allow(clippy::too_many_arguments)] // as `Kernels::nn`
     fn nn_indirect(
         &self,
+        height: usize,
         a: AOperand<'_, B>,
         rows: &RowSet<'_, B>,
         offset: usize,
@@ -56,10 +59,13 @@ pub(crate) trait IndirectKernel<A, B> {
 }
 
 /// The checks every [`IndirectKernel`] makes before its tile runs: the tile's
-/// reduction length and its `a` operand as the kernel takes it.
+/// reduction length and its `a` operand as the kernel takes it, for a kernel
+/// that writes `height` rows of `c`.
+#[allow(clippy::too_many_arguments)] // the kernel's operands, each checked
 pub(crate) fn check_indirect<A, B>(
     kernel: &str,
     (mr, nr): (usize, usize),
+    height: usize,
     a: AOperand<'_, B>,
     rows: &RowSet<'_, B>,
     offset: usize,
@@ -69,7 +75,7 @@ pub(crate) fn check_indirect<A, B>(
     let k = rows.rows();
     let a = a.strip(k, mr, kernel);
     assert!(offset + nr <= rows.row_len(), "{kernel}: rows hold {} < {offset} + {nr}", rows.row_len());
-    assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "{kernel}: c too short");
+    assert!(ldc >= nr && c.len() >= (height - 1) * ldc + nr, "{kernel}: c too short");
     (k, a)
 }
 
@@ -80,6 +86,7 @@ impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
 
     fn nn_indirect(
         &self,
+        height: usize,
         a: AOperand<'_, A>,
         rows: &RowSet<'_, A>,
         offset: usize,
@@ -87,10 +94,11 @@ impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (k, a) = check_indirect("nn_indirect", self.tile(), a, rows, offset, c, ldc);
+        let (index, height) = self.nn_height(height);
+        let (k, a) = check_indirect("nn_indirect", self.tile(), height, a, rows, offset, c, ldc);
         let tile = NnTile { k, a, b: rows.gathered(0, offset), c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and `check_indirect` bounds every access.
-        unsafe { (self.nn_indirect)(&tile) }
+        unsafe { (self.nn_indirect[index])(&tile) }
     }
 }
 
@@ -206,6 +214,9 @@ impl<'a, A> RowSet<'a, A> {
     }
 }
 
+/// An `nn` kernel whose `b` rows are `R`.
+type NnKernel<A, R> = unsafe fn(&NnTile<A, A, R>);
+
 /// The kernels of one instruction set for accumulator `A`, as function pointers.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels<A: 'static> {
@@ -217,8 +228,10 @@ pub(crate) struct Kernels<A: 'static> {
     /// `nt` tile rows and columns.
     pub nt_rows: usize,
     pub nt_cols: usize,
-    nn: unsafe fn(&NnTile<A, A, Strided<A>>),
-    nn_indirect: unsafe fn(&NnTile<A, A, Gathered<A>>),
+    /// The rows each `nn` kernel below computes: two edge heights, then `MR`.
+    nn_heights: [usize; 3],
+    nn: [NnKernel<A, Strided<A>>; 3],
+    nn_indirect: [NnKernel<A, Gathered<A>>; 3],
     nt: unsafe fn(&NtTile<A, Strided<A>>),
     nt_indirect: unsafe fn(&NtTile<A, Gathered<A>>),
     sum: unsafe fn(usize, *const A) -> A,
@@ -232,19 +245,22 @@ pub(crate) struct Kernels<A: 'static> {
 /// Instantiates the generic kernels for one instruction set, inside
 /// `#[target_feature]` wrappers when it names features, and builds its tables.
 /// Each table names its accumulator, the register type, and the shapes:
-/// `nn` rows × vectors, `nt` rows × columns, the vectors of the `taps` blocks
-/// of 1, 2 and 4 outputs, and the rows of `dots`.
+/// `nn` rows × vectors and the heights of its two edge kernels, `nt` rows ×
+/// columns, the vectors of the `taps` blocks of 1, 2 and 4 outputs, and the
+/// rows of `dots`.
 macro_rules! isa_kernels {
     ($module:ident, [$($features:literal)?],
-     $($table:ident: $a:ty, $s:ty, nn: ($mr:literal, $nv:literal), nt: ($tr:literal, $tc:literal),
-       taps: ($t1:literal, $t2:literal, $t4:literal), dots: $dots:literal;)+) => {
+     $($table:ident: $a:ty, $s:ty, nn: ($mr:literal, $nv:literal), edges: ($e1:literal, $e2:literal),
+       nt: ($tr:literal, $tc:literal), taps: ($t1:literal, $t2:literal, $t4:literal), dots: $dots:literal;)+) => {
         mod $module {
             use super::*;
 
             $(#[target_feature(enable = $features)])?
-            unsafe fn nn_k<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: usize>(t: &NnTile<A, A, R>) {
+            unsafe fn nn_k<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const ROWS: usize, const NV: usize>(
+                t: &NnTile<A, A, R>,
+            ) {
                 // SAFETY: forwarded from the caller (a supported ISA, valid operands).
-                unsafe { nn::<S, A, R, MR, NV>(t) }
+                unsafe { nn::<S, A, R, MR, ROWS, NV>(t) }
             }
 
             $(#[target_feature(enable = $features)])?
@@ -280,8 +296,17 @@ macro_rules! isa_kernels {
                     nn_cols: $nv * <$s as Lanes<$a>>::LANES,
                     nt_rows: $tr,
                     nt_cols: $tc,
-                    nn: nn_k::<$s, $a, Strided<$a>, $mr, $nv>,
-                    nn_indirect: nn_k::<$s, $a, Gathered<$a>, $mr, $nv>,
+                    nn_heights: [$e1, $e2, $mr],
+                    nn: [
+                        nn_k::<$s, $a, Strided<$a>, $mr, $e1, $nv>,
+                        nn_k::<$s, $a, Strided<$a>, $mr, $e2, $nv>,
+                        nn_k::<$s, $a, Strided<$a>, $mr, $mr, $nv>,
+                    ],
+                    nn_indirect: [
+                        nn_k::<$s, $a, Gathered<$a>, $mr, $e1, $nv>,
+                        nn_k::<$s, $a, Gathered<$a>, $mr, $e2, $nv>,
+                        nn_k::<$s, $a, Gathered<$a>, $mr, $mr, $nv>,
+                    ],
                     nt: nt_k::<$s, $a, Strided<$a>, $tr, $tc>,
                     nt_indirect: nt_k::<$s, $a, Gathered<$a>, $tr, $tc>,
                     sum: sum_k::<$s, $a>,
@@ -294,6 +319,10 @@ macro_rules! isa_kernels {
     };
 }
 
+// Edge kernels compute the last strip of a block whose rows are not a multiple
+// of `MR`: 64 channels are 5 strips of 12 and one of 4 on AVX-512, where a
+// whole strip would compute 72 rows (11% of the work wasted on the suite's
+// many 64-channel layers).
 // Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
 // a broadcast; nt: 4×4 + 4 + 4), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
 // An AVX-512 `nt` of 4×6 (24 + 4 + 1 on paper) had its accumulators spilled to
@@ -301,17 +330,17 @@ macro_rules! isa_kernels {
 // The `tile_shapes` modules below repeat both in plain Rust for the tests.
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(avx512, ["avx512f,avx2,fma"],
-    F32: f32, Avx512, nn: (12, 2), nt: (4, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Avx512, nn: (12, 2), nt: (4, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
 );
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(avx2, ["avx2,fma"],
-    F32: f32, Avx2, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Avx2, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Avx2, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Avx2, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
 );
 isa_kernels!(portable, [],
-    F32: f32, Portable<4>, nn: (4, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
-    F64: f64, Portable<4>, nn: (4, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
+    F32: f32, Portable<4>, nn: (4, 2), edges: (1, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
+    F64: f64, Portable<4>, nn: (4, 2), edges: (1, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
 );
 
 // The x86 tables' shapes and register widths, computed in plain Rust: the
@@ -319,13 +348,13 @@ isa_kernels!(portable, [],
 // checked on any CPU, whichever this one has.
 #[cfg(test)]
 isa_kernels!(avx512_shapes, [],
-    F32: f32, Portable<16>, nn: (12, 2), nt: (4, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Portable<8>, nn: (12, 2), nt: (4, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Portable<16>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Portable<8>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
 );
 #[cfg(test)]
 isa_kernels!(avx2_shapes, [],
-    F32: f32, Portable<8>, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Portable<4>, nn: (6, 2), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Portable<8>, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F64: f64, Portable<4>, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
 );
 
 /// The `f32` or `f64` table among two, as `Kernels<A>`.
@@ -366,16 +395,37 @@ pub(crate) fn kernels_shaped_as<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernel
 }
 
 impl<A: Copy + 'static> Kernels<A> {
-    /// Runs one `nn` micro-tile on slices, checking every operand holds the tile.
+    /// The kernel that computes the first `rows` rows of an `nn` tile with
+    /// the least work: the lowest edge kernel that holds them, else the full
+    /// tile. Returns its index and height.
+    fn nn_height(&self, rows: usize) -> (usize, usize) {
+        let index = self.nn_heights.iter().position(|&h| h >= rows).unwrap_or(2);
+        (index, self.nn_heights[index])
+    }
+
+    /// Runs one `nn` micro-tile on slices, checking every operand holds the
+    /// tile: its first `rows` rows at least (an edge kernel's height, or `MR`)
+    /// of `c`; the others are not written.
     #[allow(clippy::too_many_arguments)] // the BLAS operand list: each slice with its leading dimension
-    pub fn nn(&self, k: usize, a: AOperand<'_, A>, b: &[A], ldb: usize, c: &mut [A], ldc: usize, accumulate: bool) {
+    pub fn nn(
+        &self,
+        rows: usize,
+        k: usize,
+        a: AOperand<'_, A>,
+        b: &[A],
+        ldb: usize,
+        c: &mut [A],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         let (mr, nr) = (self.nn_rows, self.nn_cols);
+        let (index, height) = self.nn_height(rows);
         let a = a.strip(k, mr, "nn");
         assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
-        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
+        assert!(ldc >= nr && c.len() >= (height - 1) * ldc + nr, "nn: c too short");
         let tile = NnTile { k, a, b: Strided { start: b.as_ptr(), ld: ldb }, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
-        unsafe { (self.nn)(&tile) }
+        unsafe { (self.nn[index])(&tile) }
     }
 
     /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).

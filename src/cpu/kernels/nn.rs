@@ -67,21 +67,25 @@ pub(crate) struct NnTile<C, B, R> {
     pub accumulate: bool,
 }
 
+/// The tile's first `ROWS` rows (`ROWS <= MR`: an edge strip computes only
+/// the rows it has), with `a` laid out in strips of `MR`.
 #[inline(always)]
-pub(super) unsafe fn nn<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: usize>(t: &NnTile<A, A, R>) {
+pub(super) unsafe fn nn<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const ROWS: usize, const NV: usize>(
+    t: &NnTile<A, A, R>,
+) {
     // SAFETY: forwarded; `AOperand::strip` checked that `Rows` holds `MR` pointers.
     unsafe {
         match t.a {
-            AStrip::Packed(a) => nn_body::<S, A, R, MR, NV>(t, &PackedA(a)),
-            AStrip::Rows(rows, offset) => nn_body::<S, A, R, MR, NV>(t, &RowsA::<A, MR>::new(rows, offset)),
+            AStrip::Packed(a) => nn_body::<S, A, R, MR, ROWS, NV>(t, &PackedA(a)),
+            AStrip::Rows(rows, offset) => nn_body::<S, A, R, MR, ROWS, NV>(t, &RowsA::<A, MR>::new(rows, offset)),
         }
     }
 }
 
-/// One step of the `nn` reduction: `acc += a[..MR] ⊗ b.row(kk)[..NV·lanes]`.
+/// One step of the `nn` reduction: `acc += a[..ROWS] ⊗ b.row(kk)[..NV·lanes]`.
 #[inline(always)]
-unsafe fn nn_step<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
-    acc: &mut [[S::V; NV]; MR],
+unsafe fn nn_step<S: Lanes<A>, A: Copy, const MR: usize, const ROWS: usize, const NV: usize>(
+    acc: &mut [[S::V; NV]; ROWS],
     b: &impl BRows<A>,
     a: &impl AValues<A>,
     kk: usize,
@@ -101,7 +105,7 @@ unsafe fn nn_step<S: Lanes<A>, A: Copy, const MR: usize, const NV: usize>(
 }
 
 #[inline(always)]
-unsafe fn nn_body<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: usize>(
+unsafe fn nn_body<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const ROWS: usize, const NV: usize>(
     t: &NnTile<A, A, R>,
     a: &impl AValues<A>,
 ) {
@@ -109,7 +113,7 @@ unsafe fn nn_body<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: 
     let l = S::LANES;
     // SAFETY (whole body): `Kernels::nn` / `Kernels::nn_indirect` checked the operands against the tile.
     unsafe {
-        let mut acc = [[S::zero(); NV]; MR];
+        let mut acc = [[S::zero(); NV]; ROWS];
         if t.accumulate {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (v, r) in row.iter_mut().enumerate() {
@@ -122,14 +126,14 @@ unsafe fn nn_body<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const NV: 
         // the FMA units, bounds this loop (single-thread dense layers ~5% faster).
         let mut kk = 0;
         while kk + 4 <= k {
-            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk);
-            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk + 1);
-            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk + 2);
-            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk + 3);
+            nn_step::<S, A, MR, ROWS, NV>(&mut acc, b, a, kk);
+            nn_step::<S, A, MR, ROWS, NV>(&mut acc, b, a, kk + 1);
+            nn_step::<S, A, MR, ROWS, NV>(&mut acc, b, a, kk + 2);
+            nn_step::<S, A, MR, ROWS, NV>(&mut acc, b, a, kk + 3);
             kk += 4;
         }
         while kk < k {
-            nn_step::<S, A, MR, NV>(&mut acc, b, a, kk);
+            nn_step::<S, A, MR, ROWS, NV>(&mut acc, b, a, kk);
             kk += 1;
         }
         for (i, row) in acc.iter().enumerate() {

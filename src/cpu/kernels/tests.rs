@@ -20,8 +20,8 @@ where
     let b: Vec<A> = values(k * ldb, 2).into_iter().map(A::from_f64).collect();
     let ldc = nr + 1;
     let mut c = vec![A::ZERO; mr * ldc];
-    ks.nn(k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, false);
-    ks.nn(k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, true);
+    ks.nn(mr, k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, false);
+    ks.nn(mr, k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, true);
     for i in 0..mr {
         for j in 0..nr {
             let want: f64 = (0..k).map(|kk| a[kk * mr + i].to_f64() * b[kk * ldb + j].to_f64()).sum();
@@ -34,9 +34,29 @@ where
     let mut rows = RowSet::new();
     a_rows.iter().for_each(|row| rows.push(row));
     let mut in_place = vec![A::ZERO; mr * ldc];
-    ks.nn(k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, false);
-    ks.nn(k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, true);
+    ks.nn(mr, k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, false);
+    ks.nn(mr, k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, true);
     assert!(c.iter().zip(&in_place).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()), "{isa:?} nn rows");
+    // Edge strips: the first `rows` rows, bit for bit; the rows past the kernel's height untouched.
+    let mut full = vec![A::ZERO; mr * ldc];
+    ks.nn(mr, k, AOperand::Packed(&a), &b, ldb, &mut full, ldc, false);
+    for rows in 1..=mr {
+        let height = ks.nn_height(rows).1;
+        assert!(height >= rows && height <= mr, "{isa:?}: height {height} for {rows} rows");
+        let mut edge = vec![A::from_f64(f64::NAN); mr * ldc];
+        ks.nn(rows, k, AOperand::Packed(&a), &b, ldb, &mut edge, ldc, false);
+        for i in 0..mr {
+            let (got, want) = (&edge[i * ldc..][..nr], &full[i * ldc..][..nr]);
+            if i < rows {
+                assert!(
+                    got.iter().zip(want).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()),
+                    "{isa:?} edge {rows}"
+                );
+            } else if i >= height {
+                assert!(got.iter().all(|x| x.to_f64().is_nan()), "{isa:?}: edge {rows} wrote row {i}");
+            }
+        }
+    }
     // nt
     let (mr, nr, k) = (ks.nt_rows, ks.nt_cols, 7 * ks.lanes);
     let lda = k + 2;
