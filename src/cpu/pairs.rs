@@ -263,10 +263,10 @@ impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
     }
 
     /// `c[i·ldc + j] (+)= Σ_k a[k·rows + i] ⊙ rows.row(k)[offset + j]` over
-    /// the whole tile, whatever `height` (there are no edge pair kernels).
+    /// the whole tile, whatever its live part (there are no edge pair kernels).
     fn nn_indirect(
         &self,
-        _height: usize,
+        _live: (usize, usize),
         a: AOperand<'_, u32>,
         rows: &RowSet<'_, u32>,
         offset: usize,
@@ -274,7 +274,7 @@ impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (k, a) = check_indirect("nn_pairs", self.tile(), self.rows, a, rows, offset, c, ldc);
+        let (k, a) = check_indirect("nn_pairs", self.tile(), a, rows, offset, c, ldc);
         let tile = PairTile { k, a, b: rows.gathered(0, offset), c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only where its instruction set runs, and `check_indirect` bounds every access.
         unsafe { (self.nn)(&tile) }
@@ -304,7 +304,7 @@ mod tests {
         let mut rows = RowSet::new();
         data.iter().for_each(|row| rows.push(row));
         let mut c = vec![1.0f32; mr * nr];
-        ks.nn_indirect(mr, AOperand::Packed(&a), &rows, 1, &mut c, nr, true);
+        ks.nn_indirect((mr, nr), AOperand::Packed(&a), &rows, 1, &mut c, nr, true);
         for (i, j) in (0..mr).flat_map(|i| (0..nr).map(move |j| (i, j))) {
             let expected: f32 = 1.0
                 + (0..k)

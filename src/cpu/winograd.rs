@@ -702,7 +702,7 @@ impl<A: Accumulator> Workspace<A> {
                         let strip = ((task.group * shape.strips + s) * points + xi) * cs * mr;
                         let a = &u[strip + k0 * mr..][..k * mr];
                         let c = &mut self.m[(xi * block_rows + i * mr) * tiles + j..];
-                        ks.nn(shape.cd - s * mr, k, AOperand::Packed(a), b, tiles, c, tiles, k0 > 0);
+                        ks.nn((shape.cd - s * mr, nr), k, AOperand::Packed(a), b, tiles, c, tiles, k0 > 0);
                     }
                 }
             }

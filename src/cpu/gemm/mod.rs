@@ -246,6 +246,8 @@ struct PassInput<A> {
     panel: Vec<A>,
     pair_panel: Vec<u32>,
     panel_start: usize,
+    /// Grid points, the panel's columns.
+    columns: usize,
     /// Tile width: the columns rounded up to `NR` (per image in the bordered copy).
     ldb: usize,
 }
@@ -266,6 +268,7 @@ impl<A: Accumulator> PassInput<A> {
             return 0;
         }
         let group = task.group;
+        self.columns = columns;
         self.ldb = match source {
             Source::Bordered(bordered, _) => virtual_columns(bordered, nr, &mut self.segments, &mut self.images),
             Source::Pairs { bordered: Some(bordered), .. } => {
@@ -309,7 +312,8 @@ fn multiply_pass<A: Accumulator>(
             multiply_indirect(ks, pass, weights, bordered, p, images, ldb, group, channels, buffer)
         }
         Source::Panel(weights) => {
-            multiply(ks, pass, weights, p, &input.panel[input.panel_start..], ldb, group, channels, buffer)
+            let panel = &input.panel[input.panel_start..];
+            multiply(ks, pass, weights, p, panel, (input.columns, ldb), group, channels, buffer)
         }
         Source::Pairs { bordered: Some(bordered), weights, kernels, .. } => {
             multiply_indirect(kernels, pass, weights, bordered, p, images, ldb, group, channels, buffer)
@@ -475,8 +479,9 @@ fn pack_pair_panel(
     })
 }
 
-/// `W[group][channels] · panel`, `KC` rows at a time: `channels` (rounded up to
-/// `MR`) × `ldb`, written into `buffer` (grown as needed) from the index returned.
+/// `W[group][channels] · panel` (`columns` of its `ldb`), `KC` rows at a time:
+/// `channels` (rounded up to `MR`) × `ldb`, written into `buffer` (grown as
+/// needed) from the index returned.
 #[allow(clippy::too_many_arguments)]
 fn multiply<A: Accumulator>(
     ks: &Kernels<A>,
@@ -484,7 +489,7 @@ fn multiply<A: Accumulator>(
     weights: &Weights<'_, A>,
     p: usize,
     panel: &[A],
-    ldb: usize,
+    (columns, ldb): (usize, usize),
     group: usize,
     channels: Range<usize>,
     buffer: &mut Vec<A>,
@@ -500,8 +505,8 @@ fn multiply<A: Accumulator>(
         // Each `KC × NR` block of the panel is read once and stays in L1 for every weight strip.
         for jr in (0..ldb).step_by(nr) {
             for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-                let height = channels.len() - s * mr;
-                ks.nn(height, kc, weights.strip(s, k0), &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
+                let live = (channels.len() - s * mr, columns - jr);
+                ks.nn(live, kc, weights.strip(s, k0), &b[jr..], ldb, &mut tile_strip[jr..], ldb, k0 > 0);
             }
         }
     }
@@ -565,8 +570,8 @@ fn multiply_rows<'a, A: Accumulator, B: 'a>(
             // Each `KC × NR` block of `X̂` is read once and stays in L1 for every weight strip.
             for jr in (0..image.len).step_by(nr) {
                 for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
-                    let (height, c) = (channels.len() - s * mr, &mut tile_strip[image.column + jr..]);
-                    ks.nn_indirect(height, weights.strip(s, k0), &rows, jr, c, ldb, k0 > 0);
+                    let (live, c) = ((channels.len() - s * mr, image.len - jr), &mut tile_strip[image.column + jr..]);
+                    ks.nn_indirect(live, weights.strip(s, k0), &rows, jr, c, ldb, k0 > 0);
                 }
             }
         }

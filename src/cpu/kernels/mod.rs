@@ -43,12 +43,12 @@ use rows::{dots_row, sum, taps_block};
 pub(crate) trait IndirectKernel<A, B> {
     /// Tile rows (MR) and columns (NR).
     fn tile(&self) -> (usize, usize);
-    /// Runs one tile, checking every operand holds it: its first `height`
-    /// rows at least (see [`Kernels::nn`]).
+    /// Runs one tile, checking every operand holds it: its first `rows` rows
+    /// and `cols` columns at least (see [`Kernels::nn`]).
     #[allow(clippy::too_many_arguments)] // as `Kernels::nn`
     fn nn_indirect(
         &self,
-        height: usize,
+        live: (usize, usize),
         a: AOperand<'_, B>,
         rows: &RowSet<'_, B>,
         offset: usize,
@@ -59,13 +59,10 @@ pub(crate) trait IndirectKernel<A, B> {
 }
 
 /// The checks every [`IndirectKernel`] makes before its tile runs: the tile's
-/// reduction length and its `a` operand as the kernel takes it, for a kernel
-/// that writes `height` rows of `c`.
-#[allow(clippy::too_many_arguments)] // the kernel's operands, each checked
+/// reduction length and its `a` operand as the kernel takes it.
 pub(crate) fn check_indirect<A, B>(
     kernel: &str,
     (mr, nr): (usize, usize),
-    height: usize,
     a: AOperand<'_, B>,
     rows: &RowSet<'_, B>,
     offset: usize,
@@ -75,7 +72,7 @@ pub(crate) fn check_indirect<A, B>(
     let k = rows.rows();
     let a = a.strip(k, mr, kernel);
     assert!(offset + nr <= rows.row_len(), "{kernel}: rows hold {} < {offset} + {nr}", rows.row_len());
-    assert!(ldc >= nr && c.len() >= (height - 1) * ldc + nr, "{kernel}: c too short");
+    assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "{kernel}: c too short");
     (k, a)
 }
 
@@ -86,7 +83,7 @@ impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
 
     fn nn_indirect(
         &self,
-        height: usize,
+        (live_rows, live_cols): (usize, usize),
         a: AOperand<'_, A>,
         rows: &RowSet<'_, A>,
         offset: usize,
@@ -94,11 +91,11 @@ impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (index, height) = self.nn_height(height);
-        let (k, a) = check_indirect("nn_indirect", self.tile(), height, a, rows, offset, c, ldc);
+        let (width, height, _) = self.nn_kernel(live_rows, live_cols);
+        let (k, a) = check_indirect("nn_indirect", self.tile(), a, rows, offset, c, ldc);
         let tile = NnTile { k, a, b: rows.gathered(0, offset), c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and `check_indirect` bounds every access.
-        unsafe { (self.nn_indirect[index])(&tile) }
+        unsafe { (self.nn_indirect[width][height])(&tile) }
     }
 }
 
@@ -230,8 +227,9 @@ pub(crate) struct Kernels<A: 'static> {
     pub nt_cols: usize,
     /// The rows each `nn` kernel below computes: two edge heights, then `MR`.
     nn_heights: [usize; 3],
-    nn: [NnKernel<A, Strided<A>>; 3],
-    nn_indirect: [NnKernel<A, Gathered<A>>; 3],
+    /// `nn` kernels by width (one vector, then `NR`) and height.
+    nn: [[NnKernel<A, Strided<A>>; 3]; 2],
+    nn_indirect: [[NnKernel<A, Gathered<A>>; 3]; 2],
     nt: unsafe fn(&NtTile<A, Strided<A>>),
     nt_indirect: unsafe fn(&NtTile<A, Gathered<A>>),
     sum: unsafe fn(usize, *const A) -> A,
@@ -298,14 +296,28 @@ macro_rules! isa_kernels {
                     nt_cols: $tc,
                     nn_heights: [$e1, $e2, $mr],
                     nn: [
-                        nn_k::<$s, $a, Strided<$a>, $mr, $e1, $nv>,
-                        nn_k::<$s, $a, Strided<$a>, $mr, $e2, $nv>,
-                        nn_k::<$s, $a, Strided<$a>, $mr, $mr, $nv>,
+                        [
+                            nn_k::<$s, $a, Strided<$a>, $mr, $e1, 1>,
+                            nn_k::<$s, $a, Strided<$a>, $mr, $e2, 1>,
+                            nn_k::<$s, $a, Strided<$a>, $mr, $mr, 1>,
+                        ],
+                        [
+                            nn_k::<$s, $a, Strided<$a>, $mr, $e1, $nv>,
+                            nn_k::<$s, $a, Strided<$a>, $mr, $e2, $nv>,
+                            nn_k::<$s, $a, Strided<$a>, $mr, $mr, $nv>,
+                        ],
                     ],
                     nn_indirect: [
-                        nn_k::<$s, $a, Gathered<$a>, $mr, $e1, $nv>,
-                        nn_k::<$s, $a, Gathered<$a>, $mr, $e2, $nv>,
-                        nn_k::<$s, $a, Gathered<$a>, $mr, $mr, $nv>,
+                        [
+                            nn_k::<$s, $a, Gathered<$a>, $mr, $e1, 1>,
+                            nn_k::<$s, $a, Gathered<$a>, $mr, $e2, 1>,
+                            nn_k::<$s, $a, Gathered<$a>, $mr, $mr, 1>,
+                        ],
+                        [
+                            nn_k::<$s, $a, Gathered<$a>, $mr, $e1, $nv>,
+                            nn_k::<$s, $a, Gathered<$a>, $mr, $e2, $nv>,
+                            nn_k::<$s, $a, Gathered<$a>, $mr, $mr, $nv>,
+                        ],
                     ],
                     nt: nt_k::<$s, $a, Strided<$a>, $tr, $tc>,
                     nt_indirect: nt_k::<$s, $a, Gathered<$a>, $tr, $tc>,
@@ -322,7 +334,9 @@ macro_rules! isa_kernels {
 // Edge kernels compute the last strip of a block whose rows are not a multiple
 // of `MR`: 64 channels are 5 strips of 12 and one of 4 on AVX-512, where a
 // whole strip would compute 72 rows (11% of the work wasted on the suite's
-// many 64-channel layers).
+// many 64-channel layers). Narrow ones (one vector wide) compute a last
+// column block of at most `lanes` columns: ResNet's 7×7 layers have 196
+// columns, 6 blocks of 32 and 4 columns.
 // Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
 // a broadcast; nt: 4×4 + 4 + 4), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
 // An AVX-512 `nt` of 4×6 (24 + 4 + 1 on paper) had its accumulators spilled to
@@ -395,21 +409,23 @@ pub(crate) fn kernels_shaped_as<A: Copy + 'static>(isa: CpuIsa) -> Option<Kernel
 }
 
 impl<A: Copy + 'static> Kernels<A> {
-    /// The kernel that computes the first `rows` rows of an `nn` tile with
-    /// the least work: the lowest edge kernel that holds them, else the full
-    /// tile. Returns its index and height.
-    fn nn_height(&self, rows: usize) -> (usize, usize) {
-        let index = self.nn_heights.iter().position(|&h| h >= rows).unwrap_or(2);
-        (index, self.nn_heights[index])
+    /// The `nn` kernel that computes the first `rows` rows and `cols`
+    /// columns of a tile with the least work: the lowest height that holds
+    /// the rows (an edge kernel's, else `MR`), one vector wide where that
+    /// holds the columns. Returns its indices (width, height) and height.
+    fn nn_kernel(&self, rows: usize, cols: usize) -> (usize, usize, usize) {
+        let height = self.nn_heights.iter().position(|&h| h >= rows).unwrap_or(2);
+        (usize::from(cols > self.lanes), height, self.nn_heights[height])
     }
 
     /// Runs one `nn` micro-tile on slices, checking every operand holds the
-    /// tile: its first `rows` rows at least (an edge kernel's height, or `MR`)
-    /// of `c`; the others are not written.
+    /// whole `MR × NR` tile, of which it computes the first `rows` rows and
+    /// `cols` columns at least (an edge kernel's height, or `MR`; one vector,
+    /// or `NR`); the other elements of `c` are not written.
     #[allow(clippy::too_many_arguments)] // the BLAS operand list: each slice with its leading dimension
     pub fn nn(
         &self,
-        rows: usize,
+        (rows, cols): (usize, usize),
         k: usize,
         a: AOperand<'_, A>,
         b: &[A],
@@ -419,13 +435,13 @@ impl<A: Copy + 'static> Kernels<A> {
         accumulate: bool,
     ) {
         let (mr, nr) = (self.nn_rows, self.nn_cols);
-        let (index, height) = self.nn_height(rows);
+        let (width, height, _) = self.nn_kernel(rows, cols);
         let a = a.strip(k, mr, "nn");
         assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
-        assert!(ldc >= nr && c.len() >= (height - 1) * ldc + nr, "nn: c too short");
+        assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
         let tile = NnTile { k, a, b: Strided { start: b.as_ptr(), ld: ldb }, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
-        unsafe { (self.nn[index])(&tile) }
+        unsafe { (self.nn[width][height])(&tile) }
     }
 
     /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).

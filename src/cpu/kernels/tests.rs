@@ -20,8 +20,8 @@ where
     let b: Vec<A> = values(k * ldb, 2).into_iter().map(A::from_f64).collect();
     let ldc = nr + 1;
     let mut c = vec![A::ZERO; mr * ldc];
-    ks.nn(mr, k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, false);
-    ks.nn(mr, k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, true);
+    ks.nn((mr, nr), k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, false);
+    ks.nn((mr, nr), k, AOperand::Packed(&a), &b, ldb, &mut c, ldc, true);
     for i in 0..mr {
         for j in 0..nr {
             let want: f64 = (0..k).map(|kk| a[kk * mr + i].to_f64() * b[kk * ldb + j].to_f64()).sum();
@@ -34,26 +34,26 @@ where
     let mut rows = RowSet::new();
     a_rows.iter().for_each(|row| rows.push(row));
     let mut in_place = vec![A::ZERO; mr * ldc];
-    ks.nn(mr, k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, false);
-    ks.nn(mr, k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, true);
+    ks.nn((mr, nr), k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, false);
+    ks.nn((mr, nr), k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, true);
     assert!(c.iter().zip(&in_place).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()), "{isa:?} nn rows");
-    // Edge strips: the first `rows` rows, bit for bit; the rows past the kernel's height untouched.
+    // Edge tiles: the first `rows` rows and `cols` columns, bit for bit; past
+    // the kernel's height and width, nothing written.
     let mut full = vec![A::ZERO; mr * ldc];
-    ks.nn(mr, k, AOperand::Packed(&a), &b, ldb, &mut full, ldc, false);
-    for rows in 1..=mr {
-        let height = ks.nn_height(rows).1;
-        assert!(height >= rows && height <= mr, "{isa:?}: height {height} for {rows} rows");
+    ks.nn((mr, nr), k, AOperand::Packed(&a), &b, ldb, &mut full, ldc, false);
+    for (rows, cols) in (1..=mr).flat_map(|rows| [1, ks.lanes, ks.lanes + 1, nr].map(|cols| (rows, cols))) {
+        let (wide, _, height) = ks.nn_kernel(rows, cols);
+        let width = if wide == 1 { nr } else { ks.lanes };
+        assert!(height >= rows && height <= mr && width >= cols, "{isa:?}: {height}×{width} for {rows}×{cols}");
         let mut edge = vec![A::from_f64(f64::NAN); mr * ldc];
-        ks.nn(rows, k, AOperand::Packed(&a), &b, ldb, &mut edge, ldc, false);
-        for i in 0..mr {
-            let (got, want) = (&edge[i * ldc..][..nr], &full[i * ldc..][..nr]);
-            if i < rows {
-                assert!(
-                    got.iter().zip(want).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()),
-                    "{isa:?} edge {rows}"
-                );
-            } else if i >= height {
-                assert!(got.iter().all(|x| x.to_f64().is_nan()), "{isa:?}: edge {rows} wrote row {i}");
+        ks.nn((rows, cols), k, AOperand::Packed(&a), &b, ldb, &mut edge, ldc, false);
+        for (i, (got, want)) in edge.chunks(ldc).zip(full.chunks(ldc)).enumerate() {
+            for (j, (x, y)) in got[..nr].iter().zip(&want[..nr]).enumerate() {
+                if i < rows && j < cols {
+                    assert_eq!(x.to_f64().to_bits(), y.to_f64().to_bits(), "{isa:?} {rows}×{cols}: ({i}, {j})");
+                } else if i >= height || j >= width {
+                    assert!(x.to_f64().is_nan(), "{isa:?} {rows}×{cols} wrote ({i}, {j})");
+                }
             }
         }
     }
