@@ -12,7 +12,7 @@
 //! GEMM, `M_ξ (K × tiles) = U_ξ (K × C) · V_ξ (C × tiles)`, which the `nn`
 //! micro-kernel runs:
 //! - `U`, the transformed weights, is made once per op in `MR`-row strips;
-//! - a task owns `TILES` tiles × a block of output channels: it gathers and
+//! - a task owns `TILE_BLOCKS · NR` tiles × a block of output channels: it gathers and
 //!   transforms its tiles' inputs into `V` (`Bᵀ` along each axis), runs the
 //!   GEMMs into `M`, and transforms `M` back (`Aᵀ` along each axis) into `y`
 //!   with the bias and activation. Its tiles are read and written in runs
@@ -41,10 +41,13 @@ use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
 
-/// Tiles a task transforms and multiplies together: the columns of its GEMMs.
-/// 32 keeps a task's `V` and `M` in L2 at 64 channels; 64 and 128 ran
-/// 0–20% slower on the suite's 3×3 layers (AVX2).
-const TILES: usize = 32;
+/// Column blocks of the micro-kernel (`NR` tiles each) a task transforms and
+/// multiplies together: its tiles, the columns of its GEMMs. Two blocks make
+/// 32 tiles on AVX2, where 64 and 128 ran 0–20% slower on the suite's 3×3
+/// layers, and 64 on AVX-512, where 32 ran 10–15% slower (ResNet's and
+/// U-Net's 64-channel layers, the 1-D one; 2 threads, Zen 4) and 16 slower
+/// still (3×3 `V` at 64 channels and 64 tiles: 256 KiB of f32, in L2).
+const TILE_BLOCKS: usize = 2;
 /// Input channels a micro-kernel call reduces over (as `gemm::KC`: the
 /// `KC × NR` block of `V` stays in L1 while the weight strips pass over it).
 const KC: usize = 256;
@@ -440,7 +443,7 @@ impl Shape {
     fn new<A>(ks: &Kernels<A>, g: &ConvGeometry, tiling: &Tiling) -> Shape {
         let (mr, nr) = (ks.nn_rows, ks.nn_cols);
         let (cs, cd) = (g.in_channels_per_group(), g.out_channels_per_group());
-        let tiles = TILES.next_multiple_of(nr);
+        let tiles = TILE_BLOCKS * nr;
         let tile_blocks = tiling.tiles.div_ceil(tiles).max(1);
         let strips = cd.div_ceil(mr);
         // As many strip blocks as keep U's rows in L2, and more where tiles alone give too few tasks.
