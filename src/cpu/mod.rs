@@ -124,7 +124,7 @@ impl CpuAlgorithm {
 /// Output channels per group at or below which [`select_algorithm`] picks the direct SIMD path.
 const THIN_GROUP: usize = 8;
 /// Input and output channels per group from which [`select_algorithm_for`] picks Winograd.
-const WINOGRAD_CHANNELS: usize = 64;
+const WINOGRAD_CHANNELS: usize = 32;
 
 /// The algorithm [`CpuAlgorithm::Auto`] runs for the forward pass of
 /// `geometry`'s op in `dtype` (see [`select_algorithm_for`] for each primitive).
@@ -162,15 +162,14 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 /// - [`Winograd`](CpuAlgorithm::Winograd) for the correlation (and, at
 ///   stride 1, the adjoint: conv's input gradient) when the kernel has 3
 ///   taps at stride 1 along one axis or more (and 1 tap along the others),
-///   both sides have at least 64 channels per group and the primitive's
+///   both sides have at least 32 channels per group and the primitive's
 ///   output has at least 256 tiles: the GEMMs then outweigh the transforms
-///   of inputs, outputs and weights, so 2.25× (3×3) or 1.5× (3) fewer
-///   multiply-adds pay. On 2 Zen 4 cores (AVX-512), ResNet's 64-channel,
-///   U-Net's, the dilated and the 1-D layers of the suite ran 0.83–0.91×
-///   the time of implicit GEMM (forward; 0.90–0.94× backward), while the 3-D
-///   layer's 32 channels make GEMMs too short for the transforms of 64
-///   points per tile (1.20×). Not for bf16, whose implicit GEMM multiplies
-///   channel pairs at twice f32's rate on AVX-512 BF16.
+///   of inputs, outputs and weights, so 2.25× (3×3), 3.4× (3×3×3) or 1.5×
+///   (3) fewer multiply-adds pay. On 2 Zen 4 cores (AVX-512), ResNet's
+///   64-channel, U-Net's, the dilated, the 3-D and the 1-D layers of the
+///   suite ran 0.74–0.93× the time of implicit GEMM (forward; 0.90–0.94×
+///   backward). Not for bf16, whose implicit GEMM multiplies channel pairs
+///   at twice f32's rate on AVX-512 BF16.
 /// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is
 ///   `channels per group × prod(kernel)` long and each im2col element is
 ///   reused by every output channel of the group.

@@ -257,9 +257,12 @@ fn auto_picks_winograd_for_wide_3x3_layers_with_tiles_enough() {
     // One 3-tap axis is enough: 4 multiplies for 6.
     let one_d = conv(&[8, 256, 1024], &[256, 256, 3], ConvOptions::new().padding(1));
     assert_eq!(pick(&one_d, DType::F32), CpuAlgorithm::Winograd);
-    // Strided, narrow (the 3-D layer's 32 channels), and 1×1 layers.
+    // The 3-D layer: 32 channels are enough.
+    let three_d = conv(&[1, 32, 16, 32, 32], &[32, 32, 3, 3, 3], ConvOptions::new().padding(1));
+    assert_eq!(pick(&three_d, DType::F32), CpuAlgorithm::Winograd);
+    // Strided, narrow (fewer than 32 input channels), and 1×1 layers.
     let strided = conv(&[4, 64, 56, 56], &[64, 64, 3, 3], ConvOptions::new().padding(1).stride(2));
-    let narrow = conv(&[1, 32, 16, 32, 32], &[32, 32, 3, 3, 3], ConvOptions::new().padding(1));
+    let narrow = conv(&[4, 16, 56, 56], &[64, 16, 3, 3], ConvOptions::new().padding(1));
     let pointwise = conv(&[4, 256, 56, 56], &[64, 256, 1, 1], ConvOptions::new());
     for g in [&strided, &narrow, &pointwise] {
         assert_eq!(pick(g, DType::F32), CpuAlgorithm::ImplicitGemm, "{g:?}");
