@@ -26,6 +26,7 @@ use half::bf16;
 use super::isa::CpuIsa;
 use super::kernels::{
     AOperand, AStrip, AValues, BRows, Gathered, IndirectKernel, NnTile, PackedA, RowSet, RowsA, check_indirect,
+    edge_kernel,
 };
 use super::pass::as_type;
 use crate::element::Element;
@@ -161,31 +162,35 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn nn_pairs_k<const MR: usize, const NV: usize>(t: &super::PairTile<f32>) {
+    pub(super) unsafe fn nn_pairs_k<const MR: usize, const ROWS: usize, const NV: usize>(t: &super::PairTile<f32>) {
         // SAFETY: forwarded from the caller (a CPU with these features, valid operands).
-        unsafe { super::nn_pairs::<Avx512Bf16, MR, NV>(t) }
+        unsafe { super::nn_pairs::<Avx512Bf16, MR, ROWS, NV>(t) }
     }
 }
 
-/// The pair micro-kernel: `MR × NV·LANES` accumulators, one broadcast weight
+/// The pair micro-kernel: `ROWS × NV·LANES` accumulators (the first `ROWS`
+/// rows of a strip of `MR`, as the `nn` edge kernels), one broadcast weight
 /// pair and `NV` loaded data registers per reduction step.
 #[inline(always)]
-unsafe fn nn_pairs<S: PairLanes, const MR: usize, const NV: usize>(t: &PairTile<f32>) {
+unsafe fn nn_pairs<S: PairLanes, const MR: usize, const ROWS: usize, const NV: usize>(t: &PairTile<f32>) {
     // SAFETY: forwarded; `AOperand::strip` checked that `Rows` holds `MR` pointers.
     unsafe {
         match t.a {
-            AStrip::Packed(a) => nn_pairs_body::<S, MR, NV>(t, &PackedA(a)),
-            AStrip::Rows(rows, offset) => nn_pairs_body::<S, MR, NV>(t, &RowsA::<u32, MR>::new(rows, offset)),
+            AStrip::Packed(a) => nn_pairs_body::<S, MR, ROWS, NV>(t, &PackedA(a)),
+            AStrip::Rows(rows, offset) => nn_pairs_body::<S, MR, ROWS, NV>(t, &RowsA::<u32, MR>::new(rows, offset)),
         }
     }
 }
 
 #[inline(always)]
-unsafe fn nn_pairs_body<S: PairLanes, const MR: usize, const NV: usize>(t: &PairTile<f32>, a: &impl AValues<u32>) {
+unsafe fn nn_pairs_body<S: PairLanes, const MR: usize, const ROWS: usize, const NV: usize>(
+    t: &PairTile<f32>,
+    a: &impl AValues<u32>,
+) {
     let l = S::LANES;
     // SAFETY (whole body): `PairKernels::nn_indirect` checked the operands against the tile.
     unsafe {
-        let mut acc = [[S::zero(); NV]; MR];
+        let mut acc = [[S::zero(); NV]; ROWS];
         if t.accumulate {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (v, r) in row.iter_mut().enumerate() {
@@ -211,10 +216,38 @@ unsafe fn nn_pairs_body<S: PairLanes, const MR: usize, const NV: usize>(t: &Pair
     }
 }
 
-unsafe fn portable_nn_pairs<const L: usize, const MR: usize, const NV: usize>(t: &PairTile<f32>) {
+unsafe fn portable_nn_pairs<const L: usize, const MR: usize, const ROWS: usize, const NV: usize>(t: &PairTile<f32>) {
     // SAFETY: forwarded from the caller (valid operands); portable code runs anywhere.
-    unsafe { nn_pairs::<PortablePairs<L>, MR, NV>(t) }
+    unsafe { nn_pairs::<PortablePairs<L>, MR, ROWS, NV>(t) }
 }
+
+/// The pair kernels of one shape: `$k::<MR, ROWS, NV>` by width (one vector,
+/// then `NV`) and height (`$e1`, `$e2`, then `MR`), as [`PairKernels::nn`].
+macro_rules! pair_table {
+    ($k:ident $(<$lanes_arg:literal>)?, $lanes:literal, $mr:literal, ($e1:literal, $e2:literal), $nv:literal) => {
+        PairKernels {
+            rows: $mr,
+            cols: $nv * $lanes,
+            lanes: $lanes,
+            heights: [$e1, $e2, $mr],
+            nn: [
+                [
+                    $k::<$($lanes_arg,)? $mr, $e1, 1>,
+                    $k::<$($lanes_arg,)? $mr, $e2, 1>,
+                    $k::<$($lanes_arg,)? $mr, $mr, 1>,
+                ],
+                [
+                    $k::<$($lanes_arg,)? $mr, $e1, $nv>,
+                    $k::<$($lanes_arg,)? $mr, $e2, $nv>,
+                    $k::<$($lanes_arg,)? $mr, $mr, $nv>,
+                ],
+            ],
+        }
+    };
+}
+
+/// A pair micro-kernel accumulating in `A`.
+type PairKernel<A> = unsafe fn(&PairTile<A>);
 
 /// The pair micro-kernel of one instruction set, accumulating in `A` (which
 /// is always f32: the parameter lets generic code hold it).
@@ -223,7 +256,11 @@ pub(crate) struct PairKernels<A: 'static> {
     /// Tile rows (output channels) and columns (positions).
     pub rows: usize,
     pub cols: usize,
-    nn: unsafe fn(&PairTile<A>),
+    lanes: usize,
+    /// The rows each kernel computes: two edge heights, then `MR` (as `Kernels`).
+    heights: [usize; 3],
+    /// By width (one vector, then `cols`) and height.
+    nn: [[PairKernel<A>; 3]; 2],
 }
 
 impl<A: Copy + 'static> PairKernels<A> {
@@ -233,11 +270,12 @@ impl<A: Copy + 'static> PairKernels<A> {
     /// apart in software) and for any `A` but f32.
     pub fn for_isa(isa: CpuIsa) -> Option<PairKernels<A>> {
         let table: PairKernels<f32> = match isa {
-            CpuIsa::Portable if cfg!(test) => PairKernels { rows: 4, cols: 8, nn: portable_nn_pairs::<4, 4, 2> },
+            CpuIsa::Portable if cfg!(test) => pair_table!(portable_nn_pairs<4>, 4, 4, (1, 2), 2),
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx512 if isa.is_supported() && std::arch::is_x86_feature_detected!("avx512bf16") => {
                 // Registers as the f32 AVX-512 kernel: 12×2 accumulators, 2 loads, a broadcast.
-                PairKernels { rows: 12, cols: 32, nn: avx512::nn_pairs_k::<12, 2> }
+                use avx512::nn_pairs_k;
+                pair_table!(nn_pairs_k, 16, 12, (4, 8), 2)
             }
             _ => return None,
         };
@@ -250,7 +288,7 @@ impl<A: Copy + 'static> PairKernels<A> {
     pub fn shaped_as(isa: CpuIsa) -> Option<PairKernels<A>> {
         let table: PairKernels<f32> = match isa {
             CpuIsa::Portable => return PairKernels::for_isa(isa),
-            CpuIsa::Avx512 => PairKernels { rows: 12, cols: 32, nn: portable_nn_pairs::<16, 12, 2> },
+            CpuIsa::Avx512 => pair_table!(portable_nn_pairs<16>, 16, 12, (4, 8), 2),
             CpuIsa::Avx2 => return None,
         };
         (&table as &dyn Any).downcast_ref::<PairKernels<A>>().copied()
@@ -263,10 +301,10 @@ impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
     }
 
     /// `c[i·ldc + j] (+)= Σ_k a[k·rows + i] ⊙ rows.row(k)[offset + j]` over
-    /// the whole tile, whatever its live part (there are no edge pair kernels).
+    /// the tile's live rows and columns at least (see [`Kernels::nn`](super::kernels::Kernels::nn)).
     fn nn_indirect(
         &self,
-        _live: (usize, usize),
+        (live_rows, live_cols): (usize, usize),
         a: AOperand<'_, u32>,
         rows: &RowSet<'_, u32>,
         offset: usize,
@@ -274,10 +312,11 @@ impl<A: Copy + 'static> IndirectKernel<A, u32> for PairKernels<A> {
         ldc: usize,
         accumulate: bool,
     ) {
+        let (width, height, _) = edge_kernel(&self.heights, self.lanes, live_rows, live_cols);
         let (k, a) = check_indirect("nn_pairs", self.tile(), a, rows, offset, c, ldc);
         let tile = PairTile { k, a, b: rows.gathered(0, offset), c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only where its instruction set runs, and `check_indirect` bounds every access.
-        unsafe { (self.nn)(&tile) }
+        unsafe { (self.nn[width][height])(&tile) }
     }
 }
 
@@ -314,6 +353,39 @@ mod tests {
                     })
                     .sum::<f32>();
             assert_eq!(c[i * nr + j], expected, "c[{i}][{j}]");
+        }
+    }
+
+    #[test]
+    fn edge_pair_kernels_compute_their_rows_and_columns_and_no_more() {
+        let tables = [CpuIsa::Portable, CpuIsa::Avx512]
+            .into_iter()
+            .flat_map(|isa| [PairKernels::<f32>::for_isa(isa), PairKernels::shaped_as(isa)])
+            .flatten();
+        for ks in tables {
+            let (mr, nr, k) = (ks.rows, ks.cols, 5);
+            let value = |s: usize| bf16::from_f32(((s * 5) % 13) as f32 - 6.0);
+            let a: Vec<u32> = (0..k * mr).map(|s| pair(value(2 * s), value(2 * s + 1))).collect();
+            let data: Vec<Vec<u32>> =
+                (0..k).map(|kk| (0..nr).map(|j| pair(value(kk + j), value(kk * j))).collect()).collect();
+            let mut rows = RowSet::new();
+            data.iter().for_each(|row| rows.push(row));
+            let mut full = vec![0.0f32; mr * nr];
+            ks.nn_indirect((mr, nr), AOperand::Packed(&a), &rows, 0, &mut full, nr, false);
+            for (live_rows, live_cols) in (1..=mr).flat_map(|r| [1, ks.lanes, ks.lanes + 1, nr].map(|c| (r, c))) {
+                let (wide, _, height) = edge_kernel(&ks.heights, ks.lanes, live_rows, live_cols);
+                let width = if wide == 1 { nr } else { ks.lanes };
+                let mut edge = vec![f32::NAN; mr * nr];
+                ks.nn_indirect((live_rows, live_cols), AOperand::Packed(&a), &rows, 0, &mut edge, nr, false);
+                for (at, (&got, &want)) in edge.iter().zip(&full).enumerate() {
+                    let (i, j) = (at / nr, at % nr);
+                    if i < live_rows && j < live_cols {
+                        assert_eq!(got.to_bits(), want.to_bits(), "{live_rows}×{live_cols}: ({i}, {j})");
+                    } else if i >= height || j >= width {
+                        assert!(got.is_nan(), "{live_rows}×{live_cols} wrote ({i}, {j})");
+                    }
+                }
+            }
         }
     }
 }

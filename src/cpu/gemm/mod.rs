@@ -285,7 +285,7 @@ impl<A: Accumulator> PassInput<A> {
                     pack_pair_panel(pass, src, group, &self.segments, columns, ldb, &mut self.pair_panel);
                 // The panel's columns as one run, for `multiply_rows`.
                 self.images.clear();
-                self.images.push(ImageColumns { n: 0, first: 0, column: 0, len: ldb });
+                self.images.push(ImageColumns { n: 0, first: 0, column: 0, len: columns });
                 ldb
             }
         };

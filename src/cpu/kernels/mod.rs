@@ -99,6 +99,14 @@ impl<A: Copy + 'static> IndirectKernel<A, A> for Kernels<A> {
     }
 }
 
+/// Among kernels of `heights` (two edge heights, then `MR`) and of two widths
+/// (one vector of `lanes`, then `NR`), the one that computes `rows × cols`
+/// with the least work: its indices (width, height) and its height.
+pub(crate) fn edge_kernel(heights: &[usize; 3], lanes: usize, rows: usize, cols: usize) -> (usize, usize, usize) {
+    let height = heights.iter().position(|&h| h >= rows).unwrap_or(2);
+    (usize::from(cols > lanes), height, heights[height])
+}
+
 /// The `a` operand of an `nn` micro-tile (`MR` rows of the weights, `k` long).
 #[derive(Clone, Copy)]
 pub(crate) enum AOperand<'a, A> {
@@ -414,8 +422,7 @@ impl<A: Copy + 'static> Kernels<A> {
     /// the rows (an edge kernel's, else `MR`), one vector wide where that
     /// holds the columns. Returns its indices (width, height) and height.
     fn nn_kernel(&self, rows: usize, cols: usize) -> (usize, usize, usize) {
-        let height = self.nn_heights.iter().position(|&h| h >= rows).unwrap_or(2);
-        (usize::from(cols > self.lanes), height, self.nn_heights[height])
+        edge_kernel(&self.nn_heights, self.lanes, rows, cols)
     }
 
     /// Runs one `nn` micro-tile on slices, checking every operand holds the
