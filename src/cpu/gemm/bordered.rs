@@ -1,8 +1,10 @@
 //! The bordered copy of `src`: im2col rows as contiguous runs, read in place.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use half::bf16;
+
 use rayon::prelude::*;
 
 use crate::cpu::pairs::pair;
@@ -28,6 +30,10 @@ pub(super) struct Bordered<V> {
     pub(super) pitch: [usize; 2],
     /// Per pass, per tap: where the tap reads grid point 0.
     pub(super) starts: Vec<Vec<usize>>,
+    /// Per pass, per reduction step `(c, j)`: where it reads grid point 0 and
+    /// where its plane ends, from the first plane of an (image, group): a
+    /// table, so that the kernel's row pointers cost an add, not a division.
+    pub(super) steps: Vec<Vec<Range<usize>>>,
 }
 
 /// Where [`Bordered`] puts things: zeros before the data (in padded
@@ -141,7 +147,7 @@ impl<V: Copy + Send + Sync> Bordered<V> {
         let pitch = [extent[1] * extent[2], extent[2]];
         let phase_len = extent.iter().product::<usize>();
         let placement = RowPlacement { lo, stride, height: first.src_size[1], pitch, phase_len };
-        let starts = passes
+        let starts: Vec<Vec<usize>> = passes
             .iter()
             .map(|p| {
                 p.taps
@@ -177,7 +183,14 @@ impl<V: Copy + Send + Sync> Bordered<V> {
         // SAFETY: `all` returned true, so it ran the closure on every plane, and
         // `zeroed` initialised each whole.
         unsafe { data.set_len(planes * plane_len) };
-        Some(Bordered { data, channels, plane_len, pitch, starts })
+        let steps = starts
+            .iter()
+            .map(|taps| {
+                let planes = (0..channels).map(|c| c * plane_len);
+                planes.flat_map(|plane| taps.iter().map(move |&start| plane + start..plane + plane_len)).collect()
+            })
+            .collect();
+        Some(Bordered { data, channels, plane_len, pitch, starts, steps })
     }
 
     pub(super) fn virtual_position(&self, m0: usize, m1: usize, m2: usize) -> usize {

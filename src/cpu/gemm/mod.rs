@@ -528,13 +528,12 @@ fn multiply_indirect<A: Accumulator, B>(
     channels: Range<usize>,
     buffer: &mut Vec<A>,
 ) -> usize {
-    let ntaps = pass.taps.len();
-    let starts = &bordered.starts[pass_index];
-    let k = bordered.channels * ntaps;
+    let steps = &bordered.steps[pass_index];
+    let k = steps.len();
     let row = |image: &ImageColumns, kk: usize| {
-        let (c, j) = (kk / ntaps, kk % ntaps);
-        let plane = ((image.n * pass.groups + group) * bordered.channels + c) * bordered.plane_len;
-        &bordered.data[plane + starts[j] + image.first..plane + bordered.plane_len]
+        let planes = (image.n * pass.groups + group) * bordered.channels * bordered.plane_len;
+        let Range { start, end } = steps[kk];
+        &bordered.data[planes + start + image.first..planes + end]
     };
     let weights = weights.block(pass, pass_index, group, &channels, ks.tile().0, k);
     multiply_rows(ks, k, &weights, images, ldb, channels, buffer, row)
