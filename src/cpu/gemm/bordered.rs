@@ -4,7 +4,6 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use half::bf16;
-
 use rayon::prelude::*;
 
 use crate::cpu::pairs::pair;

@@ -401,7 +401,7 @@ fn pack_panel<T: Element>(
 ) -> usize {
     let k = pass.reduction();
     let packer = RowPacker::new(pass, group, segments, columns);
-    fill_in_jobs(panel, k * ldb, PACK_ROWS * ldb, T::Accum::ZERO, |job, rows| {
+    fill_in_jobs(panel, k * ldb, PACK_ROWS * ldb, |job, rows| {
         let first = job * PACK_ROWS;
         packer.pack_rows(src, first..first + rows.len() / ldb, rows, ldb);
     })
@@ -411,20 +411,20 @@ fn pack_panel<T: Element>(
 /// boundary, as [`cache_aligned`], each written by `fill(job, chunk)` over
 /// chunks of `chunk` elements in parallel; returns the index of the boundary.
 ///
-/// Where `buffer` must grow, each job zeroes its own chunk just before
+/// Where `buffer` must grow, each job zeroes (`V::default()`) its own chunk just before
 /// filling it, where [`Vec::resize`] would zero megabytes in one serial pass
 /// first (ResNet's 512-channel 7×7 layer packs a 4 MiB panel per call).
-fn fill_in_jobs<V: Copy + Send + Sync>(
+fn fill_in_jobs<V: Copy + Default + Send + Sync>(
     buffer: &mut Vec<V>,
     len: usize,
     chunk: usize,
-    zero: V,
     fill: impl Fn(usize, &mut [V]) + Sync,
 ) -> usize {
+    let zero = V::default();
     let slack = 64 / std::mem::size_of::<V>();
     let chunk = chunk.max(1);
     if buffer.len() >= len + slack {
-        let start = buffer.as_ptr().align_offset(64).min(slack);
+        let start = cache_aligned(buffer, len);
         buffer[start..][..len].par_chunks_mut(chunk).tasks().enumerate().for_each(|(job, dst)| fill(job, dst));
         return start;
     }
@@ -460,7 +460,7 @@ fn pack_pair_panel(
     let (cs, ntaps) = (pass.src_channels, pass.taps.len());
     let k = cs.div_ceil(2) * ntaps;
     let packer = RowPacker::new(pass, group, segments, columns);
-    fill_in_jobs(panel, k * ldb, PACK_ROWS * ldb, 0, |job, rows| {
+    fill_in_jobs(panel, k * ldb, PACK_ROWS * ldb, |job, rows| {
         let (mut even, mut odd) = (vec![0f32; columns], vec![0f32; columns]);
         for (i, row) in rows.chunks_mut(ldb).enumerate() {
             let (p, j) = ((job * PACK_ROWS + i) / ntaps, (job * PACK_ROWS + i) % ntaps);

@@ -269,6 +269,16 @@ macro_rules! isa_kernels {
                 unsafe { nn::<S, A, R, MR, ROWS, NV>(t) }
             }
 
+            /// The `nn` kernels of one `b` row kind, by width (one vector,
+            /// then `NV`) and height (`E1`, `E2`, then `MR`).
+            const fn nn_table<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, const E1: usize, const E2: usize, const NV: usize>(
+            ) -> [[NnKernel<A, R>; 3]; 2] {
+                [
+                    [nn_k::<S, A, R, MR, E1, 1>, nn_k::<S, A, R, MR, E2, 1>, nn_k::<S, A, R, MR, MR, 1>],
+                    [nn_k::<S, A, R, MR, E1, NV>, nn_k::<S, A, R, MR, E2, NV>, nn_k::<S, A, R, MR, MR, NV>],
+                ]
+            }
+
             $(#[target_feature(enable = $features)])?
             unsafe fn nt_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, R: BRows<A>, const MR: usize, const NR: usize>(
                 t: &NtTile<A, R>,
@@ -303,30 +313,8 @@ macro_rules! isa_kernels {
                     nt_rows: $tr,
                     nt_cols: $tc,
                     nn_heights: [$e1, $e2, $mr],
-                    nn: [
-                        [
-                            nn_k::<$s, $a, Strided<$a>, $mr, $e1, 1>,
-                            nn_k::<$s, $a, Strided<$a>, $mr, $e2, 1>,
-                            nn_k::<$s, $a, Strided<$a>, $mr, $mr, 1>,
-                        ],
-                        [
-                            nn_k::<$s, $a, Strided<$a>, $mr, $e1, $nv>,
-                            nn_k::<$s, $a, Strided<$a>, $mr, $e2, $nv>,
-                            nn_k::<$s, $a, Strided<$a>, $mr, $mr, $nv>,
-                        ],
-                    ],
-                    nn_indirect: [
-                        [
-                            nn_k::<$s, $a, Gathered<$a>, $mr, $e1, 1>,
-                            nn_k::<$s, $a, Gathered<$a>, $mr, $e2, 1>,
-                            nn_k::<$s, $a, Gathered<$a>, $mr, $mr, 1>,
-                        ],
-                        [
-                            nn_k::<$s, $a, Gathered<$a>, $mr, $e1, $nv>,
-                            nn_k::<$s, $a, Gathered<$a>, $mr, $e2, $nv>,
-                            nn_k::<$s, $a, Gathered<$a>, $mr, $mr, $nv>,
-                        ],
-                    ],
+                    nn: nn_table::<$s, $a, Strided<$a>, $mr, $e1, $e2, $nv>(),
+                    nn_indirect: nn_table::<$s, $a, Gathered<$a>, $mr, $e1, $e2, $nv>(),
                     nt: nt_k::<$s, $a, Strided<$a>, $tr, $tc>,
                     nt_indirect: nt_k::<$s, $a, Gathered<$a>, $tr, $tc>,
                     sum: sum_k::<$s, $a>,
