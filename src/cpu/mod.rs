@@ -203,6 +203,22 @@ pub fn select_algorithm_for(geometry: &ConvGeometry, primitive: Primitive, dtype
     }
 }
 
+/// `g` as the backend runs it: [canonical](ConvGeometry::canonical), and
+/// with a pointwise op's spatial dims merged into one. A 1×1 kernel at
+/// stride 1 without padding maps each position to the same one, so the whole
+/// volume is one row: a panel row is then one copy per column block, where a
+/// 56-wide plane made it runs of 56, each with its bounds, tap and prefetch
+/// work (ResNet's 1×1 layers).
+fn simplified(g: &ConvGeometry) -> ConvGeometry {
+    let mut g = g.canonical();
+    let pointwise = g.kernel_size == [1; 3] && g.stride == [1; 3] && g.padding_lo == [0; 3] && g.padding_hi == [0; 3];
+    if pointwise && g.in_size == g.out_size {
+        let volume = g.in_volume();
+        (g.in_size, g.out_size) = ([1, 1, volume], [1, 1, volume]);
+    }
+    g
+}
+
 /// The geometry of the correlation Winograd runs for `primitive`, if it can.
 fn winograd_geometry(g: &ConvGeometry, primitive: Primitive) -> Option<std::borrow::Cow<'_, ConvGeometry>> {
     let correlation = match primitive {
@@ -376,7 +392,7 @@ impl CpuBackend {
     }
 
     fn workspace<A: Copy + 'static>(&self, g: &ConvGeometry, primitive: Primitive, dtype: DType) -> usize {
-        let threads = self.threads();
+        let (threads, g) = (self.threads(), &simplified(g));
         let elements = match (self.algorithm_for_primitive(g, primitive, dtype), self.kernels::<A>()) {
             (_, _) if primitive == Primitive::ChannelSums => 0,
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
@@ -492,7 +508,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         if let Some(b) = bias {
             check_len("bias", b, &[g.out_channels])?;
         }
-        let g = &g.canonical();
+        let g = &simplified(g);
         let bias = bias.map(Vec::as_slice);
         self.install(g.macs(), || match self.plan::<T>(g, Primitive::Correlate) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
@@ -526,7 +542,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         if let Some(b) = bias {
             check_len("bias", b, &[g.in_channels])?;
         }
-        let g = &g.canonical();
+        let g = &simplified(g);
         let bias = bias.map(Vec::as_slice);
         self.install(g.macs(), || match self.plan::<T>(g, Primitive::CorrelateAdjoint) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
@@ -553,7 +569,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         check_len("x", x, &g.x_shape())?;
         check_len("y", y, &g.y_shape())?;
         check_len("grad_weight", dw, &g.weight_shape())?;
-        let g = &g.canonical();
+        let g = &simplified(g);
         self.install(g.macs(), || match self.plan::<T>(g, Primitive::CorrelateWeight) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             (CpuAlgorithm::SimdDirect, Some(ks)) => sliding::correlate_weight(&ks, &Pass::forward(g), x, y, dw),

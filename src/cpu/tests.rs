@@ -91,7 +91,29 @@ fn large_geometries() -> Vec<ConvGeometry> {
         conv(&[2, 8, 33, 40], &[24, 8, 3, 3], ConvOptions::new().padding(1).stride(2)),
         conv(&[1, 3, 40, 44], &[20, 3, 7, 7], ConvOptions::new().padding(3).stride(2)),
         conv(&[1, 4, 9, 12, 20], &[10, 4, 3, 2, 3], ConvOptions::new().padding([1, 0, 1]).stride([1, 2, 2])),
+        // Pointwise, run on the merged volume: over several column blocks, and transposed in 3-D.
+        conv(&[2, 40, 19, 23], &[21, 40, 1, 1], ConvOptions::new()),
+        convt(&[2, 20, 5, 6, 7], &[20, 9, 1, 1, 1], ConvTransposeOptions::new()),
     ]
+}
+
+/// Only a pointwise op (1×1 kernel, stride 1, no padding) has its spatial dims merged.
+#[test]
+fn pointwise_ops_run_on_one_merged_dim() {
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    let merged = super::simplified(&conv(&[2, 8, 5, 6, 7], &[4, 8, 1, 1, 1], ConvOptions::new()));
+    assert_eq!((merged.in_size, merged.out_size), ([1, 1, 210], [1, 1, 210]));
+    assert_eq!(merged.macs(), conv(&[2, 8, 5, 6, 7], &[4, 8, 1, 1, 1], ConvOptions::new()).macs());
+    for g in [
+        conv(&[2, 8, 5, 6], &[4, 8, 1, 1], ConvOptions::new().stride([1, 2])),
+        conv(&[2, 8, 5, 6], &[4, 8, 1, 1], ConvOptions::new().padding([0, 1])),
+        conv(&[2, 8, 5, 6], &[4, 8, 1, 3], ConvOptions::new()),
+    ] {
+        assert_eq!(super::simplified(&g).in_size, g.in_size, "{g:?}");
+    }
+    // A dim with one output has no stride: still pointwise.
+    let single = conv(&[2, 8, 1, 6], &[4, 8, 1, 1], ConvOptions::new().stride([5, 1]));
+    assert_eq!(super::simplified(&single).out_size, [1, 1, 6]);
 }
 
 /// The four primitives of `g` on `backend`, on inputs drawn by `draw`.
