@@ -8,7 +8,10 @@
 //! channels' values at that position (an odd last channel pairs with zeros),
 //! and a packed weight strip holds, per (channel pair, tap), the pairs of its
 //! rows' weights. Every im2col row the kernel reads is then a contiguous run
-//! of pairs, exactly as the f32 path reads single values.
+//! of pairs, exactly as the f32 path reads single values. Where `X̂` is packed
+//! and the weights would be read in place (a forward pass over few columns),
+//! the pairs are neighbouring steps of the reduction instead: a weight row is
+//! then a run of pairs as it lies in memory, and only the panel is paired.
 //!
 //! [`PairKernels::for_isa`] has the AVX-512 BF16 kernel. Other instruction sets
 //! keep the f32 path, which widens bf16 while copying: AVX2 has no such

@@ -321,6 +321,10 @@ fn bf16_channel_pairs_equal_direct_past_the_tile_sizes() {
     // Panels of pairs: a 1×1 conv with an odd channel count, and a plane too small for the bordered copy.
     geometries.push(conv(&[2, 7, 9, 30], &[12, 7, 1, 1], ConvOptions::new()));
     geometries.push(conv(&[2, 45, 7, 7], &[16, 45, 3, 3], ConvOptions::new().padding(1)));
+    // Pairs along the reduction, the weights read in place: an even channel
+    // count, and an odd one whose pairs straddle two channels (K = 45·4).
+    geometries.push(conv(&[2, 46, 7, 7], &[16, 46, 3, 3], ConvOptions::new().padding(1)));
+    geometries.push(conv(&[2, 45, 7, 7], &[14, 45, 2, 2], ConvOptions::new().padding(1)));
     check_against_direct::<bf16>(&geometries);
 }
 
@@ -356,6 +360,11 @@ fn a_forward_conv_over_few_columns_counts_no_packed_weights() {
     // f32 reads its weights in place; f16's are widened into packed strips.
     assert!(bytes(DType::F32) < weights && bytes(DType::F16) > weights, "{} {}", bytes(DType::F32), bytes(DType::F16));
     assert!(cpu.workspace_bytes(&g, Primitive::CorrelateAdjoint, DType::F32) > weights, "the adjoint packs");
+    // bf16 on a pair kernel (the portable one under test) reads them in place
+    // too, as pairs along the reduction: no strips of pairs either.
+    let pairs = cpu.with_isa(CpuIsa::Portable).unwrap();
+    let bf16_bytes = pairs.workspace_bytes(&g, Primitive::Correlate, DType::BF16);
+    assert!(bf16_bytes < weights / 2, "{bf16_bytes}");
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //!
 //! The weights are packed once per op into `MR`-row strips. For bf16 where
 //! AVX-512 BF16 is available, the bordered copy (or panel) and the strips hold
-//! pairs of source channels instead, for the pair kernel (`pairs.rs`).
+//! pairs of source channels instead, for the pair kernel (`pairs.rs`); or,
+//! where the weights are read in place, the panel pairs neighbouring steps of
+//! the reduction, as each weight row already does ([`PairOrder`]).
 //!
 //! The weight gradient `dW[g] (cd × K) = dY[g] (cd × NP) · X̂[g]ᵀ` runs the `nt`
 //! kernel over column blocks in a fixed order; its tasks own blocks of `K`
@@ -49,7 +51,7 @@ mod weights;
 use bordered::{Bordered, BorderedLayout, ImageColumns, virtual_columns};
 use plan::{Columns, Plan};
 use store::{Region, Tile, write_tile, write_tile_pair};
-use weights::{BlockWeights, Weights, pack_weight_pairs, pack_weights, weights_in_place};
+use weights::{BlockWeights, Weights, pack_weight_pairs, pack_weights, weight_pair_rows, weights_in_place};
 
 pub(crate) use weight_grad::{correlate_weight, weight_workspace_bytes};
 
@@ -133,7 +135,13 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
     };
     let size = std::mem::size_of::<A>();
     let Some(plan) = Plan::new(passes, mr, nr, size) else { return 0 };
-    let in_place = pairs.is_none() && weights_in_place(passes, matches!(dtype, DType::F32 | DType::F64));
+    // As `Source::new`: f32 weights in place for a forward pass over few
+    // columns, and bf16 pairs alike where `X̂` is packed and the reduction is even.
+    let bordered = BorderedLayout::len(passes, nr, slots);
+    let in_place = match pairs {
+        None => weights_in_place(passes, matches!(dtype, DType::F32 | DType::F64)),
+        Some(_) => bordered == 0 && weights_in_place(passes, true) && first.reduction().is_multiple_of(2),
+    };
     let weights: usize = match in_place {
         true => 0,
         false => passes.iter().map(|p| p.groups * p.dst_channels.div_ceil(mr) * mr * slots * p.taps.len()).sum(),
@@ -143,7 +151,6 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
     // pass it runs at once (two that interleave); the bordered copy replaces
     // the panels where it is used.
     let at_once = if passes.windows(2).any(|pair| interleaves(&pair[0], &pair[1])) { 2 } else { 1 };
-    let bordered = BorderedLayout::len(passes, nr, slots);
     let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
     let per_thread = at_once * threads.max(1);
     (weights + bordered + per_thread * panel) * slot_size + per_thread * plan.max_ldb * plan.rows * size
@@ -279,10 +286,10 @@ impl<A: Accumulator> PassInput<A> {
                 self.panel_start = pack_panel(pass, src, group, &self.segments, columns, ldb, &mut self.panel);
                 ldb
             }
-            Source::Pairs { src, bordered: None, .. } => {
+            Source::Pairs { src, bordered: None, order, .. } => {
                 let ldb = columns.next_multiple_of(nr);
-                self.panel_start =
-                    pack_pair_panel(pass, src, group, &self.segments, columns, ldb, &mut self.pair_panel);
+                let panel = &mut self.pair_panel;
+                self.panel_start = pack_pair_panel(pass, *order, src, group, &self.segments, columns, ldb, panel);
                 // The panel's columns as one run, for `multiply_rows`.
                 self.images.clear();
                 self.images.push(ImageColumns { n: 0, first: 0, column: 0, len: columns });
@@ -318,8 +325,8 @@ fn multiply_pass<A: Accumulator>(
         Source::Pairs { bordered: Some(bordered), weights, kernels, .. } => {
             multiply_indirect(kernels, pass, weights, bordered, p, images, ldb, group, channels, buffer)
         }
-        Source::Pairs { bordered: None, weights, kernels, .. } => {
-            let k = pass.src_channels.div_ceil(2) * pass.taps.len();
+        Source::Pairs { bordered: None, weights, kernels, order, .. } => {
+            let k = order.pairs(pass);
             let panel = &input.pair_panel[input.panel_start..];
             let row = |_: &ImageColumns, kk: usize| &panel[kk * ldb..][..ldb];
             let weights = weights.block(pass, p, group, &channels, kernels.rows, k);
@@ -334,9 +341,54 @@ enum Source<'a, A: 'static> {
     Bordered(Bordered<A>, Weights<'a, A>),
     /// Packed from NCHW into a panel per task.
     Panel(Weights<'a, A>),
-    /// bf16 `src` in channel pairs, for the pair kernel: read in place from a
-    /// bordered copy where one serves, else packed into a panel per task.
-    Pairs { src: &'a [bf16], bordered: Option<Bordered<u32>>, weights: Weights<'a, u32>, kernels: PairKernels<A> },
+    /// bf16 `src` in pairs, for the pair kernel: pairs of channels read in
+    /// place from a bordered copy where one serves, else packed into a panel
+    /// per task, in `order`.
+    Pairs {
+        src: &'a [bf16],
+        bordered: Option<Bordered<u32>>,
+        weights: Weights<'a, u32>,
+        kernels: PairKernels<A>,
+        order: PairOrder,
+    },
+}
+
+/// What one pair of the pair kernel's reduction holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PairOrder {
+    /// Channels `2c` and `2c + 1` at one tap (zero past an odd last channel),
+    /// as the bordered copy and the packed weight strips hold them.
+    Channels,
+    /// Reduction steps `2p` and `2p + 1`, in `(c, tap)` order: a forward
+    /// pass's weight rows are runs of such pairs as they are, so they are read
+    /// in place (see [`weight_pair_rows`]), and the panel pairs its rows alike.
+    Reduction,
+}
+
+impl PairOrder {
+    /// Pairs in the reduction of `pass`.
+    fn pairs(self, pass: &Pass) -> usize {
+        match self {
+            PairOrder::Channels => pass.src_channels.div_ceil(2) * pass.taps.len(),
+            PairOrder::Reduction => pass.reduction().div_ceil(2),
+        }
+    }
+
+    /// The reduction steps `(c, tap)` pair `p` of `pass` holds: the even one,
+    /// and the odd one (`None` for a zero).
+    fn steps(self, pass: &Pass, p: usize) -> ((usize, usize), Option<(usize, usize)>) {
+        let (cs, ntaps) = (pass.src_channels, pass.taps.len());
+        match self {
+            PairOrder::Channels => {
+                let (c, j) = (2 * (p / ntaps), p % ntaps);
+                ((c, j), (c + 1 < cs).then_some((c + 1, j)))
+            }
+            PairOrder::Reduction => {
+                let step = |kk: usize| (kk / ntaps, kk % ntaps);
+                (step(2 * p), (2 * p + 1 < cs * ntaps).then(|| step(2 * p + 1)))
+            }
+        }
+    }
 }
 
 impl<'a, A: Accumulator> Source<'a, A> {
@@ -345,8 +397,12 @@ impl<'a, A: Accumulator> Source<'a, A> {
     fn new<T: Element<Accum = A>>(ks: &Kernels<A>, passes: &[Pass], src: &'a [T], w: &'a [T]) -> Self {
         if let (Some(src), Some(w), Some(kernels)) = (as_bf16(src), as_bf16(w), ks.pairs) {
             let bordered = Bordered::bf16_pairs(passes, src, kernels.cols);
-            let weights = Weights::Packed(pack_weight_pairs(passes, w, kernels.rows));
-            return Source::Pairs { src, bordered, weights, kernels };
+            let rows = if bordered.is_none() { weight_pair_rows(passes, w) } else { None };
+            let (weights, order) = match rows {
+                Some(rows) => (Weights::Rows(rows), PairOrder::Reduction),
+                None => (Weights::Packed(pack_weight_pairs(passes, w, kernels.rows)), PairOrder::Channels),
+            };
+            return Source::Pairs { src, bordered, weights, kernels, order };
         }
         let weights = match as_accumulators(w) {
             Some(w) if weights_in_place(passes, true) => Weights::Rows(w),
@@ -446,10 +502,12 @@ fn fill_in_jobs<V: Copy + Default + Send + Sync>(
     start
 }
 
-/// [`pack_panel`] for the pair kernel: row `(p, j)` holds the [`pair`]s of rows
-/// `(2p, j)` and `(2p + 1, j)` (zeros past the last channel).
+/// [`pack_panel`] for the pair kernel: row `p` holds the [`pair`]s of the two
+/// im2col rows [`PairOrder::steps`] names (zeros for a missing odd one).
+#[allow(clippy::too_many_arguments)]
 fn pack_pair_panel(
     pass: &Pass,
+    order: PairOrder,
     src: &[bf16],
     group: usize,
     segments: &[Segment],
@@ -457,18 +515,16 @@ fn pack_pair_panel(
     ldb: usize,
     panel: &mut Vec<u32>,
 ) -> usize {
-    let (cs, ntaps) = (pass.src_channels, pass.taps.len());
-    let k = cs.div_ceil(2) * ntaps;
+    let k = order.pairs(pass);
     let packer = RowPacker::new(pass, group, segments, columns);
     fill_in_jobs(panel, k * ldb, PACK_ROWS * ldb, |job, rows| {
         let (mut even, mut odd) = (vec![0f32; columns], vec![0f32; columns]);
         for (i, row) in rows.chunks_mut(ldb).enumerate() {
-            let (p, j) = ((job * PACK_ROWS + i) / ntaps, (job * PACK_ROWS + i) % ntaps);
-            packer.pack(src, 2 * p, j, &mut even);
-            if 2 * p + 1 < cs {
-                packer.pack(src, 2 * p + 1, j, &mut odd);
-            } else {
-                odd.fill(0.0);
+            let ((c, j), odd_step) = order.steps(pass, job * PACK_ROWS + i);
+            packer.pack(src, c, j, &mut even);
+            match odd_step {
+                Some((c, j)) => packer.pack(src, c, j, &mut odd),
+                None => odd.fill(0.0),
             }
             // The values were bf16 widened: narrowing them back is exact.
             for ((d, &e), &o) in row.iter_mut().zip(&even).zip(&odd) {

@@ -112,6 +112,23 @@ pub(super) fn weights_in_place(passes: &[Pass], accumulator_weights: bool) -> bo
         && pass.batch * pass.dst_volume() <= IN_PLACE_COLUMNS)
 }
 
+/// A forward pass's bf16 weights as rows of [`pair`]s of neighbouring
+/// reduction steps, where the f32 weights would be read in place
+/// ([`weights_in_place`]) and every row is a whole number of pairs: each row
+/// of `w` is then its own run of pairs (the even step in the low half, as
+/// [`pair`] puts it), read in place with nothing to pack. `None` where `w` is
+/// not aligned for that.
+pub(super) fn weight_pair_rows<'a>(passes: &[Pass], w: &'a [bf16]) -> Option<&'a [u32]> {
+    let [pass] = passes else { return None };
+    if !weights_in_place(passes, true) || !pass.reduction().is_multiple_of(2) || cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: every bit pattern of two bf16 is a valid u32, and `align_to`
+    // takes only the aligned middle of `w`, which must then be all of it.
+    let (head, rows, tail) = unsafe { w.align_to::<u32>() };
+    (head.is_empty() && tail.is_empty()).then_some(rows)
+}
+
 /// The weights as the micro-kernel reads them.
 pub(super) enum Weights<'a, B> {
     /// Packed per pass into `MR`-row strips ([`pack_weights`]).
