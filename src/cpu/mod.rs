@@ -14,6 +14,7 @@
 mod direct;
 mod gemm;
 mod isa;
+mod keep;
 mod kernels;
 mod padding;
 mod pairs;
@@ -35,6 +36,10 @@ use pass::Pass;
 
 /// The CPU backend. Runs on rayon's global pool, or on a pool of its own.
 ///
+/// It keeps its ops' scratch buffers (im2col panels, tiles, Winograd's
+/// transformed tiles) for the next op rather than allocating and zeroing them
+/// on every call; at most a few sets of them, freed with the backend.
+///
 /// ```
 /// use ferroconv::{Activation, Conv, ConvGeometry, ConvOptions, CpuBackend};
 /// # fn main() -> ferroconv::Result<()> {
@@ -52,6 +57,8 @@ pub struct CpuBackend {
     isa: IsaChoice,
     /// Ops with fewer multiply-adds run on the calling thread (see `threads.rs`).
     inline_macs: u64,
+    /// Scratch buffers kept from op to op (see `keep.rs`).
+    keep: keep::Keep,
 }
 
 /// Which kernels a backend runs.
@@ -250,6 +257,7 @@ impl CpuBackend {
             algorithm: CpuAlgorithm::Auto,
             isa: IsaChoice::Detected,
             inline_macs: threads::INLINE_MACS,
+            keep: keep::Keep::new(),
         }
     }
 
@@ -450,6 +458,7 @@ impl CpuBackend {
             algorithm: CpuAlgorithm::Auto,
             isa: IsaChoice::Detected,
             inline_macs: threads::INLINE_MACS,
+            keep: keep::Keep::new(),
         };
         &GLOBAL
     }
@@ -512,14 +521,14 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         let bias = bias.map(Vec::as_slice);
         self.install(g.macs(), || match self.plan::<T>(g, Primitive::Correlate) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
-                gemm::correlate(&ks, &[Pass::forward(g)], x, w, bias, activation, y)
+                gemm::correlate(&ks, &self.keep, &[Pass::forward(g)], x, w, bias, activation, y)
             }
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 sliding::correlate(&ks, &[Pass::forward(g)], x, w, bias, activation, y)
             }
             (CpuAlgorithm::Winograd, Some(ks)) => {
-                if winograd::correlate(&ks, g, x, w, bias, activation, y) == winograd::Outcome::NotFinite {
-                    gemm::correlate(&ks, &[Pass::forward(g)], x, w, bias, activation, y)
+                if winograd::correlate(&ks, &self.keep, g, x, w, bias, activation, y) == winograd::Outcome::NotFinite {
+                    gemm::correlate(&ks, &self.keep, &[Pass::forward(g)], x, w, bias, activation, y)
                 }
             }
             _ => direct::correlate(g, x, w, bias, activation, y),
@@ -546,7 +555,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         let bias = bias.map(Vec::as_slice);
         self.install(g.macs(), || match self.plan::<T>(g, Primitive::CorrelateAdjoint) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => {
-                gemm::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
+                gemm::correlate(&ks, &self.keep, &Pass::adjoint(g), y, w, bias, activation, x)
             }
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 sliding::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
@@ -554,10 +563,11 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
             (CpuAlgorithm::Winograd, Some(ks)) => {
                 let done = winograd::adjoint_geometry(g).is_some_and(|adjoint| {
                     let flipped = winograd::adjoint_weights(g, w);
-                    winograd::correlate(&ks, &adjoint, y, &flipped, bias, activation, x) == winograd::Outcome::Done
+                    winograd::correlate(&ks, &self.keep, &adjoint, y, &flipped, bias, activation, x)
+                        == winograd::Outcome::Done
                 });
                 if !done {
-                    gemm::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
+                    gemm::correlate(&ks, &self.keep, &Pass::adjoint(g), y, w, bias, activation, x)
                 }
             }
             _ => direct::correlate_adjoint(g, y, w, bias, activation, x),

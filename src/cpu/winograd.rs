@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
+use super::keep::Keep;
 use super::kernels::{AOperand, Kernels};
 use super::threads::Tasks;
 use crate::backend::Activation;
@@ -304,8 +305,10 @@ fn weight_transform<A: Accumulator>([r0, r1, r2, r3]: [&mut [A]; 4]) {
 }
 
 /// `y = x ⋆ w (+ bias)` by F(2, 3), for a geometry [`applicable`] accepts.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn correlate<T: Element>(
     ks: &Kernels<T::Accum>,
+    keep: &Keep,
     g: &ConvGeometry,
     x: &[T],
     w: &[T],
@@ -322,7 +325,11 @@ pub(crate) fn correlate<T: Element>(
     let not_finite = AtomicBool::new(false);
     let y = Dst(y.as_mut_ptr());
     let op = Op { ks, g, tiling: &tiling, shape: &shape, x, u: &u, bias, activation, y: &y };
-    let workspace = || Workspace::<T::Accum>::new(&shape, &tiling);
+    let workspace = || {
+        let mut kept = keep.take(Workspace::<T::Accum>::default);
+        kept.fit(&shape, &tiling);
+        kept
+    };
     (0..shape.tasks()).into_par_iter().tasks().for_each_init(workspace, |ws, index| {
         if not_finite.load(Ordering::Relaxed) {
             return;
@@ -504,7 +511,8 @@ fn transformed_weights<T: Element>(
     u
 }
 
-/// A worker's buffers, kept from task to task.
+/// A worker's buffers, kept from task to task and by the backend from op to op.
+#[derive(Default)]
 struct Workspace<A> {
     /// `V`: per point, `cs` rows of the task's tiles.
     v: Vec<A>,
@@ -570,18 +578,16 @@ fn gather<T: Element>(dst: &mut [T::Accum], src: &[T], step: usize) {
 }
 
 impl<A: Accumulator> Workspace<A> {
-    fn new(shape: &Shape, tiling: &Tiling) -> Self {
+    /// Grows the buffers (never shrinks them) to hold a task of `shape`:
+    /// `V` and `M` are written before they are read, and the tables by `locate`.
+    fn fit(&mut self, shape: &Shape, tiling: &Tiling) {
         let (points, tiles) = (tiling.points, shape.tiles);
-        Workspace {
-            v: vec![A::ZERO; points * shape.cs * tiles],
-            m: vec![A::ZERO; points * shape.strips_per_block * shape.mr * tiles],
-            runs: Vec::with_capacity(tiles),
-            edges: Vec::with_capacity(tiles),
-            out_runs: Vec::with_capacity(tiles),
-            out_edges: Vec::with_capacity(tiles),
-            src: vec![NONE; points * tiles],
-            dst: vec![NONE; points * tiles],
-        }
+        let grow = |buffer: &mut Vec<usize>| buffer.resize(buffer.len().max(points * tiles), NONE);
+        let (v, m) = (points * shape.cs * tiles, points * shape.strips_per_block * shape.mr * tiles);
+        self.v.resize(self.v.len().max(v), A::ZERO);
+        self.m.resize(self.m.len().max(m), A::ZERO);
+        grow(&mut self.src);
+        grow(&mut self.dst);
     }
 
     /// Fills the tables of the task's tiles.

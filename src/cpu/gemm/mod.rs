@@ -33,6 +33,7 @@ use rayon::prelude::*;
 
 use half::bf16;
 
+use super::keep::Keep;
 use super::kernels::{IndirectKernel, Kernels, RowSet};
 use super::pairs::{PairKernels, as_bf16, pair};
 use super::pass::{Pass, RowPacker, Segment, as_accumulators};
@@ -165,6 +166,7 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn correlate<T: Element>(
     ks: &Kernels<T::Accum>,
+    keep: &Keep,
     passes: &[Pass],
     src: &[T],
     w: &[T],
@@ -177,13 +179,14 @@ pub(crate) fn correlate<T: Element>(
     let Some(plan) = Plan::new(passes, mr, nr, std::mem::size_of::<T::Accum>()) else { return };
     let tasks = split_tasks(dst, &plan.columns, &passes[0]);
     // Tile buffers, two per row block, and the inputs of a pass pair, kept by
-    // each worker from task to task: only their growth is zeroed (a panel's is
-    // 256 KiB for a 1×1 conv), and each tile and panel is written before it is read.
-    let buffers = || {
-        let tiles = (0..plan.row_blocks).map(|_| [Vec::new(), Vec::new()]).collect::<Vec<[Vec<T::Accum>; 2]>>();
-        (tiles, [PassInput::default(), PassInput::default()])
-    };
-    tasks.into_par_iter().tasks().for_each_init(buffers, |(tiles, inputs), mut task| {
+    // each worker from task to task and by the backend from op to op: only
+    // their growth is zeroed, and each tile and panel is written before it is read.
+    let buffers = || keep.take(Buffers::<T::Accum>::default);
+    tasks.into_par_iter().tasks().for_each_init(buffers, |held, mut task| {
+        let Buffers { tiles, inputs } = &mut **held;
+        if tiles.len() < plan.row_blocks {
+            tiles.resize_with(plan.row_blocks, Default::default);
+        }
         let mut p = 0;
         while p < passes.len() {
             let [first, second] = &mut *inputs;
@@ -231,6 +234,13 @@ pub(crate) fn correlate<T: Element>(
             p += step;
         }
     });
+}
+
+/// A worker's buffers: two tiles per row block, and the inputs of a pass pair.
+#[derive(Default)]
+struct Buffers<A> {
+    tiles: Vec<[Vec<A>; 2]>,
+    inputs: [PassInput<A>; 2],
 }
 
 /// Whether `b` fills the positions right after those `a` fills along the
