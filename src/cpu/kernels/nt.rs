@@ -66,10 +66,10 @@ pub(super) unsafe fn nt<
             nt_step::<S, A, MR, NR>(&mut acc, a, lda, &b, r);
             r += l;
         }
-        for (i, row) in acc.iter().enumerate() {
-            for (j, &v) in row.iter().enumerate() {
+        for (i, row) in S::reduce_tile(&acc).iter().enumerate() {
+            for (j, &sum) in row.iter().enumerate() {
                 let c = c.add(i * ldc + j);
-                *c = *c + S::reduce_sum(v);
+                *c = *c + sum;
             }
         }
     }
