@@ -52,7 +52,9 @@ mod weights;
 use bordered::{Bordered, BorderedLayout, ImageColumns, virtual_columns};
 use plan::{Columns, Plan};
 use store::{Region, Tile, write_tile, write_tile_pair};
-use weights::{BlockWeights, Weights, pack_weight_pairs, pack_weights, weight_pair_rows, weights_in_place};
+use weights::{
+    BlockWeights, Weights, pack_weight_pairs, pack_weights, pairs_in_place, weight_pair_rows, weights_in_place,
+};
 
 pub(crate) use weight_grad::{correlate_weight, weight_workspace_bytes};
 
@@ -141,7 +143,7 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
     let bordered = BorderedLayout::len(passes, nr, slots);
     let in_place = match pairs {
         None => weights_in_place(passes, matches!(dtype, DType::F32 | DType::F64)),
-        Some(_) => bordered == 0 && weights_in_place(passes, true) && first.reduction().is_multiple_of(2),
+        Some(_) => bordered == 0 && pairs_in_place(passes),
     };
     let weights: usize = match in_place {
         true => 0,

@@ -119,14 +119,20 @@ pub(super) fn weights_in_place(passes: &[Pass], accumulator_weights: bool) -> bo
 /// [`pair`] puts it), read in place with nothing to pack. `None` where `w` is
 /// not aligned for that.
 pub(super) fn weight_pair_rows<'a>(passes: &[Pass], w: &'a [bf16]) -> Option<&'a [u32]> {
-    let [pass] = passes else { return None };
-    if !weights_in_place(passes, true) || !pass.reduction().is_multiple_of(2) || cfg!(target_endian = "big") {
+    if !pairs_in_place(passes) {
         return None;
     }
     // SAFETY: every bit pattern of two bf16 is a valid u32, and `align_to`
     // takes only the aligned middle of `w`, which must then be all of it.
     let (head, rows, tail) = unsafe { w.align_to::<u32>() };
     (head.is_empty() && tail.is_empty()).then_some(rows)
+}
+
+/// Whether [`weight_pair_rows`] reads the bf16 weights of `passes` in place
+/// (where `w` is aligned for it).
+pub(super) fn pairs_in_place(passes: &[Pass]) -> bool {
+    let even = matches!(passes, [pass] if pass.reduction().is_multiple_of(2));
+    even && weights_in_place(passes, true) && cfg!(target_endian = "little")
 }
 
 /// The weights as the micro-kernel reads them.
