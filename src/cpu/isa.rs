@@ -126,10 +126,21 @@ pub(crate) unsafe trait Lanes<A: Copy>: Copy + 'static {
     /// a fixed order (not necessarily [`Lanes::reduce_sum`]'s): where an
     /// instruction set can reduce a whole tile at once, transposing as it
     /// adds, that takes a few shuffles per register rather than a reduction each.
+    ///
+    /// Plain index loops, not iterator adaptors: a closure inside std's
+    /// adaptors does not inherit the kernels' `target_feature`, and the
+    /// reductions' intrinsics then became calls (AVX2's `nt` spent a quarter
+    /// of its time in them).
     #[inline(always)]
     unsafe fn reduce_tile<const R: usize, const C: usize>(tile: &[[Self::V; C]; R]) -> [[A; C]; R] {
-        // SAFETY: the caller's contract.
-        std::array::from_fn(|i| std::array::from_fn(|j| unsafe { Self::reduce_sum(tile[i][j]) }))
+        // SAFETY (whole body): the caller's contract.
+        let mut sums = [[unsafe { Self::reduce_sum(Self::zero()) }; C]; R];
+        for i in 0..R {
+            for j in 0..C {
+                sums[i][j] = unsafe { Self::reduce_sum(tile[i][j]) };
+            }
+        }
+        sums
     }
     /// `c + a * b` on scalars, with the same rounding as [`Lanes::mul_add`].
     fn mul_add_scalar(a: A, b: A, c: A) -> A;
@@ -284,19 +295,24 @@ mod x86 {
     /// time reduced together (the `nt` kernel's 3×4: eight, then four one by one).
     #[inline(always)]
     unsafe fn reduce_tile8<const R: usize, const C: usize>(tile: &[[__m256; C]; R]) -> [[f32; C]; R] {
-        let register = |k: usize| tile[k / C][k % C];
         let mut sums = [[0f32; C]; R];
         let (mut lanes, full) = ([0f32; 8], R * C / 8 * 8);
-        for first in (0..full).step_by(8) {
-            // SAFETY: AVX2, as the caller's contract; `lanes` holds 8.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums8(std::array::from_fn(|k| register(first + k)))) };
-            for (k, &sum) in lanes.iter().enumerate() {
-                sums[(first + k) / C][(first + k) % C] = sum;
+        let mut first = 0;
+        while first < full {
+            let mut registers = [tile[0][0]; 8];
+            for k in 0..8 {
+                registers[k] = tile[(first + k) / C][(first + k) % C];
             }
+            // SAFETY: AVX2, as the caller's contract; `lanes` holds 8.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums8(registers)) };
+            for k in 0..8 {
+                sums[(first + k) / C][(first + k) % C] = lanes[k];
+            }
+            first += 8;
         }
         for k in full..R * C {
             // SAFETY: the caller's contract.
-            sums[k / C][k % C] = unsafe { <Avx2 as Lanes<f32>>::reduce_sum(register(k)) };
+            sums[k / C][k % C] = unsafe { <Avx2 as Lanes<f32>>::reduce_sum(tile[k / C][k % C]) };
         }
         sums
     }
@@ -308,7 +324,10 @@ mod x86 {
         // SAFETY: AVX, as the caller's contract.
         unsafe {
             // Per 128-bit half: [a0 + a1, a2 + a3, b0 + b1, b2 + b3], then the half's sums of 4 registers.
-            let pairs: [__m256; 4] = std::array::from_fn(|k| _mm256_hadd_ps(v[2 * k], v[2 * k + 1]));
+            let mut pairs = [v[0]; 4];
+            for k in 0..4 {
+                pairs[k] = _mm256_hadd_ps(v[2 * k], v[2 * k + 1]);
+            }
             let (low, high) = (_mm256_hadd_ps(pairs[0], pairs[1]), _mm256_hadd_ps(pairs[2], pairs[3]));
             _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(low, high), _mm256_permute2f128_ps::<0x31>(low, high))
         }
@@ -320,16 +339,25 @@ mod x86 {
     /// (ResNet's 7×7 layers) with a reduction per register, 113 with this.
     #[inline(always)]
     unsafe fn reduce_tile16<const R: usize, const C: usize>(tile: &[[__m512; C]; R]) -> [[f32; C]; R] {
+        let mut sums = [[0f32; C]; R];
         if R * C != 16 {
-            // SAFETY: the caller's contract.
-            return std::array::from_fn(|i| {
-                std::array::from_fn(|j| unsafe { <Avx512 as Lanes<f32>>::reduce_sum(tile[i][j]) })
-            });
+            for k in 0..R * C {
+                // SAFETY: the caller's contract.
+                sums[k / C][k % C] = unsafe { <Avx512 as Lanes<f32>>::reduce_sum(tile[k / C][k % C]) };
+            }
+            return sums;
         }
-        let mut sums = [0f32; 16];
-        // SAFETY: AVX-512 F, as the caller's contract; `sums` holds 16 lanes.
-        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), sums16(std::array::from_fn(|k| tile[k / C][k % C]))) };
-        std::array::from_fn(|i| std::array::from_fn(|j| sums[i * C + j]))
+        let mut registers = [tile[0][0]; 16];
+        for k in 0..16 {
+            registers[k] = tile[k / C][k % C];
+        }
+        let mut lanes = [0f32; 16];
+        // SAFETY: AVX-512 F, as the caller's contract; `lanes` holds 16.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums16(registers)) };
+        for k in 0..16 {
+            sums[k / C][k % C] = lanes[k];
+        }
+        sums
     }
 
     /// The lane sums of 16 registers as one: lane `i` sums `v[i]`. Each step
@@ -340,21 +368,28 @@ mod x86 {
         // SAFETY: AVX-512 F, as the caller's contract.
         unsafe {
             // Per 128-bit block: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] of `a = v[2k]`, `b = v[2k + 1]`.
-            let w: [__m512; 8] = std::array::from_fn(|k| {
+            let mut w = [v[0]; 8];
+            for k in 0..8 {
                 let (a, b) = (v[2 * k], v[2 * k + 1]);
-                _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
-            });
+                w[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            }
             // Per block: the block's sums of `v[4k..4k + 4]`.
-            let x: [__m512; 4] = std::array::from_fn(|k| {
+            let mut x = [v[0]; 4];
+            for k in 0..4 {
                 let (a, b) = (w[2 * k], w[2 * k + 1]);
-                _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xEE>(a, b))
-            });
+                x[k] = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xEE>(a, b));
+            }
             // Blocks (0 + 1, 2 + 3) of two registers, then of all four: block `m` sums `x[m]`'s.
-            let halves = |a: __m512, b: __m512| {
-                _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
-            };
-            halves(halves(x[0], x[1]), halves(x[2], x[3]))
+            let (y, z) = (halves16(x[0], x[1]), halves16(x[2], x[3]));
+            halves16(y, z)
         }
+    }
+
+    /// `[a0 + a1, a2 + a3, b0 + b1, b2 + b3]` over the 128-bit blocks of `a` and `b`.
+    #[inline(always)]
+    unsafe fn halves16(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512 F, as the caller's contract.
+        unsafe { _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b)) }
     }
 
     // Horizontal sums halve the register until one lane is left: a fixed order.
