@@ -231,12 +231,12 @@ mod x86 {
             x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, |$r| $hsum, {});
         };
         ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
-         $fma:ident, $add:ident, |$r:ident| $hsum:expr, reduce_tile: $reduce_tile:ident) => {
+         $fma:ident, $add:ident, |$r:ident| $hsum:expr, reduce_tile: blocks of $block:literal) => {
             x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, |$r| $hsum, {
                 #[inline(always)]
                 unsafe fn reduce_tile<const R: usize, const C: usize>(tile: &[[$v; C]; R]) -> [[$a; C]; R] {
                     // SAFETY: see the impl.
-                    unsafe { $reduce_tile(tile) }
+                    unsafe { reduce_in_blocks::<Self, $block, R, C>(tile) }
                 }
             });
         };
@@ -291,28 +291,61 @@ mod x86 {
         };
     }
 
-    /// [`Lanes::reduce_tile`] for AVX2's f32: the tile's registers eight at a
-    /// time reduced together (the `nt` kernel's 3×4: eight, then four one by one).
+    /// Registers whose lane sums an instruction set makes `B` at a time, as one
+    /// register of `B` lanes ([`reduce_in_blocks`]).
+    trait BlockSums<const B: usize>: Lanes<f32> {
+        /// Lane `i` of the result sums the lanes of `v[i]`.
+        unsafe fn block_sums(v: [Self::V; B]) -> [f32; B];
+    }
+
+    impl BlockSums<8> for Avx2 {
+        #[inline(always)]
+        unsafe fn block_sums(v: [__m256; 8]) -> [f32; 8] {
+            let mut lanes = [0f32; 8];
+            // SAFETY: AVX2, as the caller's contract; `lanes` holds 8.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums8(v)) };
+            lanes
+        }
+    }
+
+    impl BlockSums<16> for Avx512 {
+        #[inline(always)]
+        unsafe fn block_sums(v: [__m512; 16]) -> [f32; 16] {
+            let mut lanes = [0f32; 16];
+            // SAFETY: AVX-512 F, as the caller's contract; `lanes` holds 16.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums16(v)) };
+            lanes
+        }
+    }
+
+    /// [`Lanes::reduce_tile`] with the tile's registers taken `B` at a time in
+    /// row-major order ([`BlockSums`]), the rest one by one: AVX2's `nt` tile
+    /// of 3×4 is a block of 8 and 4 single registers, AVX-512's 4×4 one block
+    /// of 16. On Zen 4 the AVX-512 `nt` kernel ran at 91 GFLOP/s on one core
+    /// over 208 columns (ResNet's 7×7 layers) with a reduction per register,
+    /// 113 with this. Plain index loops, no closures, as the trait's default says.
     #[inline(always)]
-    unsafe fn reduce_tile8<const R: usize, const C: usize>(tile: &[[__m256; C]; R]) -> [[f32; C]; R] {
+    unsafe fn reduce_in_blocks<S: BlockSums<B>, const B: usize, const R: usize, const C: usize>(
+        tile: &[[S::V; C]; R],
+    ) -> [[f32; C]; R] {
         let mut sums = [[0f32; C]; R];
-        let (mut lanes, full) = ([0f32; 8], R * C / 8 * 8);
+        let full = R * C / B * B;
         let mut first = 0;
         while first < full {
-            let mut registers = [tile[0][0]; 8];
-            for k in 0..8 {
+            let mut registers = [tile[0][0]; B];
+            for k in 0..B {
                 registers[k] = tile[(first + k) / C][(first + k) % C];
             }
-            // SAFETY: AVX2, as the caller's contract; `lanes` holds 8.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums8(registers)) };
-            for k in 0..8 {
+            // SAFETY: the caller's contract.
+            let lanes = unsafe { S::block_sums(registers) };
+            for k in 0..B {
                 sums[(first + k) / C][(first + k) % C] = lanes[k];
             }
-            first += 8;
+            first += B;
         }
         for k in full..R * C {
             // SAFETY: the caller's contract.
-            sums[k / C][k % C] = unsafe { <Avx2 as Lanes<f32>>::reduce_sum(tile[k / C][k % C]) };
+            sums[k / C][k % C] = unsafe { S::reduce_sum(tile[k / C][k % C]) };
         }
         sums
     }
@@ -331,33 +364,6 @@ mod x86 {
             let (low, high) = (_mm256_hadd_ps(pairs[0], pairs[1]), _mm256_hadd_ps(pairs[2], pairs[3]));
             _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(low, high), _mm256_permute2f128_ps::<0x31>(low, high))
         }
-    }
-
-    /// [`Lanes::reduce_tile`] for AVX-512's f32: a tile of 16 registers (the
-    /// `nt` kernel's 4×4) reduced together, others a register at a time. On
-    /// Zen 4 the `nt` kernel ran at 91 GFLOP/s on one core over 208 columns
-    /// (ResNet's 7×7 layers) with a reduction per register, 113 with this.
-    #[inline(always)]
-    unsafe fn reduce_tile16<const R: usize, const C: usize>(tile: &[[__m512; C]; R]) -> [[f32; C]; R] {
-        let mut sums = [[0f32; C]; R];
-        if R * C != 16 {
-            for k in 0..R * C {
-                // SAFETY: the caller's contract.
-                sums[k / C][k % C] = unsafe { <Avx512 as Lanes<f32>>::reduce_sum(tile[k / C][k % C]) };
-            }
-            return sums;
-        }
-        let mut registers = [tile[0][0]; 16];
-        for k in 0..16 {
-            registers[k] = tile[k / C][k % C];
-        }
-        let mut lanes = [0f32; 16];
-        // SAFETY: AVX-512 F, as the caller's contract; `lanes` holds 16.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums16(registers)) };
-        for k in 0..16 {
-            sums[k / C][k % C] = lanes[k];
-        }
-        sums
     }
 
     /// The lane sums of 16 registers as one: lane `i` sums `v[i]`. Each step
@@ -420,7 +426,7 @@ mod x86 {
         _mm256_fmadd_ps,
         _mm256_add_ps,
         |v| hsum_ps128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))),
-        reduce_tile: reduce_tile8
+        reduce_tile: blocks of 8
     );
     x86_lanes!(
         Avx2,
@@ -453,7 +459,7 @@ mod x86 {
             );
             hsum_ps128(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h)))
         },
-        reduce_tile: reduce_tile16
+        reduce_tile: blocks of 16
     );
     x86_lanes!(
         Avx512,
