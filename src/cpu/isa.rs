@@ -142,9 +142,25 @@ pub(crate) unsafe trait Lanes<A: Copy>: Copy + 'static {
         }
         sums
     }
+    /// Stores the first `n` lanes of `v` at `p` (`n <= LANES`), through a
+    /// register-sized buffer: once per row, for a row's last partial vector.
+    #[inline(always)]
+    unsafe fn store_first(p: *mut A, v: Self::V, n: usize) {
+        const { assert!(Self::LANES <= MAX_LANES) };
+        // SAFETY (whole body): the buffer holds `LANES` values, the caller
+        // guarantees `n <= LANES` writable elements at `p`.
+        unsafe {
+            let mut lanes = [Self::reduce_sum(Self::zero()); MAX_LANES];
+            Self::store(lanes.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
+        }
+    }
     /// `c + a * b` on scalars, with the same rounding as [`Lanes::mul_add`].
     fn mul_add_scalar(a: A, b: A, c: A) -> A;
 }
+
+/// The most lanes any register of [`Lanes`] has (AVX-512's f32).
+const MAX_LANES: usize = 16;
 
 /// `L` lanes as a plain array, vectorised by the compiler for the build
 /// target. The portable instruction set is `Portable<4>`; tests also run the

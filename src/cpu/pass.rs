@@ -478,6 +478,14 @@ pub(crate) fn as_accumulators<T: Element>(values: &[T]) -> Option<&[T::Accum]> {
     as_type(values)
 }
 
+/// [`as_accumulators`], writable.
+pub(crate) fn as_accumulators_mut<T: Element>(values: &mut [T]) -> Option<&mut [T::Accum]> {
+    (TypeId::of::<T>() == TypeId::of::<T::Accum>()).then(|| {
+        // SAFETY: `T` and `T::Accum` are the same type.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<T::Accum>(), values.len()) }
+    })
+}
+
 /// `src` widened to the accumulator type: borrowed as it is when `T` already is
 /// that type, converted into `buffer` otherwise.
 pub(crate) fn widened<'a, T: Element>(src: &'a [T], buffer: &'a mut Vec<T::Accum>) -> &'a [T::Accum] {

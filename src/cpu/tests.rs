@@ -91,6 +91,16 @@ fn large_geometries() -> Vec<ConvGeometry> {
         conv(&[2, 8, 33, 40], &[24, 8, 3, 3], ConvOptions::new().padding(1).stride(2)),
         conv(&[1, 3, 40, 44], &[20, 3, 7, 7], ConvOptions::new().padding(3).stride(2)),
         conv(&[1, 4, 9, 12, 20], &[10, 4, 3, 2, 3], ConvOptions::new().padding([1, 0, 1]).stride([1, 2, 2])),
+        // One output per group, in blocks of rows: 3-D, strided and dilated along
+        // dim 2, two sources per group; dilated along dim 1 (one run instead).
+        conv(&[1, 6, 5, 9, 21], &[6, 1, 3, 3, 3], ConvOptions::new().padding(1).groups(6)),
+        conv(
+            &[2, 4, 13, 30],
+            &[4, 1, 3, 5],
+            ConvOptions::new().padding([1, 4]).dilation([1, 2]).stride([1, 2]).groups(4),
+        ),
+        conv(&[2, 8, 11, 18], &[4, 2, 3, 3], ConvOptions::new().padding(1).groups(4)),
+        conv(&[2, 8, 11, 18], &[4, 2, 3, 3], ConvOptions::new().padding(2).dilation([2, 1]).groups(4)),
         // Pointwise, run on the merged volume: over several column blocks, and transposed in 3-D.
         conv(&[2, 40, 19, 23], &[21, 40, 1, 1], ConvOptions::new()),
         convt(&[2, 20, 5, 6, 7], &[20, 9, 1, 1, 1], ConvTransposeOptions::new()),

@@ -6,8 +6,9 @@
 //!   `a` packed in strips, or read in place from `MR` weight rows ([`AOperand`]).
 //! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
 //!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
-//! - `taps`, `dots`: rows of the direct path for thin groups (a few outputs
-//!   summed over every source channel and tap); `sum`: bias gradients.
+//! - `taps`, `row_taps`, `dots`: rows of the direct path for thin groups (a
+//!   few outputs summed over every source channel and tap; `row_taps` one
+//!   output over blocks of rows that share their source rows); `sum`: bias gradients.
 //!
 //! Each output element is one chain of multiply-adds in a fixed order, so a
 //! result depends on the data and the instruction set only, never on tiling
@@ -33,8 +34,8 @@ use nn::nn;
 pub(crate) use nn::{AStrip, AValues, NnTile, PackedA, RowsA};
 pub(crate) use nt::NtTile;
 use nt::nt;
-pub(crate) use rows::{DotsRow, TapsBlock};
-use rows::{dots_row, sum, taps_block};
+pub(crate) use rows::{DotsRow, RowTaps, TapGrid, TapsBlock};
+use rows::{dots_row, row_taps, sum, taps_block};
 
 /// A micro-kernel that reads the `b` rows of its tile where they are:
 /// `c[i·ldc + j] (+)= Σ_k a[k][i] · rows.row(k)[offset + j]` over its
@@ -243,6 +244,7 @@ pub(crate) struct Kernels<A: 'static> {
     sum: unsafe fn(usize, *const A) -> A,
     /// `taps` blocks of 1, 2 and 4 outputs.
     taps: [unsafe fn(&TapsBlock<A>); 3],
+    row_taps: unsafe fn(&RowTaps<A>),
     dots_row: unsafe fn(&DotsRow<A>),
     /// The bf16 channel-pair kernel, where this instruction set has one.
     pub pairs: Option<PairKernels<A>>,
@@ -252,12 +254,13 @@ pub(crate) struct Kernels<A: 'static> {
 /// `#[target_feature]` wrappers when it names features, and builds its tables.
 /// Each table names its accumulator, the register type, and the shapes:
 /// `nn` rows × vectors and the heights of its two edge kernels, `nt` rows ×
-/// columns, the vectors of the `taps` blocks of 1, 2 and 4 outputs, and the
-/// rows of `dots`.
+/// columns, the vectors of the `taps` blocks of 1, 2 and 4 outputs, the
+/// rows × vectors of a `row_taps` block, and the rows of `dots`.
 macro_rules! isa_kernels {
     ($module:ident, [$($features:literal)?],
      $($table:ident: $a:ty, $s:ty, nn: ($mr:literal, $nv:literal), edges: ($e1:literal, $e2:literal),
-       nt: ($tr:literal, $tc:literal), taps: ($t1:literal, $t2:literal, $t4:literal), dots: $dots:literal;)+) => {
+       nt: ($tr:literal, $tc:literal), taps: ($t1:literal, $t2:literal, $t4:literal),
+       row_taps: ($rr:literal, $rv:literal), dots: $dots:literal;)+) => {
         mod $module {
             use super::*;
 
@@ -300,6 +303,12 @@ macro_rules! isa_kernels {
             }
 
             $(#[target_feature(enable = $features)])?
+            unsafe fn row_taps_k<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTaps<A>) {
+                // SAFETY: forwarded from the caller.
+                unsafe { row_taps::<S, A, R, V>(r) }
+            }
+
+            $(#[target_feature(enable = $features)])?
             unsafe fn dots_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const T: usize>(r: &DotsRow<A>) {
                 // SAFETY: forwarded from the caller.
                 unsafe { dots_row::<S, A, T>(r) }
@@ -319,6 +328,7 @@ macro_rules! isa_kernels {
                     nt_indirect: nt_k::<$s, $a, Gathered<$a>, $tr, $tc>,
                     sum: sum_k::<$s, $a>,
                     taps: [taps_k::<$s, $a, 1, $t1>, taps_k::<$s, $a, 2, $t2>, taps_k::<$s, $a, 4, $t4>],
+                    row_taps: row_taps_k::<$s, $a, $rr, $rv>,
                     dots_row: dots_k::<$s, $a, $dots>,
                     pairs: None,
                 };
@@ -340,17 +350,17 @@ macro_rules! isa_kernels {
 // The `tile_shapes` modules below repeat both in plain Rust for the tests.
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(avx512, ["avx512f,avx2,fma"],
-    F32: f32, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
+    F64: f64, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
 );
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(avx2, ["avx2,fma"],
-    F32: f32, Avx2, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Avx2, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Avx2, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), row_taps: (4, 2), dots: 9;
+    F64: f64, Avx2, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), row_taps: (4, 2), dots: 9;
 );
 isa_kernels!(portable, [],
-    F32: f32, Portable<4>, nn: (4, 2), edges: (1, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
-    F64: f64, Portable<4>, nn: (4, 2), edges: (1, 2), nt: (2, 2), taps: (2, 2, 1), dots: 4;
+    F32: f32, Portable<4>, nn: (4, 2), edges: (1, 2), nt: (2, 2), taps: (2, 2, 1), row_taps: (2, 1), dots: 4;
+    F64: f64, Portable<4>, nn: (4, 2), edges: (1, 2), nt: (2, 2), taps: (2, 2, 1), row_taps: (2, 1), dots: 4;
 );
 
 // The x86 tables' shapes and register widths, computed in plain Rust: the
@@ -358,13 +368,13 @@ isa_kernels!(portable, [],
 // checked on any CPU, whichever this one has.
 #[cfg(test)]
 isa_kernels!(avx512_shapes, [],
-    F32: f32, Portable<16>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Portable<8>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Portable<16>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
+    F64: f64, Portable<8>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
 );
 #[cfg(test)]
 isa_kernels!(avx2_shapes, [],
-    F32: f32, Portable<8>, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
-    F64: f64, Portable<4>, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), dots: 9;
+    F32: f32, Portable<8>, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), row_taps: (4, 2), dots: 9;
+    F64: f64, Portable<4>, nn: (6, 2), edges: (2, 4), nt: (3, 4), taps: (8, 4, 2), row_taps: (4, 2), dots: 9;
 );
 
 /// The `f32` or `f64` table among two, as `Kernels<A>`.
@@ -506,6 +516,55 @@ impl<A: Copy + 'static> Kernels<A> {
             unsafe { (self.taps[log2])(&block) }
             o += 1 << log2;
         }
+    }
+
+    /// `out[m·ldo + i] = Σ_c Σ_{(s, r, j)} weights[c][s][r][j] · sources.row(c)[grid(s, r, j) + m·pitch + i]`
+    /// for `m < rows` and `i < width`: one output over the taps of `grid` on
+    /// every source, in blocks of rows that load each source row once (see
+    /// [`TapGrid`]). Rows are computed in whole vectors, so the sources are
+    /// read up to `width` rounded up to the lane count; only `width` values of
+    /// each output row are stored.
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn row_taps(
+        &self,
+        grid: &TapGrid,
+        sources: &RowSet<'_, A>,
+        weights: &[A],
+        rows: usize,
+        width: usize,
+        out: &mut [A],
+        ldo: usize,
+    ) {
+        let channels = sources.rows();
+        assert_eq!(
+            weights.len(),
+            channels * grid.taps(),
+            "row_taps: weights for {channels} sources of {} taps",
+            grid.taps()
+        );
+        if rows == 0 || width == 0 {
+            return;
+        }
+        let reach = grid.reach(rows, width.next_multiple_of(self.lanes));
+        assert!(channels == 0 || sources.row_len() >= reach, "row_taps: sources hold {} < {reach}", sources.row_len());
+        assert!(ldo >= width && out.len() >= (rows - 1) * ldo + width, "row_taps: out too short");
+        let call = RowTaps {
+            sources: sources.pointers(),
+            channels,
+            slabs: grid.slabs.as_ptr(),
+            slab_count: grid.slabs.len(),
+            tap_rows: grid.tap_rows,
+            columns: grid.columns.as_ptr(),
+            column_count: grid.columns.len(),
+            pitch: grid.pitch,
+            weights: weights.as_ptr(),
+            rows,
+            width,
+            out: out.as_mut_ptr(),
+            ldo,
+        };
+        // SAFETY: as in `nn`; every source holds the grid's reach over the call's rows.
+        unsafe { (self.row_taps)(&call) }
     }
 
     /// `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.

@@ -85,6 +85,174 @@ unsafe fn taps_chunk<S: Lanes<A>, A: Copy, const O: usize, const W: usize>(r: &T
     }
 }
 
+/// Where the taps of a [`RowTaps`] call read, relative to a source's origin:
+/// every (slab, tap row, column) combination is one tap. Tap row `r` of slab
+/// `s` at column `j` reads `slabs[s] + r·pitch + columns[j]` for output row 0,
+/// and one `pitch` further for each row after it, so output row `m + k` reads
+/// as its tap row `r` the source row output row `m` reads as tap row `r + k`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TapGrid {
+    pub slabs: Vec<usize>,
+    pub tap_rows: usize,
+    pub columns: Vec<usize>,
+    pub pitch: usize,
+}
+
+impl TapGrid {
+    pub fn taps(&self) -> usize {
+        self.slabs.len() * self.tap_rows * self.columns.len()
+    }
+
+    /// How far past its origin a source is read for `rows` output rows of
+    /// `width` (a whole number of vectors).
+    pub fn reach(&self, rows: usize, width: usize) -> usize {
+        let (Some(&slab), Some(&column)) = (self.slabs.iter().max(), self.columns.iter().max()) else { return 0 };
+        if rows == 0 || self.tap_rows == 0 || width == 0 {
+            return 0;
+        }
+        slab + (rows - 1 + self.tap_rows - 1) * self.pitch + column + width
+    }
+}
+
+/// The operands of one `row_taps` call: `rows` output rows of `width` values,
+/// `ldo` apart (computed in whole vectors, stored up to `width`), each
+/// `out[m·ldo + i] = Σ_c Σ_s Σ_r Σ_j weights[c][s][r][j] · sources[c][grid(s, r, j) + m·pitch + i]`,
+/// summed in that order (see [`TapGrid`]).
+pub(crate) struct RowTaps<A> {
+    /// One origin per source channel, each valid for the grid's reach.
+    pub sources: *const *const A,
+    pub channels: usize,
+    pub slabs: *const usize,
+    pub slab_count: usize,
+    pub tap_rows: usize,
+    pub columns: *const usize,
+    pub column_count: usize,
+    pub pitch: usize,
+    /// `channels × slabs × tap_rows × columns` weights.
+    pub weights: *const A,
+    pub rows: usize,
+    pub width: usize,
+    pub out: *mut A,
+    pub ldo: usize,
+}
+
+/// [`RowTaps`] in blocks of `R` output rows by `V` registers: each source
+/// vector a block needs is loaded once for all the block's rows that read it
+/// (a 3-row kernel over 4 rows loads 6 source rows, not 12), and `R·V` chains
+/// run side by side.
+#[inline(always)]
+pub(super) unsafe fn row_taps<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTaps<A>) {
+    let full = r.rows / R * R;
+    // SAFETY: `Kernels::row_taps` checked the lengths; the caller the pointers.
+    unsafe {
+        for m in (0..full).step_by(R) {
+            row_block::<S, A, R, V>(r, m);
+        }
+        for m in full..r.rows {
+            row_block::<S, A, 1, V>(r, m);
+        }
+    }
+}
+
+/// [`row_taps`] for output rows `m..m + R`: `V` registers at a time, then
+/// the vectors left two and one at a time (56 columns are 3.5 vectors of 16:
+/// one `V = 2` chunk and one of two, not four chunks of one chain per row).
+#[inline(always)]
+unsafe fn row_block<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTaps<A>, m: usize) {
+    let l = S::LANES;
+    let vectors = r.width.div_ceil(l);
+    let full = vectors / V * V;
+    // SAFETY: as in `row_taps`.
+    unsafe {
+        for v in (0..full).step_by(V) {
+            row_chunk::<S, A, R, V>(r, m, v * l);
+        }
+        let mut v = full;
+        while v < vectors {
+            if vectors - v >= 2 {
+                row_chunk::<S, A, R, 2>(r, m, v * l);
+                v += 2;
+            } else {
+                row_chunk::<S, A, R, 1>(r, m, v * l);
+                v += 1;
+            }
+        }
+    }
+}
+
+/// The `R × W` registers of output rows `m..m + R` at column `i`. Index
+/// loops only: a closure would not inherit the caller's target features.
+#[inline(always)]
+unsafe fn row_chunk<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(r: &RowTaps<A>, m: usize, i: usize) {
+    let (tap_rows, columns) = (r.tap_rows, r.column_count);
+    // SAFETY: rows `m..m + R` and columns `i..i + W·LANES` are inside the
+    // call's; every source holds the grid's reach, the weights all taps.
+    unsafe {
+        let mut acc = [[S::zero(); W]; R];
+        let mut weights = r.weights;
+        for c in 0..r.channels {
+            let origin = (*r.sources.add(c)).add(m * r.pitch + i);
+            for s in 0..r.slab_count {
+                let slab = origin.add(*r.slabs.add(s));
+                // Source row q of the block is tap row q - k of its row k.
+                for q in 0..tap_rows + R - 1 {
+                    let row = slab.add(q * r.pitch);
+                    for j in 0..columns {
+                        let x = load_row::<S, A, W>(row.add(*r.columns.add(j)));
+                        for (k, acc) in acc.iter_mut().enumerate() {
+                            if q >= k && q - k < tap_rows {
+                                let w = S::splat(*weights.add((q - k) * columns + j));
+                                for (acc, &x) in acc.iter_mut().zip(&x) {
+                                    *acc = S::mul_add(w, x, *acc);
+                                }
+                            }
+                        }
+                    }
+                }
+                weights = weights.add(tap_rows * columns);
+            }
+        }
+        store_rows::<S, A, R, W>(r, m, i, &acc);
+    }
+}
+
+/// `W` registers from `at`.
+#[inline(always)]
+unsafe fn load_row<S: Lanes<A>, A: Copy, const W: usize>(at: *const A) -> [S::V; W] {
+    // SAFETY: the caller's source holds `W` vectors at `at`.
+    unsafe {
+        let mut x = [S::zero(); W];
+        for (v, x) in x.iter_mut().enumerate() {
+            *x = S::load(at.add(v * S::LANES));
+        }
+        x
+    }
+}
+
+/// The block's registers to output rows `m..m + R` from column `i`, up to the row's width.
+#[inline(always)]
+unsafe fn store_rows<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(
+    r: &RowTaps<A>,
+    m: usize,
+    i: usize,
+    acc: &[[S::V; W]; R],
+) {
+    for (k, acc) in acc.iter().enumerate() {
+        for (v, &acc) in acc.iter().enumerate() {
+            let column = i + v * S::LANES;
+            // SAFETY: the caller's rows are inside the output, each `width` long.
+            unsafe {
+                let at = r.out.add((m + k) * r.ldo + column);
+                if column + S::LANES <= r.width {
+                    S::store(at, acc);
+                } else {
+                    S::store_first(at, acc, r.width - column);
+                }
+            }
+        }
+    }
+}
+
 /// The operands of one `dots` call: `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.
 pub(crate) struct DotsRow<A> {
     pub len: usize,

@@ -118,11 +118,66 @@ fn check_rows<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa, ks: 
     }
 }
 
+/// `row_taps` against a plain loop: grids of one and two slabs, gapped
+/// columns, one and two sources, row counts around the block height and
+/// widths around the vector, stored exactly `width` values per row.
+fn check_row_taps<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa, ks: Kernels<A>) {
+    let pitch = 5 * ks.lanes + 3;
+    let data: Vec<A> = values(40 * pitch, 9).into_iter().map(A::from_f64).collect();
+    let grids = [
+        TapGrid { slabs: vec![0], tap_rows: 3, columns: vec![0, 1, 2], pitch },
+        TapGrid { slabs: vec![0, 7 * pitch + 1], tap_rows: 2, columns: vec![4, 0], pitch },
+        TapGrid { slabs: vec![2], tap_rows: 1, columns: vec![3], pitch },
+    ];
+    for grid in &grids {
+        for channels in [1, 2] {
+            let weights: Vec<A> = values(channels * grid.taps(), 10).into_iter().map(A::from_f64).collect();
+            let mut sources = RowSet::new();
+            for c in 0..channels {
+                sources.push(&data[c * 3 * pitch + c..]);
+            }
+            for rows in [1, 3, 5, 9] {
+                for width in [1, ks.lanes - 1, ks.lanes, 2 * ks.lanes + 3, 4 * ks.lanes + 1] {
+                    let ldo = width + 2;
+                    let mut out = vec![A::ONE; rows * ldo];
+                    ks.row_taps(grid, &sources, &weights, rows, width, &mut out, ldo);
+                    for m in 0..rows {
+                        for i in 0..width {
+                            let mut want = 0.0;
+                            let mut t = 0;
+                            for c in 0..channels {
+                                for &slab in &grid.slabs {
+                                    for r in 0..grid.tap_rows {
+                                        for &column in &grid.columns {
+                                            let at = c * 3 * pitch + c + slab + (m + r) * pitch + column + i;
+                                            want += weights[t].to_f64() * data[at].to_f64();
+                                            t += 1;
+                                        }
+                                    }
+                                }
+                            }
+                            let got = out[m * ldo + i].to_f64();
+                            assert!(
+                                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                "row_taps {isa:?} {grid:?} {m} {i}"
+                            );
+                        }
+                        let gap = &out[m * ldo + width..][..2];
+                        assert!(gap.iter().all(|v| v.to_f64() == 1.0), "row_taps {isa:?} wrote past a row's width");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn every_supported_isa_computes_the_row_kernels() {
     for isa in CpuIsa::supported() {
         check_rows::<f32>(isa, kernels(isa).unwrap());
         check_rows::<f64>(isa, kernels(isa).unwrap());
+        check_row_taps::<f32>(isa, kernels(isa).unwrap());
+        check_row_taps::<f64>(isa, kernels(isa).unwrap());
     }
 }
 
@@ -131,6 +186,8 @@ fn every_isa_shape_computes_the_kernels_in_plain_rust() {
     for isa in CpuIsa::ALL {
         check_rows::<f32>(isa, kernels_shaped_as(isa).unwrap());
         check_rows::<f64>(isa, kernels_shaped_as(isa).unwrap());
+        check_row_taps::<f32>(isa, kernels_shaped_as(isa).unwrap());
+        check_row_taps::<f64>(isa, kernels_shaped_as(isa).unwrap());
         check_isa::<f32>(isa, kernels_shaped_as(isa).unwrap());
         check_isa::<f64>(isa, kernels_shaped_as(isa).unwrap());
     }
