@@ -103,6 +103,11 @@ impl TapGrid {
         self.slabs.len() * self.tap_rows * self.columns.len()
     }
 
+    /// Whether the grid is one slab of `k` rows by `k` columns.
+    pub fn is_square(&self, k: usize) -> bool {
+        self.slabs.len() == 1 && self.tap_rows == k && self.columns.len() == k
+    }
+
     /// How far past its origin a source is read for `rows` output rows of
     /// `width` (a whole number of vectors).
     pub fn reach(&self, rows: usize, width: usize) -> usize {
@@ -148,8 +153,15 @@ pub(super) unsafe fn row_taps<S: Lanes<A>, A: Copy, const R: usize, const V: usi
         for m in (0..full).step_by(R) {
             row_block::<S, A, R, V>(r, m);
         }
-        for m in full..r.rows {
-            row_block::<S, A, 1, V>(r, m);
+        let mut m = full;
+        while m < r.rows {
+            if r.rows - m >= 2 {
+                row_block::<S, A, 2, V>(r, m);
+                m += 2;
+            } else {
+                row_block::<S, A, 1, V>(r, m);
+                m += 1;
+            }
         }
     }
 }
@@ -213,6 +225,70 @@ unsafe fn row_chunk<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(r: &Ro
             }
         }
         store_rows::<S, A, R, W>(r, m, i, &acc);
+    }
+}
+
+/// [`RowTaps`] for a `K × K` grid of one slab, in blocks of `R` rows by one
+/// register: the `K²` weights of a source stay in registers, every loop but
+/// the channels' unrolls, and each block loads `K + R - 1` rows of `K`
+/// vectors. The same sums in the same order as [`row_taps`].
+#[inline(always)]
+pub(super) unsafe fn square_taps<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: &RowTaps<A>) {
+    let l = S::LANES;
+    let full = r.rows / R * R;
+    // SAFETY: `Kernels::row_taps` checked the lengths and the grid's shape.
+    unsafe {
+        for m in (0..full).step_by(R) {
+            for i in (0..r.width).step_by(l) {
+                square_chunk::<S, A, R, K>(r, m, i);
+            }
+        }
+        let mut m = full;
+        while m < r.rows {
+            let two = r.rows - m >= 2;
+            for i in (0..r.width).step_by(l) {
+                if two {
+                    square_chunk::<S, A, 2, K>(r, m, i);
+                } else {
+                    square_chunk::<S, A, 1, K>(r, m, i);
+                }
+            }
+            m += if two { 2 } else { 1 };
+        }
+    }
+}
+
+/// The `R` registers of output rows `m..m + R` at column `i` of [`square_taps`].
+#[inline(always)]
+unsafe fn square_chunk<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: &RowTaps<A>, m: usize, i: usize) {
+    // SAFETY: as in `row_chunk`.
+    unsafe {
+        let mut acc = [[S::zero(); 1]; R];
+        let mut columns = [0; K];
+        for (j, column) in columns.iter_mut().enumerate() {
+            *column = *r.columns.add(j);
+        }
+        for c in 0..r.channels {
+            let slab = (*r.sources.add(c)).add(*r.slabs + m * r.pitch + i);
+            let mut w = [[S::zero(); K]; K];
+            for (t, w) in w.iter_mut().enumerate() {
+                for (j, w) in w.iter_mut().enumerate() {
+                    *w = S::splat(*r.weights.add((c * K + t) * K + j));
+                }
+            }
+            for q in 0..K + R - 1 {
+                let row = slab.add(q * r.pitch);
+                for j in 0..K {
+                    let x = S::load(row.add(columns[j]));
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        if q >= k && q - k < K {
+                            acc[0] = S::mul_add(w[q - k][j], x, acc[0]);
+                        }
+                    }
+                }
+            }
+        }
+        store_rows::<S, A, R, 1>(r, m, i, &acc);
     }
 }
 
