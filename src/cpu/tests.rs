@@ -91,6 +91,12 @@ fn large_geometries() -> Vec<ConvGeometry> {
         conv(&[2, 8, 33, 40], &[24, 8, 3, 3], ConvOptions::new().padding(1).stride(2)),
         conv(&[1, 3, 40, 44], &[20, 3, 7, 7], ConvOptions::new().padding(3).stride(2)),
         conv(&[1, 4, 9, 12, 20], &[10, 4, 3, 2, 3], ConvOptions::new().padding([1, 0, 1]).stride([1, 2, 2])),
+        // A kernel as large as its stride: `x` read in place by implicit GEMM
+        // (whole planes of 32-column blocks), over blocks of positions that
+        // start inside a 32-column block, and in 3-D.
+        convt(&[2, 16, 8, 16], &[16, 20, 2, 2], ConvTransposeOptions::new().stride(2)),
+        convt(&[1, 96, 48, 40], &[96, 24, 2, 2], ConvTransposeOptions::new().stride(2)),
+        convt(&[1, 8, 4, 8, 8], &[8, 4, 2, 2, 2], ConvTransposeOptions::new().stride(2)),
         // One output per group, in blocks of rows: 3-D, strided and dilated along
         // dim 2, two sources per group; dilated along dim 1 (one run instead).
         conv(&[1, 6, 5, 9, 21], &[6, 1, 3, 3, 3], ConvOptions::new().padding(1).groups(6)),

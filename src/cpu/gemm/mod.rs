@@ -140,7 +140,10 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
     let Some(plan) = Plan::new(passes, mr, nr, size) else { return 0 };
     // As `Source::new`: f32 weights in place for a forward pass over few
     // columns, and bf16 pairs alike where `X̂` is packed and the reduction is even.
-    let bordered = BorderedLayout::len(passes, nr, slots);
+    // The bordered copy, unless it is the source itself (read in place).
+    let source_in_place =
+        pairs.is_none() && matches!(dtype, DType::F32 | DType::F64) && BorderedLayout::is_source(passes, nr);
+    let bordered = if source_in_place { 0 } else { BorderedLayout::len(passes, nr, slots) };
     let in_place = match pairs {
         None => weights_in_place(passes, matches!(dtype, DType::F32 | DType::F64)),
         Some(_) => bordered == 0 && pairs_in_place(passes),
@@ -154,7 +157,7 @@ pub(crate) fn workspace_bytes<A: Copy + 'static>(
     // pass it runs at once (two that interleave); the bordered copy replaces
     // the panels where it is used.
     let at_once = if passes.windows(2).any(|pair| interleaves(&pair[0], &pair[1])) { 2 } else { 1 };
-    let panel = if bordered > 0 { 0 } else { plan.max_ldb * k };
+    let panel = if bordered > 0 || source_in_place { 0 } else { plan.max_ldb * k };
     let per_thread = at_once * threads.max(1);
     (weights + bordered + per_thread * panel) * slot_size + per_thread * plan.max_ldb * plan.rows * size
 }
@@ -350,7 +353,7 @@ fn multiply_pass<A: Accumulator>(
 /// Where a forward or adjoint op reads `X̂` from, with the weights packed per pass for its kernel.
 enum Source<'a, A: 'static> {
     /// Read in place from a bordered copy of `src`.
-    Bordered(Bordered<A>, Weights<'a, A>),
+    Bordered(Bordered<'a, A>, Weights<'a, A>),
     /// Packed from NCHW into a panel per task.
     Panel(Weights<'a, A>),
     /// bf16 `src` in pairs, for the pair kernel: pairs of channels read in
@@ -358,7 +361,7 @@ enum Source<'a, A: 'static> {
     /// per task, in `order`.
     Pairs {
         src: &'a [bf16],
-        bordered: Option<Bordered<u32>>,
+        bordered: Option<Bordered<'a, u32>>,
         weights: Weights<'a, u32>,
         kernels: PairKernels<A>,
         order: PairOrder,
@@ -588,7 +591,7 @@ fn multiply_indirect<A: Accumulator, B>(
     ks: &impl IndirectKernel<A, B>,
     pass: &Pass,
     weights: &Weights<'_, B>,
-    bordered: &Bordered<B>,
+    bordered: &Bordered<'_, B>,
     pass_index: usize,
     images: &[ImageColumns],
     ldb: usize,
@@ -601,7 +604,7 @@ fn multiply_indirect<A: Accumulator, B>(
     let row = |image: &ImageColumns, kk: usize| {
         let planes = (image.n * pass.groups + group) * bordered.channels * bordered.plane_len;
         let Range { start, end } = steps[kk];
-        &bordered.data[planes + start + image.first..planes + end]
+        &bordered.data()[planes + start + image.first..planes + end]
     };
     let weights = weights.block(pass, pass_index, group, &channels, ks.tile().0, k);
     multiply_rows(ks, k, &weights, images, ldb, channels, buffer, row)

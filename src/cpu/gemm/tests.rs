@@ -1,6 +1,8 @@
 use super::bordered::deinterleave_pairs;
 use super::plan::whole_rows;
 use super::*;
+use crate::cpu::isa::CpuIsa;
+use crate::cpu::kernels::kernels;
 use crate::geometry::{ConvGeometry, ConvOptions, ConvTransposeOptions};
 
 /// Row blocks cover a group's channels once, in whole strips, none more than a strip longer than another.
@@ -96,4 +98,27 @@ fn large_test_shapes_cover_both_panel_sources() {
     assert!(BorderedLayout::new(&[Pass::forward(&narrow)], nr).is_none());
     let pointwise = ConvGeometry::conv(2, &[1, 8, 6, 6], &[16, 8, 1, 1], None, &ConvOptions::new()).unwrap();
     assert!(BorderedLayout::new(&[Pass::forward(&pointwise)], nr).is_none());
+}
+
+/// The bordered copy is the source itself only for whole-grid passes of one
+/// tap at offset zero over planes of whole `nr` blocks; only f32 and f64 then
+/// count no copy in their workspace.
+#[test]
+fn the_source_is_read_in_place_only_where_it_is_the_copy() {
+    let up = |x: &[usize], k: usize, s: usize| {
+        let opts = ConvTransposeOptions::new().stride(s);
+        Pass::adjoint(&ConvGeometry::conv_transpose(2, x, &[x[1], 64, k, k], None, &opts).unwrap())
+    };
+    assert!(BorderedLayout::is_source(&up(&[1, 128, 64, 64], 2, 2), 32));
+    // 63 × 63 positions are not whole blocks of 32; a 4×4 kernel at stride 2 has offset taps.
+    assert!(!BorderedLayout::is_source(&up(&[1, 128, 63, 63], 2, 2), 32));
+    assert!(!BorderedLayout::is_source(&up(&[1, 128, 64, 64], 4, 2), 32));
+    let conv = ConvGeometry::conv(2, &[1, 64, 64, 64], &[64, 64, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
+    assert!(!BorderedLayout::is_source(&[Pass::forward(&conv)], 32));
+    let ks = kernels::<f32>(CpuIsa::Portable).unwrap();
+    let passes = up(&[1, 128, 64, 64], 2, 2);
+    let copy = BorderedLayout::len(&passes, ks.nn_cols, 128) * 4;
+    let f32_bytes = workspace_bytes(&ks, &passes, DType::F32, 2);
+    let f16_bytes = workspace_bytes(&ks, &passes, DType::F16, 2);
+    assert!(f16_bytes >= f32_bytes + copy, "{f16_bytes} vs {f32_bytes} + {copy}");
 }

@@ -103,7 +103,7 @@ pub(crate) fn correlate_weight<T: Element>(ks: &Kernels<T::Accum>, pass: &Pass, 
                             let (c, j) = (kk / ntaps, kk % ntaps);
                             let plane = ((image.n * groups + group) * pass.src_channels + c) * bordered.plane_len;
                             let start = plane + bordered.starts[0][j] + image.first;
-                            xhat.push(&bordered.data[start..plane + bordered.plane_len]);
+                            xhat.push(&bordered.data()[start..plane + bordered.plane_len]);
                         }
                         for _ in rows.len()..rows.len().next_multiple_of(nr) {
                             xhat.push(&zeros);
