@@ -356,14 +356,16 @@ macro_rules! isa_kernels {
 // column block of at most `lanes` columns: ResNet's 7×7 layers have 196
 // columns, 6 blocks of 32 and 4 columns.
 // Register budgets: AVX-512 has 32 registers (nn: 12×2 accumulators + 2 loads +
-// a broadcast; nt: 4×4 + 4 + 4), AVX2 has 16 (nn: 6×2 + 2 + 1; nt: 3×4 + 3 + 1).
-// An AVX-512 `nt` of 4×6 (24 + 4 + 1 on paper) had its accumulators spilled to
-// the stack by the compiler and ran at a third of 4×4's speed on Zen 4.
+// a broadcast; nt: 4×4 + 4 + 4; taps of four outputs: 4×4 + 4 + 1, where 4×2
+// ran ResNeXt's grouped layer 7-10% slower), AVX2 has 16 (nn: 6×2 + 2 + 1;
+// nt: 3×4 + 3 + 1). An AVX-512 `nt` of 4×6 (24 + 4 + 1 on paper) had its
+// accumulators spilled to the stack by the compiler and ran at a third of
+// 4×4's speed on Zen 4.
 // The `tile_shapes` modules below repeat both in plain Rust for the tests.
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(avx512, ["avx512f,avx2,fma"],
-    F32: f32, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
-    F64: f64, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
+    F32: f32, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 4), row_taps: (4, 4), dots: 9;
+    F64: f64, Avx512, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 4), row_taps: (4, 4), dots: 9;
 );
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(avx2, ["avx2,fma"],
@@ -380,8 +382,8 @@ isa_kernels!(portable, [],
 // checked on any CPU, whichever this one has.
 #[cfg(test)]
 isa_kernels!(avx512_shapes, [],
-    F32: f32, Portable<16>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
-    F64: f64, Portable<8>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 2), row_taps: (4, 4), dots: 9;
+    F32: f32, Portable<16>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 4), row_taps: (4, 4), dots: 9;
+    F64: f64, Portable<8>, nn: (12, 2), edges: (4, 8), nt: (4, 4), taps: (8, 4, 4), row_taps: (4, 4), dots: 9;
 );
 #[cfg(test)]
 isa_kernels!(avx2_shapes, [],
