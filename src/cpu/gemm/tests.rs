@@ -2,7 +2,7 @@ use super::bordered::deinterleave_pairs;
 use super::plan::whole_rows;
 use super::*;
 use crate::cpu::isa::CpuIsa;
-use crate::cpu::kernels::kernels;
+use crate::cpu::kernels::kernels_shaped_as;
 use crate::geometry::{ConvGeometry, ConvOptions, ConvTransposeOptions};
 
 /// Row blocks cover a group's channels once, in whole strips, none more than a strip longer than another.
@@ -101,8 +101,8 @@ fn large_test_shapes_cover_both_panel_sources() {
 }
 
 /// The bordered copy is the source itself only for whole-grid passes of one
-/// tap at offset zero over planes of whole `nr` blocks; only f32 and f64 then
-/// count no copy in their workspace.
+/// tap at offset zero over planes of whole `nr` blocks, with tiles of 32
+/// columns; only f32 and f64 then count no copy in their workspace.
 #[test]
 fn the_source_is_read_in_place_only_where_it_is_the_copy() {
     let up = |x: &[usize], k: usize, s: usize| {
@@ -115,7 +115,8 @@ fn the_source_is_read_in_place_only_where_it_is_the_copy() {
     assert!(!BorderedLayout::is_source(&up(&[1, 128, 64, 64], 4, 2), 32));
     let conv = ConvGeometry::conv(2, &[1, 64, 64, 64], &[64, 64, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
     assert!(!BorderedLayout::is_source(&[Pass::forward(&conv)], 32));
-    let ks = kernels::<f32>(CpuIsa::Portable).unwrap();
+    assert!(!BorderedLayout::is_source(&up(&[1, 128, 64, 64], 2, 2), 16), "AVX2's tiles copy");
+    let ks = kernels_shaped_as::<f32>(CpuIsa::Avx512).unwrap();
     let passes = up(&[1, 128, 64, 64], 2, 2);
     let copy = BorderedLayout::len(&passes, ks.nn_cols, 128) * 4;
     let f32_bytes = workspace_bytes(&ks, &passes, DType::F32, 2);
