@@ -99,6 +99,7 @@ pub(crate) struct TapGrid {
 }
 
 impl TapGrid {
+    /// How many taps the grid has: one per (slab, tap row, column).
     pub fn taps(&self) -> usize {
         self.slabs.len() * self.tap_rows * self.columns.len()
     }
