@@ -130,7 +130,7 @@ impl Sweep {
             return Sweep::Rows;
         }
         let thin = pass.dst_channels == 1 && pass.count[1] > 1;
-        match TapRows::of(pass).filter(|rows| thin && rows.rows > 1) {
+        match thin.then(|| TapRows::of(pass)).flatten().filter(|rows| rows.rows > 1) {
             Some(rows) => Sweep::RowBlocks(rows),
             None => Sweep::Run,
         }
@@ -279,10 +279,14 @@ pub(crate) fn correlate<T: Element>(
     let sweeps: Vec<Sweep> = passes.iter().map(Sweep::of).collect();
     let layout = Layout::new(passes, sweeps.iter().all(Sweep::is_run), ks.lanes);
     let orders: Vec<Vec<usize>> = passes.iter().zip(&sweeps).map(|(p, sweep)| sweep.order(p)).collect();
+    // Where each tap of `taps` reads; `row_taps` takes its grid instead.
     let starts: Vec<Vec<usize>> = passes
         .iter()
-        .zip(&orders)
-        .map(|(p, order)| order.iter().map(|&t| layout.tap_start(p.taps[t].offset)).collect())
+        .zip(&sweeps)
+        .map(|(p, sweep)| match sweep {
+            Sweep::RowBlocks(_) => Vec::new(),
+            _ => p.taps.iter().map(|t| layout.tap_start(t.offset)).collect(),
+        })
         .collect();
     let grids: Vec<Option<(TapGrid, usize)>> = sweeps
         .iter()
@@ -319,9 +323,8 @@ pub(crate) fn correlate<T: Element>(
         for (((pass, sweep), starts), (weights, grid)) in
             passes.iter().zip(&sweeps).zip(&starts).zip(weights.iter().zip(&grids))
         {
-            // The tap rows of `taps`; `row_taps` takes the grid instead.
             let mut rows = RowSet::with_capacity(cs * starts.len());
-            for data in sources.chunks(layout.len).filter(|_| grid.is_none()) {
+            for data in sources.chunks(layout.len) {
                 for &s in starts {
                     rows.push(&data[s..]);
                 }
