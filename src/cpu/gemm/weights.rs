@@ -6,6 +6,7 @@ use std::ops::Range;
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::cpu::isa::prefetch;
 use crate::cpu::kernels::{AOperand, RowSet};
 use crate::cpu::pairs::pair;
 use crate::cpu::pass::{Direction, Pass};
@@ -14,7 +15,11 @@ use crate::element::{Accumulator, Element};
 
 /// Weights packed for the `nn` kernel: per pass, `[group][strip][K][MR]`, rows past `cd` zero.
 pub(super) fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> Vec<Vec<T::Accum>> {
-    pack_strips(passes, 1, mr, T::Accum::ZERO, |at, _, _| w[at].to_accum())
+    pack_strips(passes, w, 1, mr, T::Accum::ZERO, |tile, at, (i_step, _), _| {
+        for (v, x) in tile.iter_mut().zip(w[at..].iter().step_by(i_step)) {
+            v.write(x.to_accum());
+        }
+    })
 }
 
 /// Weights packed for the pair kernel: as [`pack_weights`], with `K` over
@@ -22,17 +27,25 @@ pub(super) fn pack_weights<T: Element>(passes: &[Pass], w: &[T], mr: usize) -> V
 pub(super) fn pack_weight_pairs(passes: &[Pass], w: &[bf16], mr: usize) -> Vec<Vec<u32>> {
     let Some(first) = passes.first() else { return Vec::new() };
     let cs = first.src_channels;
-    pack_strips(passes, 2, mr, 0, |at, c_step, p| {
-        let odd = if 2 * p + 1 < cs { w[at + c_step] } else { bf16::ZERO };
-        pair(w[at], odd)
+    pack_strips(passes, w, 2, mr, 0, |tile, at, (i_step, c_step), p| {
+        for (i, v) in tile.iter_mut().enumerate() {
+            let at = at + i * i_step;
+            let odd = if 2 * p + 1 < cs { w[at + c_step] } else { bf16::ZERO };
+            v.write(pair(w[at], odd));
+        }
     })
 }
 
+/// Source channels ahead of the one being packed whose kernels are prefetched:
+/// DCGAN's transposed conv (strips of 12 output channels, 16 KiB apart from one
+/// channel to the next) packed 3% faster.
+const PACK_AHEAD: usize = 4;
+
 /// Weight strips with the source channels in slots of `per_slot` (1, or 2
-/// for pairs): per pass, `[group][strip][slots × taps][MR]`, element
-/// `(slot c, tap, row i)` given by `weight(at, c_step, c)`, with `at` the
-/// index in `w` of the slot's first channel of row `i` at the tap and
-/// `c_step` the distance between two channels; rows past `cd` are `zero`.
+/// for pairs): per pass, `[group][strip][slots × taps][MR]`, rows past `cd`
+/// `zero`, each tile of rows written by `gather(tile, at, (i_step, c_step), c)`:
+/// the weights of slot `c` at one tap, row `i`'s at index `at + i·i_step` of
+/// `w` (the slot's first channel; its next `c_step` on).
 ///
 /// A strip is `MR` weight rows transposed. One task packs a strip for every
 /// pass, channel by channel: the strip's kernels of a channel are read once
@@ -40,12 +53,13 @@ pub(super) fn pack_weight_pairs(passes: &[Pass], w: &[bf16], mr: usize) -> Vec<V
 /// per stride phase would cost a trip to memory each), and each pass's block
 /// is written in order, every element once (the buffers are not zeroed first:
 /// for large layers that would be another pass over megabytes).
-fn pack_strips<V: Copy + Send + Sync>(
+fn pack_strips<W: Sync, V: Copy + Send + Sync>(
     passes: &[Pass],
+    w: &[W],
     per_slot: usize,
     mr: usize,
     zero: V,
-    weight: impl Fn(usize, usize, usize) -> V + Sync,
+    gather: impl Fn(&mut [MaybeUninit<V>], usize, (usize, usize), usize) + Sync,
 ) -> Vec<Vec<V>> {
     let Some(first) = passes.first() else { return Vec::new() };
     let (groups, cs, cd, kvol) = (first.groups, first.src_channels, first.dst_channels, first.kernel_volume);
@@ -73,14 +87,19 @@ fn pack_strips<V: Copy + Send + Sync>(
             Direction::Adjoint => ((group * cs * cd + first_row) * kvol, kvol, cd * kvol),
         };
         for c in 0..channels {
+            // An adjoint strip's kernels of a channel are a few lines, far
+            // from the next channel's, where the hardware prefetcher does not look.
+            for k in (per_slot * (c + PACK_AHEAD)..).take(per_slot).take_while(|&k| k < cs) {
+                for i in 0..rows {
+                    prefetch(&w[base + i * i_step + k * c_step..][..kvol]);
+                }
+            }
             for (pass, block) in passes.iter().zip(blocks.iter_mut()) {
                 let ntaps = pass.taps.len();
                 for (tap, tile) in pass.taps.iter().zip(block[c * ntaps * mr..][..ntaps * mr].chunks_exact_mut(mr)) {
                     let at = base + per_slot * c * c_step + tap.index;
                     let (values, padding) = tile.split_at_mut(rows);
-                    for (i, v) in values.iter_mut().enumerate() {
-                        v.write(weight(at + i * i_step, c_step, c));
-                    }
+                    gather(values, at, (i_step, c_step), c);
                     for v in padding {
                         v.write(zero);
                     }
