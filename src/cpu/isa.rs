@@ -157,6 +157,21 @@ pub(crate) unsafe trait Lanes<A: Copy>: Copy + 'static {
             std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
         }
     }
+    /// Lanes `lo..hi` loaded from `p + lo..p + hi`, the others zero
+    /// (`lo <= hi <= LANES`): a vector that hangs over a row's ends, whose
+    /// lanes outside the row are neither read nor faulted on (on x86, a masked
+    /// load). Only `p + lo..p + hi` need be valid; `p` itself may point outside.
+    #[inline(always)]
+    unsafe fn load_lanes(p: *const A, lo: usize, hi: usize) -> Self::V {
+        const { assert!(Self::LANES <= MAX_LANES) };
+        // SAFETY (whole body): the caller guarantees `hi - lo` readable elements from `p + lo`.
+        unsafe {
+            let zero = Self::reduce_sum(Self::zero());
+            let mut lanes = [zero; MAX_LANES];
+            std::ptr::copy_nonoverlapping(p.wrapping_add(lo), lanes.as_mut_ptr().add(lo), hi - lo);
+            Self::load(lanes.as_ptr())
+        }
+    }
     /// `c + a * b` on scalars, with the same rounding as [`Lanes::mul_add`].
     fn mul_add_scalar(a: A, b: A, c: A) -> A;
 }
@@ -245,12 +260,12 @@ mod x86 {
     /// Implements [`Lanes`] by naming the intrinsics; `$hsum` reduces to a scalar.
     macro_rules! x86_lanes {
         ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
-         $fma:ident, $add:ident, $store_first:ident, |$r:ident| $hsum:expr) => {
-            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $store_first, |$r| $hsum, {});
+         $fma:ident, $add:ident, $store_first:ident, $load_lanes:ident, |$r:ident| $hsum:expr) => {
+            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $store_first, $load_lanes, |$r| $hsum, {});
         };
         ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
-         $fma:ident, $add:ident, $store_first:ident, |$r:ident| $hsum:expr, reduce_tile: blocks of $block:literal) => {
-            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $store_first, |$r| $hsum, {
+         $fma:ident, $add:ident, $store_first:ident, $load_lanes:ident, |$r:ident| $hsum:expr, reduce_tile: blocks of $block:literal) => {
+            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $store_first, $load_lanes, |$r| $hsum, {
                 #[inline(always)]
                 unsafe fn reduce_tile<const R: usize, const C: usize>(tile: &[[$v; C]; R]) -> [[$a; C]; R] {
                     // SAFETY: see the impl.
@@ -259,7 +274,7 @@ mod x86 {
             });
         };
         ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
-         $fma:ident, $add:ident, $store_first:ident, |$r:ident| $hsum:expr, {$($extra:item)*}) => {
+         $fma:ident, $add:ident, $store_first:ident, $load_lanes:ident, |$r:ident| $hsum:expr, {$($extra:item)*}) => {
             // SAFETY: each method is one intrinsic of `$isa`; callers run them only
             // where the CPU supports it and pass pointers valid for `$lanes` elements.
             unsafe impl Lanes<$a> for $isa {
@@ -304,6 +319,11 @@ mod x86 {
                 unsafe fn store_first(p: *mut $a, v: $v, n: usize) {
                     // SAFETY: see the impl; masked-off lanes are neither written nor faulted on.
                     unsafe { $store_first(p, v, n) }
+                }
+                #[inline(always)]
+                unsafe fn load_lanes(p: *const $a, lo: usize, hi: usize) -> $v {
+                    // SAFETY: see the impl; masked-off lanes are neither read nor faulted on.
+                    unsafe { $load_lanes(p, lo, hi) }
                 }
                 $($extra)*
                 #[inline(always)]
@@ -456,6 +476,45 @@ mod x86 {
         unsafe { _mm512_mask_storeu_pd(p, ((1u32 << n) - 1) as u8, v) }
     }
 
+    /// Lanes `lo..hi` of eight from `p + lane`, the others zero, by a masked
+    /// load: lane `i` is read where `lo <= i < hi`.
+    #[inline(always)]
+    unsafe fn load_lanes_ps256(p: *const f32, lo: usize, hi: usize) -> __m256 {
+        // SAFETY: AVX2, as the caller's contract; only lanes `lo..hi` are read.
+        unsafe {
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let from = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(lo as i32 - 1));
+            let below = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), lane);
+            _mm256_maskload_ps(p, _mm256_and_si256(from, below))
+        }
+    }
+
+    /// [`load_lanes_ps256`] for four f64 lanes.
+    #[inline(always)]
+    unsafe fn load_lanes_pd256(p: *const f64, lo: usize, hi: usize) -> __m256d {
+        // SAFETY: as in `load_lanes_ps256`.
+        unsafe {
+            let lane = _mm256_setr_epi64x(0, 1, 2, 3);
+            let from = _mm256_cmpgt_epi64(lane, _mm256_set1_epi64x(lo as i64 - 1));
+            let below = _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi as i64), lane);
+            _mm256_maskload_pd(p, _mm256_and_si256(from, below))
+        }
+    }
+
+    /// [`load_lanes_ps256`] for sixteen f32 lanes, by an AVX-512 zeroing mask.
+    #[inline(always)]
+    unsafe fn load_lanes_ps512(p: *const f32, lo: usize, hi: usize) -> __m512 {
+        // SAFETY: AVX-512 F, as the caller's contract; only lanes `lo..hi` are read.
+        unsafe { _mm512_maskz_loadu_ps((((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16, p) }
+    }
+
+    /// [`load_lanes_ps512`] for eight f64 lanes.
+    #[inline(always)]
+    unsafe fn load_lanes_pd512(p: *const f64, lo: usize, hi: usize) -> __m512d {
+        // SAFETY: as in `load_lanes_ps512`.
+        unsafe { _mm512_maskz_loadu_pd((((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u8, p) }
+    }
+
     // Horizontal sums halve the register until one lane is left: a fixed order.
     #[inline(always)]
     unsafe fn hsum_ps128(v: __m128) -> f32 {
@@ -484,6 +543,7 @@ mod x86 {
         _mm256_fmadd_ps,
         _mm256_add_ps,
         store_first_ps256,
+        load_lanes_ps256,
         |v| hsum_ps128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))),
         reduce_tile: blocks of 8
     );
@@ -499,6 +559,7 @@ mod x86 {
         _mm256_fmadd_pd,
         _mm256_add_pd,
         store_first_pd256,
+        load_lanes_pd256,
         |v| hsum_pd128(_mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v)))
     );
     x86_lanes!(
@@ -513,6 +574,7 @@ mod x86 {
         _mm512_fmadd_ps,
         _mm512_add_ps,
         store_first_ps512,
+        load_lanes_ps512,
         |v| {
             let h = _mm256_add_ps(
                 _mm512_castps512_ps256(v),
@@ -534,6 +596,7 @@ mod x86 {
         _mm512_fmadd_pd,
         _mm512_add_pd,
         store_first_pd512,
+        load_lanes_pd512,
         |v| {
             let h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd::<1>(v));
             hsum_pd128(_mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd::<1>(h)))

@@ -421,9 +421,11 @@ impl CpuBackend {
             }
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 return match primitive {
-                    Primitive::Correlate => sliding::workspace_bytes(&ks, &[Pass::forward(g)], false, threads),
-                    Primitive::CorrelateAdjoint => sliding::workspace_bytes(&ks, &Pass::adjoint(g), false, threads),
-                    _ => sliding::workspace_bytes(&ks, &[Pass::forward(g)], true, threads),
+                    Primitive::Correlate => sliding::workspace_bytes(&ks, &[Pass::forward(g)], false, dtype, threads),
+                    Primitive::CorrelateAdjoint => {
+                        sliding::workspace_bytes(&ks, &Pass::adjoint(g), false, dtype, threads)
+                    }
+                    _ => sliding::workspace_bytes(&ks, &[Pass::forward(g)], true, dtype, threads),
                 };
             }
             _ => match primitive {

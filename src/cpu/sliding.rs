@@ -12,6 +12,9 @@
 //! output (depthwise) and the taps form a grid of consecutive rows, the rows go
 //! in blocks that load each source row once for all the block's rows that read
 //! it (`row_taps`), stored straight into `dst` when it holds the accumulators.
+//! At unit strides over whole planes of f32 or f64 those blocks read `src`
+//! itself, with no copy (`row_taps_in_place`): a vector that hangs over a
+//! row's ends loads only its lanes inside, a row outside the plane is skipped.
 //!
 //! A task owns the `dst` planes of one (image, group) (terms summed by channel, then tap), the `dw` rows of
 //! one group (images, then rows, in order), or one channel of the bias gradient:
@@ -19,11 +22,11 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{Kernels, RowSet, TapGrid};
-use super::pass::{Pass, as_accumulators_mut, epilogue, store_row, widen, widened};
+use super::kernels::{IN_PLACE_COLUMNS, IN_PLACE_PLANES, Kernels, RowSet, TapGrid};
+use super::pass::{Pass, as_accumulators, as_accumulators_mut, epilogue, store_row, widen, widened};
 use super::threads::Tasks;
 use crate::backend::Activation;
-use crate::element::{Accumulator, Element};
+use crate::element::{Accumulator, DType, Element};
 
 /// Taps handed to one kernel call: bounded so their pointers live on the stack.
 const TAP_CHUNK: usize = 32;
@@ -201,6 +204,59 @@ impl TapRows {
     }
 }
 
+/// The tap grid of a pass that [`Kernels::row_taps_in_place`] reads from
+/// `src` itself, skipping the bordered copy (a memory-bound pass over `src`
+/// that took a third of MobileNet's depthwise layer): a `RowBlocks` sweep at
+/// unit strides over whole `dst` planes, with few enough column taps and
+/// terms for the kernel, where `src` holds the accumulators themselves.
+fn in_place_rows<'a>(pass: &Pass, sweep: &'a Sweep, accumulator_src: bool) -> Option<&'a TapRows> {
+    let Sweep::RowBlocks(rows) = sweep else { return None };
+    let whole = pass.step == [1; 3] && pass.count == pass.dst_size;
+    let fits = rows.columns.len() <= IN_PLACE_COLUMNS && pass.src_channels * rows.slabs.len() <= IN_PLACE_PLANES;
+    (accumulator_src && whole && fits && pass.src_stride == [1; 3]).then_some(rows)
+}
+
+/// Computes the `cd` planes `dst` of (image `n`, `group`) for `pass` by
+/// [`Kernels::row_taps_in_place`] on `src`'s planes, then the epilogue.
+#[allow(clippy::too_many_arguments)]
+fn correlate_in_place<A: Accumulator>(
+    ks: &Kernels<A>,
+    pass: &Pass,
+    rows: &TapRows,
+    src: &[A],
+    weights: &[A],
+    (n, group): (usize, usize),
+    (bias, activation): (Option<&[A]>, Activation),
+    dst: &mut [A],
+) {
+    let ([_, c1, c2], [depth, height, width]) = (pass.count, pass.src_size);
+    let (cs, cd, ntaps, plane_len) = (pass.src_channels, pass.dst_channels, pass.taps.len(), height * width);
+    let per_slab = rows.rows * rows.columns.len();
+    let columns: Vec<isize> = rows.columns.iter().map(|&c| c as isize).collect();
+    for (o, plane) in dst.chunks_mut(pass.dst_volume()).enumerate() {
+        let kernels = &weights[(group * cd + o) * cs * ntaps..][..cs * ntaps];
+        for (m0, out) in plane.chunks_mut(c1 * c2).enumerate() {
+            // The terms this output slab reads: (channel, slab) pairs inside the source.
+            let mut terms = [(&src[..0], &kernels[..0]); IN_PLACE_PLANES];
+            let mut count = 0;
+            for (c, kernel) in kernels.chunks(ntaps).enumerate() {
+                let channel = pass.src_plane(n, group, c);
+                for (s, &d0) in rows.slabs.iter().enumerate() {
+                    let slab = m0 as i64 + d0;
+                    if (0..depth as i64).contains(&slab) {
+                        let source = &src[channel + slab as usize * plane_len..][..plane_len];
+                        terms[count] = (source, &kernel[s * per_slab..][..per_slab]);
+                        count += 1;
+                    }
+                }
+            }
+            let grid = (rows.first_row as isize, rows.rows);
+            ks.row_taps_in_place(&terms[..count], [height, width], grid, &columns, (c1, c2), out, c2);
+        }
+        epilogue(plane, bias.map(|b| b[group * cd + o]), activation);
+    }
+}
+
 /// Copies one `src` plane to its place in `data`, laid out per [`Layout`].
 /// Only the data positions are written: they are the same for every plane,
 /// so a buffer that starts zeroed keeps its zero borders from plane to plane.
@@ -228,9 +284,22 @@ fn fill<T: Element>(plane: &[T], size: [usize; 3], layout: &Layout, data: &mut [
 /// Bytes of scratch `correlate` (or, with `weight`, `correlate_weight`) takes for
 /// `passes` with `threads` tasks in flight: each task's laid-out source planes
 /// and accumulators.
-pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, passes: &[Pass], weight: bool, threads: usize) -> usize {
+pub(crate) fn workspace_bytes<A>(
+    ks: &Kernels<A>,
+    passes: &[Pass],
+    weight: bool,
+    dtype: DType,
+    threads: usize,
+) -> usize {
     let Some(first) = passes.first() else { return 0 };
     if first.dst_volume() == 0 {
+        return 0;
+    }
+    let accumulator_src = matches!(dtype, DType::F32 | DType::F64);
+    if let [pass] = passes
+        && !weight
+        && in_place_rows(pass, &Sweep::of(pass), accumulator_src).is_some()
+    {
         return 0;
     }
     let (layout, accumulators) = if weight {
@@ -310,9 +379,20 @@ pub(crate) fn correlate<T: Element>(
             reordered
         })
         .collect();
+    // A single pass read in place: `src` and `dst` are then the accumulators themselves.
+    let in_place = match (passes, as_accumulators(src)) {
+        ([pass], Some(src)) => in_place_rows(pass, &sweeps[0], true).map(|rows| (pass, rows, src)),
+        _ => None,
+    };
+    let bias_accumulators = bias.and_then(as_accumulators);
     let scratch = || Scratch { sources: Vec::new(), accs: Vec::new(), widened: Vec::new() };
     dst.par_chunks_mut(cd * volume).tasks().enumerate().for_each_init(scratch, |scratch, (task, dst_planes)| {
         let (n, group) = (task / groups, task % groups);
+        if let (Some((pass, rows, src)), Some(planes)) = (in_place, as_accumulators_mut(dst_planes)) {
+            let epilogue = (bias_accumulators, activation);
+            correlate_in_place(ks, pass, rows, src, &weights[0], (n, group), epilogue, planes);
+            return;
+        }
         let Scratch { sources, accs, widened } = scratch;
         // Zeroed once: `fill` rewrites the same data positions for every task.
         sources.resize(cs * layout.len, T::Accum::ZERO);

@@ -107,6 +107,13 @@ fn large_geometries() -> Vec<ConvGeometry> {
         ),
         conv(&[2, 8, 11, 18], &[4, 2, 3, 3], ConvOptions::new().padding(1).groups(4)),
         conv(&[2, 8, 11, 18], &[4, 2, 3, 3], ConvOptions::new().padding(2).dilation([2, 1]).groups(4)),
+        // One output per group read in place (no bordered copy): 5×5 taps hanging
+        // two past each edge, unpadded, dilated along dim 2 over rows narrower
+        // than a vector, 1-D, and taps that read only padding for whole rows.
+        conv(&[2, 6, 17, 37], &[6, 1, 5, 5], ConvOptions::new().padding(2).groups(6)),
+        conv(&[1, 4, 6, 5], &[4, 1, 3, 3], ConvOptions::new().dilation([1, 2]).padding([1, 2]).groups(4)),
+        conv(&[3, 5, 40], &[5, 1, 7], ConvOptions::new().padding(3).groups(5)),
+        conv(&[1, 3, 4, 19], &[3, 1, 3, 3], ConvOptions::new().padding([3, 1]).groups(3)),
         // Pointwise, run on the merged volume: over several column blocks, and transposed in 3-D.
         conv(&[2, 40, 19, 23], &[21, 40, 1, 1], ConvOptions::new()),
         convt(&[2, 20, 5, 6, 7], &[20, 9, 1, 1, 1], ConvTransposeOptions::new()),

@@ -8,7 +8,9 @@
 //!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
 //! - `taps`, `row_taps`, `dots`: rows of the direct path for thin groups (a
 //!   few outputs summed over every source channel and tap; `row_taps` one
-//!   output over blocks of rows that share their source rows); `sum`: bias gradients.
+//!   output over blocks of rows that share their source rows, from a bordered
+//!   copy or, `row_taps_in_place`, from the source planes with masked edge
+//!   loads); `sum`: bias gradients.
 //!
 //! Each output element is one chain of multiply-adds in a fixed order, so a
 //! result depends on the data and the instruction set only, never on tiling
@@ -34,8 +36,8 @@ use nn::nn;
 pub(crate) use nn::{AStrip, AValues, NnTile, PackedA, RowsA};
 pub(crate) use nt::NtTile;
 use nt::nt;
-pub(crate) use rows::{DotsRow, RowTaps, TapGrid, TapsBlock};
-use rows::{dots_row, row_taps, square_taps, sum, taps_block};
+pub(crate) use rows::{DotsRow, IN_PLACE_COLUMNS, IN_PLACE_PLANES, RowTaps, RowTapsInPlace, TapGrid, TapsBlock};
+use rows::{dots_row, row_taps, row_taps_in_place, square_in_place, square_taps, sum, taps_block};
 
 /// A micro-kernel that reads the `b` rows of its tile where they are:
 /// `c[i·ldc + j] (+)= Σ_k a[k][i] · rows.row(k)[offset + j]` over its
@@ -249,6 +251,10 @@ pub(crate) struct Kernels<A: 'static> {
     /// nine weights in registers: 10% faster on MobileNet's layer than the
     /// loops over any grid.
     square_taps: unsafe fn(&RowTaps<A>),
+    /// `row_taps` from the source planes themselves (see [`RowTapsInPlace`]).
+    row_taps_in_place: unsafe fn(&RowTapsInPlace<A>),
+    /// `row_taps_in_place` for a 3×3 grid, its weights in registers.
+    square_in_place: unsafe fn(&RowTapsInPlace<A>),
     dots_row: unsafe fn(&DotsRow<A>),
     /// The bf16 channel-pair kernel, where this instruction set has one.
     pub pairs: Option<PairKernels<A>>,
@@ -314,6 +320,18 @@ macro_rules! isa_kernels {
             }
 
             $(#[target_feature(enable = $features)])?
+            unsafe fn row_taps_in_place_k<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTapsInPlace<A>) {
+                // SAFETY: forwarded from the caller.
+                unsafe { row_taps_in_place::<S, A, R, V>(r) }
+            }
+
+            $(#[target_feature(enable = $features)])?
+            unsafe fn square_in_place_k<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: &RowTapsInPlace<A>) {
+                // SAFETY: forwarded from the caller.
+                unsafe { square_in_place::<S, A, R, K>(r) }
+            }
+
+            $(#[target_feature(enable = $features)])?
             unsafe fn square_taps_k<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: &RowTaps<A>) {
                 // SAFETY: forwarded from the caller.
                 unsafe { square_taps::<S, A, R, K>(r) }
@@ -341,6 +359,8 @@ macro_rules! isa_kernels {
                     taps: [taps_k::<$s, $a, 1, $t1>, taps_k::<$s, $a, 2, $t2>, taps_k::<$s, $a, 4, $t4>],
                     row_taps: row_taps_k::<$s, $a, $rr, $rv>,
                     square_taps: square_taps_k::<$s, $a, $rr, 3>,
+                    row_taps_in_place: row_taps_in_place_k::<$s, $a, $rr, $rv>,
+                    square_in_place: square_in_place_k::<$s, $a, $rr, 3>,
                     dots_row: dots_k::<$s, $a, $dots>,
                     pairs: None,
                 };
@@ -579,6 +599,57 @@ impl<A: Copy + 'static> Kernels<A> {
         };
         // SAFETY: as in `nn`; every source holds the grid's reach over the call's rows.
         unsafe { if grid.is_square(3) { (self.square_taps)(&call) } else { (self.row_taps)(&call) } }
+    }
+
+    /// [`row_taps`](Self::row_taps) read from the source planes themselves:
+    /// `out[m·ldo + i] = Σ_p Σ_r Σ_j weights[p][r·columns + j] · planes[p](m + first_row + r, i + columns[j])`
+    /// for `m < rows`, `i < width`, each plane `height × plane_width` and
+    /// zero outside (see [`RowTapsInPlace`]): no bordered copy to make.
+    #[allow(clippy::too_many_arguments)] // as `nn`
+    pub fn row_taps_in_place(
+        &self,
+        planes: &[(&[A], &[A])],
+        [height, plane_width]: [usize; 2],
+        (first_row, tap_rows): (isize, usize),
+        columns: &[isize],
+        (rows, width): (usize, usize),
+        out: &mut [A],
+        ldo: usize,
+    ) {
+        assert!(columns.len() <= IN_PLACE_COLUMNS, "row_taps_in_place: {} column taps", columns.len());
+        assert!(planes.len() <= IN_PLACE_PLANES, "row_taps_in_place: {} planes", planes.len());
+        let taps = tap_rows * columns.len();
+        for (plane, weights) in planes {
+            assert!(plane.len() >= height * plane_width, "row_taps_in_place: a plane holds {}", plane.len());
+            assert_eq!(weights.len(), taps, "row_taps_in_place: weights for {taps} taps");
+        }
+        if rows == 0 || width == 0 {
+            return;
+        }
+        assert!(ldo >= width && out.len() >= (rows - 1) * ldo + width, "row_taps_in_place: out too short");
+        let (mut pointers, mut weights) = ([std::ptr::null(); IN_PLACE_PLANES], [std::ptr::null(); IN_PLACE_PLANES]);
+        for ((p, w), (plane, plane_weights)) in pointers.iter_mut().zip(&mut weights).zip(planes) {
+            (*p, *w) = (plane.as_ptr(), plane_weights.as_ptr());
+        }
+        let call = RowTapsInPlace {
+            planes: pointers.as_ptr(),
+            weights: weights.as_ptr(),
+            plane_count: planes.len(),
+            height,
+            plane_width,
+            first_row,
+            tap_rows,
+            columns: columns.as_ptr(),
+            column_count: columns.len(),
+            rows,
+            width,
+            out: out.as_mut_ptr(),
+            ldo,
+        };
+        // SAFETY: as in `nn`; every plane holds `height × plane_width` values,
+        // which is all the kernel reads of it, and the output holds the rows.
+        let square = tap_rows == 3 && columns.len() == 3;
+        unsafe { if square { (self.square_in_place)(&call) } else { (self.row_taps_in_place)(&call) } }
     }
 
     /// `out[t] += Σ_{r < rows} Σ_{i < len} a[r·lda + i] · b[t][r·ldb + i]`.

@@ -225,7 +225,7 @@ unsafe fn row_chunk<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(r: &Ro
                 weights = weights.add(tap_rows * columns);
             }
         }
-        store_rows::<S, A, R, W>(r, m, i, &acc);
+        store_rows::<S, A, R, W>((r.out, r.ldo, r.width), m, i, &acc);
     }
 }
 
@@ -289,7 +289,7 @@ unsafe fn square_chunk<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: 
                 }
             }
         }
-        store_rows::<S, A, R, 1>(r, m, i, &acc);
+        store_rows::<S, A, R, 1>((r.out, r.ldo, r.width), m, i, &acc);
     }
 }
 
@@ -306,10 +306,11 @@ unsafe fn load_row<S: Lanes<A>, A: Copy, const W: usize>(at: *const A) -> [S::V;
     }
 }
 
-/// The block's registers to output rows `m..m + R` from column `i`, up to the row's width.
+/// The block's registers to output rows `m..m + R` of `out` (rows `ldo`
+/// apart, `width` long) from column `i`.
 #[inline(always)]
 unsafe fn store_rows<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(
-    r: &RowTaps<A>,
+    (out, ldo, width): (*mut A, usize, usize),
     m: usize,
     i: usize,
     acc: &[[S::V; W]; R],
@@ -319,14 +320,222 @@ unsafe fn store_rows<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(
             let column = i + v * S::LANES;
             // SAFETY: the caller's rows are inside the output, each `width` long.
             unsafe {
-                let at = r.out.add((m + k) * r.ldo + column);
-                if column + S::LANES <= r.width {
+                let at = out.add((m + k) * ldo + column);
+                if column + S::LANES <= width {
                     S::store(at, acc);
                 } else {
-                    S::store_first(at, acc, r.width - column);
+                    S::store_first(at, acc, width - column);
                 }
             }
         }
+    }
+}
+
+/// Column taps a [`RowTapsInPlace`] call takes at most (its spans live on the stack).
+pub(crate) const IN_PLACE_COLUMNS: usize = 16;
+/// Planes a [`RowTapsInPlace`] call takes at most (their pointers live on the stack).
+pub(crate) const IN_PLACE_PLANES: usize = 16;
+
+/// The operands of one `row_taps_in_place` call: [`RowTaps`] read from the
+/// source planes themselves, with no bordered copy. Each term is one 2-D
+/// plane (`height × plane_width`, row-major) with its own weights, and
+/// `out[m·ldo + i] = Σ_p Σ_r Σ_j weights[p][r·columns + j] · plane[p](m + first_row + r, i + columns[j])`,
+/// summed in that order, where a position outside the plane reads zero: a
+/// source row outside it is skipped, and a vector that hangs over a row's
+/// ends loads only its lanes inside ([`Lanes::load_lanes`]).
+pub(crate) struct RowTapsInPlace<A> {
+    /// At most [`IN_PLACE_PLANES`] planes.
+    pub planes: *const *const A,
+    /// `tap_rows × column_count` weights per plane.
+    pub weights: *const *const A,
+    pub plane_count: usize,
+    pub height: usize,
+    pub plane_width: usize,
+    pub first_row: isize,
+    pub tap_rows: usize,
+    /// At most [`IN_PLACE_COLUMNS`] column offsets.
+    pub columns: *const isize,
+    pub column_count: usize,
+    pub rows: usize,
+    pub width: usize,
+    pub out: *mut A,
+    pub ldo: usize,
+}
+
+/// [`RowTapsInPlace`] in blocks of `R` rows by `V` registers, as [`row_taps`].
+#[inline(always)]
+pub(super) unsafe fn row_taps_in_place<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTapsInPlace<A>) {
+    let l = S::LANES;
+    let vectors = r.width.div_ceil(l);
+    // SAFETY: `Kernels::row_taps_in_place` checked the planes, weights and output.
+    unsafe {
+        let mut m = 0;
+        while m < r.rows {
+            let block = if r.rows - m >= R {
+                R
+            } else if r.rows - m >= 2 {
+                2
+            } else {
+                1
+            };
+            let mut v = 0;
+            while v < vectors {
+                let chunk = if vectors - v >= V {
+                    V
+                } else if vectors - v >= 2 {
+                    2
+                } else {
+                    1
+                };
+                match (block == R, block, chunk == V, chunk) {
+                    (true, _, true, _) => in_place_chunk::<S, A, R, V>(r, m, v * l),
+                    (true, _, _, 2) => in_place_chunk::<S, A, R, 2>(r, m, v * l),
+                    (true, _, _, _) => in_place_chunk::<S, A, R, 1>(r, m, v * l),
+                    (_, 2, true, _) => in_place_chunk::<S, A, 2, V>(r, m, v * l),
+                    (_, 2, _, 2) => in_place_chunk::<S, A, 2, 2>(r, m, v * l),
+                    (_, 2, _, _) => in_place_chunk::<S, A, 2, 1>(r, m, v * l),
+                    (_, _, true, _) => in_place_chunk::<S, A, 1, V>(r, m, v * l),
+                    (_, _, _, 2) => in_place_chunk::<S, A, 1, 2>(r, m, v * l),
+                    _ => in_place_chunk::<S, A, 1, 1>(r, m, v * l),
+                }
+                v += chunk;
+            }
+            m += block;
+        }
+    }
+}
+
+/// The lanes `lo..hi` of a vector of `lanes` from column `start` of a row
+/// `width` long that fall inside it (`lo == hi` where none do).
+#[inline(always)]
+fn lanes_inside(start: isize, width: usize, lanes: usize) -> (usize, usize) {
+    let lo = (-start).clamp(0, lanes as isize) as usize;
+    (lo, (width as isize - start).clamp(lo as isize, lanes as isize) as usize)
+}
+
+/// The `R × W` registers of output rows `m..m + R` at column `i`, read in place.
+#[inline(always)]
+unsafe fn in_place_chunk<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(
+    r: &RowTapsInPlace<A>,
+    m: usize,
+    i: usize,
+) {
+    let (l, tap_rows, columns) = (S::LANES, r.tap_rows, r.column_count);
+    // SAFETY: rows `m..m + R` and columns `i..i + W·LANES` are inside the
+    // call's; every load reads only lanes inside a plane's row.
+    unsafe {
+        // Where each column tap's vectors start in a row, and their lanes inside it.
+        let mut starts = [[0isize; W]; IN_PLACE_COLUMNS];
+        let mut spans = [[(0usize, 0usize); W]; IN_PLACE_COLUMNS];
+        for j in 0..columns {
+            for v in 0..W {
+                let start = (i + v * l) as isize + *r.columns.add(j);
+                starts[j][v] = start;
+                spans[j][v] = lanes_inside(start, r.plane_width, l);
+            }
+        }
+        let mut acc = [[S::zero(); W]; R];
+        for p in 0..r.plane_count {
+            let (plane, weights) = (*r.planes.add(p), *r.weights.add(p));
+            // Source row q of the block is tap row q - k of its row k.
+            for q in 0..tap_rows + R - 1 {
+                let row = (m + q) as isize + r.first_row;
+                if row < 0 || row >= r.height as isize {
+                    continue;
+                }
+                let row = plane.add(row as usize * r.plane_width);
+                for j in 0..columns {
+                    let mut x = [S::zero(); W];
+                    for v in 0..W {
+                        let (at, (lo, hi)) = (row.wrapping_offset(starts[j][v]), spans[j][v]);
+                        x[v] = if lo == 0 && hi == l { S::load(at) } else { S::load_lanes(at, lo, hi) };
+                    }
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        if q >= k && q - k < tap_rows {
+                            let w = S::splat(*weights.add((q - k) * columns + j));
+                            for (acc, &x) in acc.iter_mut().zip(&x) {
+                                *acc = S::mul_add(w, x, *acc);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        store_rows::<S, A, R, W>((r.out, r.ldo, r.width), m, i, &acc);
+    }
+}
+
+/// [`RowTapsInPlace`] for a `K × K` grid, as [`square_taps`] is for
+/// [`RowTaps`]: blocks of `R` rows by one register, the `K²` weights of a
+/// plane in registers, the lanes each column tap loads fixed per register.
+#[inline(always)]
+pub(super) unsafe fn square_in_place<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: &RowTapsInPlace<A>) {
+    let l = S::LANES;
+    // SAFETY: `Kernels::row_taps_in_place` checked the planes, weights, output and grid.
+    unsafe {
+        let mut m = 0;
+        while m < r.rows {
+            let block = if r.rows - m >= R {
+                R
+            } else if r.rows - m >= 2 {
+                2
+            } else {
+                1
+            };
+            for i in (0..r.width).step_by(l) {
+                match block {
+                    b if b == R => square_in_place_chunk::<S, A, R, K>(r, m, i),
+                    2 => square_in_place_chunk::<S, A, 2, K>(r, m, i),
+                    _ => square_in_place_chunk::<S, A, 1, K>(r, m, i),
+                }
+            }
+            m += block;
+        }
+    }
+}
+
+/// The `R` registers of output rows `m..m + R` at column `i`, read in place.
+#[inline(always)]
+unsafe fn square_in_place_chunk<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(
+    r: &RowTapsInPlace<A>,
+    m: usize,
+    i: usize,
+) {
+    let l = S::LANES;
+    // SAFETY: as in `in_place_chunk`.
+    unsafe {
+        let (mut starts, mut spans) = ([0isize; K], [(0usize, 0usize); K]);
+        for (j, (start, span)) in starts.iter_mut().zip(&mut spans).enumerate() {
+            *start = i as isize + *r.columns.add(j);
+            *span = lanes_inside(*start, r.plane_width, l);
+        }
+        let mut acc = [[S::zero(); 1]; R];
+        for p in 0..r.plane_count {
+            let (plane, weights) = (*r.planes.add(p), *r.weights.add(p));
+            let mut w = [[S::zero(); K]; K];
+            for (t, w) in w.iter_mut().enumerate() {
+                for (j, w) in w.iter_mut().enumerate() {
+                    *w = S::splat(*weights.add(t * K + j));
+                }
+            }
+            for q in 0..K + R - 1 {
+                let row = (m + q) as isize + r.first_row;
+                if row < 0 || row >= r.height as isize {
+                    continue;
+                }
+                let row = plane.add(row as usize * r.plane_width);
+                for j in 0..K {
+                    let (at, (lo, hi)) = (row.wrapping_offset(starts[j]), spans[j]);
+                    let x = if lo == 0 && hi == l { S::load(at) } else { S::load_lanes(at, lo, hi) };
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        if q >= k && q - k < K {
+                            acc[0] = S::mul_add(w[q - k][j], x, acc[0]);
+                        }
+                    }
+                }
+            }
+        }
+        store_rows::<S, A, R, 1>((r.out, r.ldo, r.width), m, i, &acc);
     }
 }
 

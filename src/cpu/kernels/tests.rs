@@ -171,6 +171,73 @@ fn check_row_taps<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa, 
     }
 }
 
+/// `row_taps_in_place` against a plain loop that reads zeros outside the
+/// planes: 3×3 grids (the kernel with weights in registers) and others, taps
+/// that hang over every edge or reach past the plane entirely, one and two
+/// planes, widths and heights around the vector and the block height. Each
+/// plane is a slice of its exact size, so a read outside it would fail the
+/// run (the planes sit between guard values the loop never sees either).
+fn check_row_taps_in_place<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa, ks: Kernels<A>) {
+    let grids: [(isize, usize, &[isize]); 5] =
+        [(-1, 3, &[-1, 0, 1]), (0, 3, &[0, 1, 2]), (-2, 3, &[-3, -2, -1]), (-1, 2, &[-2, 2]), (1, 1, &[5])];
+    for (first_row, tap_rows, columns) in grids {
+        for planes in [1, 2] {
+            for (height, plane_width) in [(1, 1), (4, ks.lanes - 1), (7, ks.lanes), (5, 2 * ks.lanes + 3), (9, 3)] {
+                let len = height * plane_width;
+                let data: Vec<A> = values(planes * (len + 2), 9).into_iter().map(A::from_f64).collect();
+                let taps = tap_rows * columns.len();
+                let weights: Vec<A> = values(planes * taps, 10).into_iter().map(A::from_f64).collect();
+                let terms: Vec<(&[A], &[A])> =
+                    (0..planes).map(|p| (&data[p * (len + 2) + 1..][..len], &weights[p * taps..][..taps])).collect();
+                for rows in [1, 3, 5, height + 2] {
+                    for width in [1, plane_width, plane_width + ks.lanes + 1] {
+                        let ldo = width + 2;
+                        let mut out = vec![A::ONE; rows * ldo];
+                        let grid = (first_row, tap_rows);
+                        ks.row_taps_in_place(
+                            &terms,
+                            [height, plane_width],
+                            grid,
+                            columns,
+                            (rows, width),
+                            &mut out,
+                            ldo,
+                        );
+                        for m in 0..rows {
+                            for i in 0..width {
+                                let mut want = 0.0;
+                                for (plane, weights) in &terms {
+                                    for r in 0..tap_rows {
+                                        for (j, &column) in columns.iter().enumerate() {
+                                            let (y, x) = ((m + r) as isize + first_row, i as isize + column);
+                                            if (0..height as isize).contains(&y)
+                                                && (0..plane_width as isize).contains(&x)
+                                            {
+                                                let at = y as usize * plane_width + x as usize;
+                                                want += weights[r * columns.len() + j].to_f64() * plane[at].to_f64();
+                                            }
+                                        }
+                                    }
+                                }
+                                let got = out[m * ldo + i].to_f64();
+                                assert!(
+                                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                    "row_taps_in_place {isa:?} {columns:?} {height}x{plane_width} at ({m}, {i}): {got} != {want}"
+                                );
+                            }
+                            let gap = &out[m * ldo + width..][..2];
+                            assert!(
+                                gap.iter().all(|v| v.to_f64() == 1.0),
+                                "row_taps_in_place {isa:?} wrote past a row"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn every_supported_isa_computes_the_row_kernels() {
     for isa in CpuIsa::supported() {
@@ -178,6 +245,8 @@ fn every_supported_isa_computes_the_row_kernels() {
         check_rows::<f64>(isa, kernels(isa).unwrap());
         check_row_taps::<f32>(isa, kernels(isa).unwrap());
         check_row_taps::<f64>(isa, kernels(isa).unwrap());
+        check_row_taps_in_place::<f32>(isa, kernels(isa).unwrap());
+        check_row_taps_in_place::<f64>(isa, kernels(isa).unwrap());
     }
 }
 
@@ -188,6 +257,8 @@ fn every_isa_shape_computes_the_kernels_in_plain_rust() {
         check_rows::<f64>(isa, kernels_shaped_as(isa).unwrap());
         check_row_taps::<f32>(isa, kernels_shaped_as(isa).unwrap());
         check_row_taps::<f64>(isa, kernels_shaped_as(isa).unwrap());
+        check_row_taps_in_place::<f32>(isa, kernels_shaped_as(isa).unwrap());
+        check_row_taps_in_place::<f64>(isa, kernels_shaped_as(isa).unwrap());
         check_isa::<f32>(isa, kernels_shaped_as(isa).unwrap());
         check_isa::<f64>(isa, kernels_shaped_as(isa).unwrap());
     }
