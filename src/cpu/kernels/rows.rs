@@ -148,48 +148,100 @@ pub(crate) struct RowTaps<A> {
 /// run side by side.
 #[inline(always)]
 pub(super) unsafe fn row_taps<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTaps<A>) {
-    let full = r.rows / R * R;
     // SAFETY: `Kernels::row_taps` checked the lengths; the caller the pointers.
+    unsafe { row_blocks::<S, A, _, R, V, 0>(r) }
+}
+
+/// Operands computed in blocks of output rows by registers: [`row_blocks`]
+/// walks the bordered ([`RowTaps`]) and the in-place ([`RowTapsInPlace`])
+/// kernels alike.
+trait RowBlocks<A: Copy> {
+    fn rows(&self) -> usize;
+    fn width(&self) -> usize;
+    /// The `R × W` registers of output rows `m..m + R` at column `i`.
+    unsafe fn chunk<S: Lanes<A>, const R: usize, const W: usize>(&self, m: usize, i: usize);
+    /// The `R` registers of output rows `m..m + R` at column `i`, for a
+    /// `K × K` grid whose weights stay in registers.
+    unsafe fn square_chunk<S: Lanes<A>, const R: usize, const K: usize>(&self, m: usize, i: usize);
+}
+
+/// Every output of `b`: rows `R` at a time, then two and one; in each block
+/// of rows, `V` registers at a time, then the vectors left two and one at a
+/// time (56 columns are 3.5 vectors of 16: one `V = 2` chunk and one of two,
+/// not four chunks of one chain per row) — or, for a `SQUARE × SQUARE` grid
+/// (`SQUARE > 0`), one register at a time.
+#[inline(always)]
+unsafe fn row_blocks<S: Lanes<A>, A: Copy, B: RowBlocks<A>, const R: usize, const V: usize, const SQUARE: usize>(
+    b: &B,
+) {
+    let mut m = 0;
+    // SAFETY: the caller's operands hold every row and column of `b`.
     unsafe {
-        for m in (0..full).step_by(R) {
-            row_block::<S, A, R, V>(r, m);
-        }
-        let mut m = full;
-        while m < r.rows {
-            if r.rows - m >= 2 {
-                row_block::<S, A, 2, V>(r, m);
+        while m < b.rows() {
+            let left = b.rows() - m;
+            if left >= R {
+                row_block::<S, A, B, R, V, SQUARE>(b, m);
+                m += R;
+            } else if left >= 2 {
+                row_block::<S, A, B, 2, V, SQUARE>(b, m);
                 m += 2;
             } else {
-                row_block::<S, A, 1, V>(r, m);
+                row_block::<S, A, B, 1, V, SQUARE>(b, m);
                 m += 1;
             }
         }
     }
 }
 
-/// [`row_taps`] for output rows `m..m + R`: `V` registers at a time, then
-/// the vectors left two and one at a time (56 columns are 3.5 vectors of 16:
-/// one `V = 2` chunk and one of two, not four chunks of one chain per row).
+/// Output rows `m..m + R` of [`row_blocks`].
 #[inline(always)]
-unsafe fn row_block<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTaps<A>, m: usize) {
+unsafe fn row_block<S: Lanes<A>, A: Copy, B: RowBlocks<A>, const R: usize, const V: usize, const SQUARE: usize>(
+    b: &B,
+    m: usize,
+) {
     let l = S::LANES;
-    let vectors = r.width.div_ceil(l);
-    let full = vectors / V * V;
-    // SAFETY: as in `row_taps`.
+    let vectors = b.width().div_ceil(l);
+    // SAFETY: as in `row_blocks`.
     unsafe {
-        for v in (0..full).step_by(V) {
-            row_chunk::<S, A, R, V>(r, m, v * l);
+        if SQUARE > 0 {
+            for v in 0..vectors {
+                b.square_chunk::<S, R, SQUARE>(m, v * l);
+            }
+            return;
         }
-        let mut v = full;
+        let mut v = 0;
         while v < vectors {
-            if vectors - v >= 2 {
-                row_chunk::<S, A, R, 2>(r, m, v * l);
+            let left = vectors - v;
+            if left >= V {
+                b.chunk::<S, R, V>(m, v * l);
+                v += V;
+            } else if left >= 2 {
+                b.chunk::<S, R, 2>(m, v * l);
                 v += 2;
             } else {
-                row_chunk::<S, A, R, 1>(r, m, v * l);
+                b.chunk::<S, R, 1>(m, v * l);
                 v += 1;
             }
         }
+    }
+}
+
+impl<A: Copy> RowBlocks<A> for RowTaps<A> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn width(&self) -> usize {
+        self.width
+    }
+    #[inline(always)]
+    unsafe fn chunk<S: Lanes<A>, const R: usize, const W: usize>(&self, m: usize, i: usize) {
+        // SAFETY: forwarded from `row_blocks`.
+        unsafe { row_chunk::<S, A, R, W>(self, m, i) }
+    }
+    #[inline(always)]
+    unsafe fn square_chunk<S: Lanes<A>, const R: usize, const K: usize>(&self, m: usize, i: usize) {
+        // SAFETY: forwarded from `row_blocks`.
+        unsafe { square_chunk::<S, A, R, K>(self, m, i) }
     }
 }
 
@@ -235,28 +287,8 @@ unsafe fn row_chunk<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(r: &Ro
 /// vectors. The same sums in the same order as [`row_taps`].
 #[inline(always)]
 pub(super) unsafe fn square_taps<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: &RowTaps<A>) {
-    let l = S::LANES;
-    let full = r.rows / R * R;
     // SAFETY: `Kernels::row_taps` checked the lengths and the grid's shape.
-    unsafe {
-        for m in (0..full).step_by(R) {
-            for i in (0..r.width).step_by(l) {
-                square_chunk::<S, A, R, K>(r, m, i);
-            }
-        }
-        let mut m = full;
-        while m < r.rows {
-            let two = r.rows - m >= 2;
-            for i in (0..r.width).step_by(l) {
-                if two {
-                    square_chunk::<S, A, 2, K>(r, m, i);
-                } else {
-                    square_chunk::<S, A, 1, K>(r, m, i);
-                }
-            }
-            m += if two { 2 } else { 1 };
-        }
-    }
+    unsafe { row_blocks::<S, A, _, R, 1, K>(r) }
 }
 
 /// The `R` registers of output rows `m..m + R` at column `i` of [`square_taps`].
@@ -365,43 +397,26 @@ pub(crate) struct RowTapsInPlace<A> {
 /// [`RowTapsInPlace`] in blocks of `R` rows by `V` registers, as [`row_taps`].
 #[inline(always)]
 pub(super) unsafe fn row_taps_in_place<S: Lanes<A>, A: Copy, const R: usize, const V: usize>(r: &RowTapsInPlace<A>) {
-    let l = S::LANES;
-    let vectors = r.width.div_ceil(l);
     // SAFETY: `Kernels::row_taps_in_place` checked the planes, weights and output.
-    unsafe {
-        let mut m = 0;
-        while m < r.rows {
-            let block = if r.rows - m >= R {
-                R
-            } else if r.rows - m >= 2 {
-                2
-            } else {
-                1
-            };
-            let mut v = 0;
-            while v < vectors {
-                let chunk = if vectors - v >= V {
-                    V
-                } else if vectors - v >= 2 {
-                    2
-                } else {
-                    1
-                };
-                match (block == R, block, chunk == V, chunk) {
-                    (true, _, true, _) => in_place_chunk::<S, A, R, V>(r, m, v * l),
-                    (true, _, _, 2) => in_place_chunk::<S, A, R, 2>(r, m, v * l),
-                    (true, _, _, _) => in_place_chunk::<S, A, R, 1>(r, m, v * l),
-                    (_, 2, true, _) => in_place_chunk::<S, A, 2, V>(r, m, v * l),
-                    (_, 2, _, 2) => in_place_chunk::<S, A, 2, 2>(r, m, v * l),
-                    (_, 2, _, _) => in_place_chunk::<S, A, 2, 1>(r, m, v * l),
-                    (_, _, true, _) => in_place_chunk::<S, A, 1, V>(r, m, v * l),
-                    (_, _, _, 2) => in_place_chunk::<S, A, 1, 2>(r, m, v * l),
-                    _ => in_place_chunk::<S, A, 1, 1>(r, m, v * l),
-                }
-                v += chunk;
-            }
-            m += block;
-        }
+    unsafe { row_blocks::<S, A, _, R, V, 0>(r) }
+}
+
+impl<A: Copy> RowBlocks<A> for RowTapsInPlace<A> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn width(&self) -> usize {
+        self.width
+    }
+    #[inline(always)]
+    unsafe fn chunk<S: Lanes<A>, const R: usize, const W: usize>(&self, m: usize, i: usize) {
+        // SAFETY: forwarded from `row_blocks`.
+        unsafe { in_place_chunk::<S, A, R, W>(self, m, i) }
+    }
+    #[inline(always)]
+    unsafe fn square_chunk<S: Lanes<A>, const R: usize, const K: usize>(&self, m: usize, i: usize) {
+        // SAFETY: forwarded from `row_blocks`.
+        unsafe { square_in_place_chunk::<S, A, R, K>(self, m, i) }
     }
 }
 
@@ -470,28 +485,8 @@ unsafe fn in_place_chunk<S: Lanes<A>, A: Copy, const R: usize, const W: usize>(
 /// plane in registers, the lanes each column tap loads fixed per register.
 #[inline(always)]
 pub(super) unsafe fn square_in_place<S: Lanes<A>, A: Copy, const R: usize, const K: usize>(r: &RowTapsInPlace<A>) {
-    let l = S::LANES;
     // SAFETY: `Kernels::row_taps_in_place` checked the planes, weights, output and grid.
-    unsafe {
-        let mut m = 0;
-        while m < r.rows {
-            let block = if r.rows - m >= R {
-                R
-            } else if r.rows - m >= 2 {
-                2
-            } else {
-                1
-            };
-            for i in (0..r.width).step_by(l) {
-                match block {
-                    b if b == R => square_in_place_chunk::<S, A, R, K>(r, m, i),
-                    2 => square_in_place_chunk::<S, A, 2, K>(r, m, i),
-                    _ => square_in_place_chunk::<S, A, 1, K>(r, m, i),
-                }
-            }
-            m += block;
-        }
-    }
+    unsafe { row_blocks::<S, A, _, R, 1, K>(r) }
 }
 
 /// The `R` registers of output rows `m..m + R` at column `i`, read in place.
