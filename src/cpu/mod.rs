@@ -170,11 +170,11 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 ///   stride 1, the adjoint: conv's input gradient) when the kernel has 3
 ///   taps at stride 1 along one axis or more (and 1 tap along the others),
 ///   both sides have at least 32 channels per group and the primitive's
-///   output has at least 256 tiles: the GEMMs then outweigh the transforms
+///   output has at least 128 tiles: the GEMMs then outweigh the transforms
 ///   of inputs, outputs and weights, so 2.25× (3×3), 3.4× (3×3×3) or 1.5×
 ///   (3) fewer multiply-adds pay. On 2 Zen 4 cores (AVX-512), ResNet's
-///   64-channel, U-Net's, the dilated, the 3-D and the 1-D layers of the
-///   suite ran 0.74–0.93× the time of implicit GEMM (forward; 0.90–0.94×
+///   64- and 256-channel, U-Net's, the dilated, the 3-D and the 1-D layers of
+///   the suite ran 0.74–0.93× the time of implicit GEMM (forward; 0.90–0.94×
 ///   backward). Not for bf16, whose implicit GEMM multiplies channel pairs
 ///   at twice f32's rate on AVX-512 BF16.
 /// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is

@@ -53,10 +53,16 @@ const TILE_BLOCKS: usize = 2;
 /// `KC × NR` block of `V` stays in L1 while the weight strips pass over it).
 const KC: usize = 256;
 /// Output channels a task's block holds at most, so that the `KC` rows of its
-/// `U_ξ` strips (128 KiB of f32) stay in L2.
-const ROWS: usize = 128;
-/// Parallel pieces an op aims for when its shape allows (as `gemm::MIN_TASKS`).
-const MIN_TASKS: usize = 8;
+/// `U_ξ` strips (384 KiB of f32) stay in L2 (1 MiB on Zen 4). Every block
+/// gathers and transforms its tiles' inputs anew: at 128 (three blocks of
+/// 256 channels) the dilated layer of the suite ran 1.25× the time it takes
+/// in one block, the 1-D layer 1.1–1.2×.
+const ROWS: usize = 384;
+/// Parallel pieces an op aims for per thread when its tiles are too few
+/// (ResNet's 14×14 layer: 196 tiles, 4 blocks of them): 2 kept two threads
+/// busy, where 4 (a second block of output channels, transforming the inputs
+/// again) ran that layer 1.2× slower.
+const TASKS_PER_THREAD: usize = 2;
 /// A table entry that reads or writes nothing (a padding input, an output past the edge).
 const NONE: usize = usize::MAX;
 
@@ -70,10 +76,10 @@ pub(crate) fn applicable(g: &ConvGeometry) -> bool {
 /// Tiles from which [`worthwhile`] holds: `U` (16 values per weight pair
 /// for 3×3, against 9) is made once per op and read once per block of tiles,
 /// so with few tiles its making and reading cost more than the multiplies
-/// saved. On 2 AVX2 cores, ResNet's 512-channel 7×7 layer (4 images, 64
-/// tiles) ran 1.44× slower than implicit GEMM; its 256-channel 14×14 layer
-/// (196 tiles) 0.78–1.11× the time over eight paired runs, no gain at the median.
-const MIN_TILES: usize = 256;
+/// saved. On 2 Zen 4 cores, ResNet's 256-channel 14×14 layer (4 images, 196
+/// tiles) ran 0.81× the time of implicit GEMM (AVX-512; 0.61× on AVX2), its
+/// 512-channel 7×7 layer (64 tiles) 1.7×.
+const MIN_TILES: usize = 128;
 
 /// Whether F(2, 3) should beat implicit GEMM on `g` (an [`applicable`]
 /// geometry, so with a 3-tap axis at least): tiles enough to repay `U` (see
@@ -320,7 +326,7 @@ pub(crate) fn correlate<T: Element>(
     if tiling.tiles == 0 {
         return Outcome::Done;
     }
-    let shape = Shape::new(ks, g, &tiling);
+    let shape = Shape::new(ks, g, &tiling, rayon::current_num_threads());
     let u = transformed_weights(ks, g, &tiling, w);
     let not_finite = AtomicBool::new(false);
     let y = Dst(y.as_mut_ptr());
@@ -408,7 +414,7 @@ unsafe fn task_avx512<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, 
 #[inline(always)]
 unsafe fn task_body<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
     ws.locate(op.g, op.tiling, op.shape, task);
-    ws.transform_inputs(op.g, op.tiling, op.shape, op.x);
+    ws.transform_inputs(op.g, op.tiling, op.shape, task, op.x);
     ws.multiply(op.ks, op.tiling, op.shape, task, op.u);
     // SAFETY: forwarded from `run_task`.
     unsafe { ws.transform_outputs(op.g, op.tiling, op.shape, task, op.bias, op.activation, op.y) }
@@ -435,29 +441,47 @@ struct Shape {
     strips_per_block: usize,
     strip_blocks: usize,
     tile_blocks: usize,
-    /// Tiles per task, a multiple of `NR`.
+    /// Tiles per task, a multiple of `NR`, and in the op.
     tiles: usize,
+    all_tiles: usize,
 }
 
 /// One task: a group, a block of tiles, a block of strips.
 struct Task {
     group: usize,
     first_tile: usize,
+    /// The columns it computes: its tiles, to a multiple of `NR` (the op's
+    /// last block may have fewer than [`Shape::tiles`]).
+    columns: usize,
     strips: std::ops::Range<usize>,
 }
 
 impl Shape {
-    fn new<A>(ks: &Kernels<A>, g: &ConvGeometry, tiling: &Tiling) -> Shape {
+    fn new<A>(ks: &Kernels<A>, g: &ConvGeometry, tiling: &Tiling, threads: usize) -> Shape {
         let (mr, nr) = (ks.nn_rows, ks.nn_cols);
         let (cs, cd) = (g.in_channels_per_group(), g.out_channels_per_group());
         let tiles = TILE_BLOCKS * nr;
         let tile_blocks = tiling.tiles.div_ceil(tiles).max(1);
         let strips = cd.div_ceil(mr);
         // As many strip blocks as keep U's rows in L2, and more where tiles alone give too few tasks.
-        let wanted = MIN_TASKS.div_ceil(g.groups * tile_blocks).max(strips.div_ceil((ROWS / mr).max(1)));
+        let min_tasks = TASKS_PER_THREAD * threads;
+        let wanted = min_tasks.div_ceil(g.groups * tile_blocks).max(strips.div_ceil((ROWS / mr).max(1)));
         let strips_per_block = strips.div_ceil(wanted.min(strips).max(1));
         let strip_blocks = strips.div_ceil(strips_per_block);
-        Shape { mr, nr, groups: g.groups, cs, cd, strips, strips_per_block, strip_blocks, tile_blocks, tiles }
+        let all_tiles = tiling.tiles;
+        Shape {
+            mr,
+            nr,
+            groups: g.groups,
+            cs,
+            cd,
+            strips,
+            strips_per_block,
+            strip_blocks,
+            tile_blocks,
+            tiles,
+            all_tiles,
+        }
     }
 
     fn tasks(&self) -> usize {
@@ -468,10 +492,11 @@ impl Shape {
         let (group, rest) =
             (index / (self.tile_blocks * self.strip_blocks), index % (self.tile_blocks * self.strip_blocks));
         let (tile_block, strip_block) = (rest / self.strip_blocks, rest % self.strip_blocks);
-        let first = strip_block * self.strips_per_block;
+        let (first, first_tile) = (strip_block * self.strips_per_block, tile_block * self.tiles);
         Task {
             group,
-            first_tile: tile_block * self.tiles,
+            first_tile,
+            columns: (self.all_tiles - first_tile).min(self.tiles).next_multiple_of(self.nr),
             strips: first..(first + self.strips_per_block).min(self.strips),
         }
     }
@@ -603,7 +628,7 @@ impl<A: Accumulator> Workspace<A> {
         self.out_runs.clear();
         self.out_edges.clear();
         self.dst.fill(NONE);
-        for t in 0..tiles {
+        for t in 0..task.columns {
             let tile = task.first_tile + t;
             if tile >= tiling.tiles {
                 self.edges.push(t);
@@ -668,7 +693,14 @@ impl<A: Accumulator> Workspace<A> {
     /// `V = Bᵀ d B`: gathers each channel's points of the task's tiles and
     /// transforms them along each 4-point axis.
     #[inline(always)]
-    fn transform_inputs<T: Element<Accum = A>>(&mut self, g: &ConvGeometry, tiling: &Tiling, shape: &Shape, x: &[T]) {
+    fn transform_inputs<T: Element<Accum = A>>(
+        &mut self,
+        g: &ConvGeometry,
+        tiling: &Tiling,
+        shape: &Shape,
+        task: &Task,
+        x: &[T],
+    ) {
         let (cs, tiles) = (shape.cs, shape.tiles);
         for c in 0..cs {
             let channel = c * g.in_volume();
@@ -691,7 +723,7 @@ impl<A: Accumulator> Workspace<A> {
             for (axis, starts) in &tiling.input_lines {
                 let gap = tiling.point_stride[*axis] * cs * tiles;
                 for &start in starts {
-                    input_transform(rows4(&mut self.v, (start * cs + c) * tiles, gap, tiles));
+                    input_transform(rows4(&mut self.v, (start * cs + c) * tiles, gap, task.columns));
                 }
             }
         }
@@ -705,7 +737,7 @@ impl<A: Accumulator> Workspace<A> {
         for xi in 0..points {
             for k0 in (0..cs).step_by(KC) {
                 let k = KC.min(cs - k0);
-                for j in (0..tiles).step_by(nr) {
+                for j in (0..task.columns).step_by(nr) {
                     let b = &self.v[(xi * cs + k0) * tiles + j..];
                     for (i, s) in task.strips.clone().enumerate() {
                         let strip = ((task.group * shape.strips + s) * points + xi) * cs * mr;
@@ -747,13 +779,13 @@ impl<A: Accumulator> Workspace<A> {
             for (axis, starts) in &tiling.output_lines {
                 let gap = tiling.point_stride[*axis] * block_rows * tiles;
                 for &start in starts {
-                    output_transform(rows4(&mut self.m, (start * block_rows + i) * tiles, gap, tiles));
+                    output_transform(rows4(&mut self.m, (start * block_rows + i) * tiles, gap, task.columns));
                 }
             }
             let b = bias.map_or(A::ZERO, |b| b[task.group * shape.cd + o].to_accum());
             let out = |v: A| T::from_accum(activation.apply(v + b));
             let channel = o * out_volume;
-            let row = |xi: usize| &self.m[(xi * block_rows + i) * tiles..][..tiles];
+            let row = |xi: usize| &self.m[(xi * block_rows + i) * tiles..][..task.columns];
             for (&xi, &offset) in tiling.output_points.iter().zip(&tiling.output_offsets) {
                 // A count, not a short-circuit, so that the check vectorises.
                 finite &= row(xi).iter().filter(|&&v| !(v + b).is_finite()).count() == 0;
@@ -797,7 +829,7 @@ impl<A: Accumulator> Workspace<A> {
 /// flight: the transformed weights, and per task `V`, `M` and the tables.
 pub(crate) fn workspace_bytes<A>(ks: &Kernels<A>, g: &ConvGeometry, threads: usize) -> usize {
     let tiling = Tiling::new(g);
-    let shape = Shape::new(ks, g, &tiling);
+    let shape = Shape::new(ks, g, &tiling, threads);
     let size = std::mem::size_of::<A>();
     let u = shape.groups * shape.strips * shape.mr * tiling.points * shape.cs * size;
     let per_task = tiling.points * shape.tiles * (shape.cs + shape.strips_per_block * shape.mr) * size
