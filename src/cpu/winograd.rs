@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
+use super::gemm::zeroed;
 use super::keep::Keep;
 use super::kernels::{AOperand, Kernels};
 use super::threads::Tasks;
@@ -513,10 +514,15 @@ fn transformed_weights<T: Element>(
     let (mr, cs, cd, taps) = (ks.nn_rows, g.in_channels_per_group(), g.out_channels_per_group(), g.kernel_volume());
     let strips = cd.div_ceil(mr);
     let row = cs * mr;
-    let mut u = vec![T::Accum::ZERO; g.groups * strips * tiling.points * row];
+    let len = g.groups * strips * tiling.points * row;
+    let mut u = Vec::with_capacity(len);
     // Tap (t0, t1, t2) starts at point (t0, t1, t2).
     let tap_points = grid(g.kernel_size, tiling.point_stride);
-    u.par_chunks_mut(tiling.points * row).tasks().enumerate().for_each(|(index, strip)| {
+    // Each task zeroes its own strip just before scattering the weights into
+    // it, so that the scatter finds it in cache (zeroed whole by the caller,
+    // `U` had left L2 by then: ResNet's 14×14 layer ran 4% slower).
+    u.spare_capacity_mut()[..len].par_chunks_mut(tiling.points * row).tasks().enumerate().for_each(|(index, strip)| {
+        let strip = zeroed(strip, T::Accum::ZERO);
         let (group, first) = (index / strips, index % strips * mr);
         for i in 0..mr.min(cd - first) {
             for c in 0..cs {
@@ -533,6 +539,8 @@ fn transformed_weights<T: Element>(
             }
         }
     });
+    // SAFETY: the strips cover `len` elements, each zeroed or written above.
+    unsafe { u.set_len(len) };
     u
 }
 

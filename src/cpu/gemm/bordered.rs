@@ -313,7 +313,7 @@ fn steps(starts: &[Vec<usize>], channels: usize, plane_len: usize) -> Vec<Vec<Ra
 }
 
 /// `slots`, every one set to `zero`, as initialised values.
-pub(super) fn zeroed<V: Copy>(slots: &mut [MaybeUninit<V>], zero: V) -> &mut [V] {
+pub(crate) fn zeroed<V: Copy>(slots: &mut [MaybeUninit<V>], zero: V) -> &mut [V] {
     slots.fill(MaybeUninit::new(zero));
     // SAFETY: every slot was just written, and `MaybeUninit<V>` has `V`'s layout.
     unsafe { &mut *(slots as *mut [MaybeUninit<V>] as *mut [V]) }

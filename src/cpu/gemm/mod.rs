@@ -56,6 +56,7 @@ use weights::{
     BlockWeights, Weights, pack_weight_pairs, pack_weights, pairs_in_place, weight_pair_rows, weights_in_place,
 };
 
+pub(crate) use bordered::zeroed;
 pub(crate) use weight_grad::{correlate_weight, weight_workspace_bytes};
 
 /// Rows of `X̂` a micro-kernel call reduces over. The `KC × NR` block of `X̂`
