@@ -115,17 +115,19 @@ pub(crate) fn adjoint_geometry(g: &ConvGeometry) -> Option<ConvGeometry> {
 }
 
 /// `g`'s weights as those of [`adjoint_geometry`]: per group, `w̃[c][o]` is
-/// `w[o][c]` with its taps in reverse order (a flip along every axis).
-pub(crate) fn adjoint_weights<T: Copy>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+/// `w[o][c]` with its taps in reverse order (a flip along every axis), made
+/// in parallel, a source channel's kernels at a time (on one thread it took
+/// 4.5% of ResNet's 14×14 layer's backward pass).
+pub(crate) fn adjoint_weights<T: Copy + Send + Sync + Default>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     let (cs, cd, taps) = (g.in_channels_per_group(), g.out_channels_per_group(), g.kernel_volume());
-    let mut flipped = Vec::with_capacity(w.len());
-    for group in 0..g.groups {
-        for c in 0..cs {
-            for o in 0..cd {
-                flipped.extend(w[((group * cd + o) * cs + c) * taps..][..taps].iter().rev());
-            }
+    let mut flipped = vec![T::default(); w.len()];
+    flipped.par_chunks_mut(cd * taps).tasks().enumerate().for_each(|(index, kernels)| {
+        let (group, c) = (index / cs, index % cs);
+        for (o, kernel) in kernels.chunks_exact_mut(taps).enumerate() {
+            let source = &w[((group * cd + o) * cs + c) * taps..][..taps];
+            kernel.iter_mut().zip(source.iter().rev()).for_each(|(k, &v)| *k = v);
         }
-    }
+    });
     flipped
 }
 
