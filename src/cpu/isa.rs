@@ -163,9 +163,9 @@ pub(crate) unsafe trait Lanes<A: Copy>: Copy + 'static {
     /// (`lo <= hi <= LANES`): a vector that hangs over a row's ends, whose
     /// lanes outside the row are neither read nor faulted on (on x86, a masked
     /// load). Only `p + lo..p + hi` need be valid; `p` itself may point outside.
-    /// Kernels call it for every register of a row, whole ones included
-    /// (here a plain load, under an AVX-512 mask as fast as one), without a
-    /// branch of their own.
+    /// Kernels call it for every register of a row, whole ones included,
+    /// without a branch of their own: a whole register is a plain load here
+    /// and on AVX2, and AVX-512's masked load is as fast as a plain one.
     #[inline(always)]
     unsafe fn load_lanes(p: *const A, lo: usize, hi: usize) -> Self::V {
         const { assert!(Self::LANES <= MAX_LANES) };
