@@ -27,12 +27,13 @@ pub(crate) fn tap_range(size: usize, out: usize, stride: usize, offset: i64) -> 
 
 /// One kernel tap: its flat index in the kernel and its offset in each dim.
 #[derive(Clone, Copy)]
-struct Tap {
-    index: usize,
+pub(crate) struct Tap {
+    pub index: usize,
     offset: [i64; 3],
 }
 
-fn taps(g: &ConvGeometry) -> Vec<Tap> {
+/// Every tap of `g`'s kernel, in index order.
+pub(crate) fn taps(g: &ConvGeometry) -> Vec<Tap> {
     let [kd, kh, kw] = g.kernel_size;
     let mut taps = Vec::with_capacity(kd * kh * kw);
     for a in 0..kd {
@@ -51,6 +52,14 @@ fn taps(g: &ConvGeometry) -> Vec<Tap> {
 
 /// Calls `f(out_index, in_index)` for every output position a tap reaches inside `x`.
 fn for_each_run(g: &ConvGeometry, tap: &Tap, mut f: impl FnMut(usize, usize)) {
+    let step = g.stride[2];
+    for_each_row(g, tap, |out, input, len| (0..len).for_each(|j| f(out + j, input + j * step)));
+}
+
+/// Calls `f(out_start, in_start, len)` for every row of output positions a
+/// tap reaches inside `x`: `len` of them from `out_start`, reaching `x` from
+/// `in_start` on, `stride[2]` apart.
+pub(crate) fn for_each_row(g: &ConvGeometry, tap: &Tap, mut f: impl FnMut(usize, usize, usize)) {
     let [od, oh, ow] = g.out_size;
     let [id, ih, iw] = g.in_size;
     let r0 = tap_range(id, od, g.stride[0], tap.offset[0]);
@@ -66,9 +75,7 @@ fn for_each_run(g: &ConvGeometry, tap: &Tap, mut f: impl FnMut(usize, usize)) {
             let out_row = (o0 * oh + o1) * ow;
             let in_row = (i0 as usize * ih + i1 as usize) * iw;
             let i2 = (r2.start * g.stride[2]) as i64 + tap.offset[2];
-            for (j, o2) in r2.clone().enumerate() {
-                f(out_row + o2, in_row + i2 as usize + j * g.stride[2]);
-            }
+            f(out_row + r2.start, in_row + i2 as usize, r2.len());
         }
     }
 }

@@ -28,8 +28,8 @@ use half::bf16;
 
 use super::isa::CpuIsa;
 use super::kernels::{
-    AOperand, AStrip, AValues, BRows, Gathered, IndirectKernel, NnTile, PackedA, RowSet, RowsA, check_indirect,
-    edge_kernel,
+    AOperand, AStrip, AValues, BRows, Gathered, IndirectKernel, NnTile, PackedA, RowSet, RowsA, StridedA,
+    check_indirect, edge_kernel,
 };
 use super::pass::as_type;
 use crate::element::Element;
@@ -181,6 +181,7 @@ unsafe fn nn_pairs<S: PairLanes, const MR: usize, const ROWS: usize, const NV: u
         match t.a {
             AStrip::Packed(a) => nn_pairs_body::<S, MR, ROWS, NV>(t, &PackedA(a)),
             AStrip::Rows(rows, offset) => nn_pairs_body::<S, MR, ROWS, NV>(t, &RowsA::<u32, MR>::new(rows, offset)),
+            AStrip::Strided(start, lda) => nn_pairs_body::<S, MR, ROWS, NV>(t, &StridedA { start, lda }),
         }
     }
 }

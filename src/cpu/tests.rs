@@ -334,6 +334,59 @@ fn auto_picks_winograd_for_wide_3x3_layers_with_tiles_enough() {
     assert_eq!(forced.algorithm_for(&narrow, DType::F32), CpuAlgorithm::Winograd);
 }
 
+/// The adjoint as a GEMM and col2im past its tile sizes: two `KC` blocks of
+/// `y` channels with a last strip that reads past the weights (copied), two
+/// column blocks of images with a short last one, blocks of channels in two
+/// groups, 1-D dilated and 3-D strided with output padding.
+#[test]
+fn gemm_col2im_equals_direct_past_its_tile_sizes() {
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    let convt = |x: &[usize], w: &[usize], o: ConvTransposeOptions| {
+        ConvGeometry::conv_transpose(x.len() - 2, x, w, None, &o).unwrap()
+    };
+    let geometries = [
+        convt(&[2, 270, 3, 4], &[270, 5, 3, 3], ConvTransposeOptions::new().stride(2).padding(1).output_padding(1)),
+        conv(&[5, 20, 9, 8], &[30, 10, 3, 3], ConvOptions::new().padding(1).groups(2)),
+        convt(&[2, 12, 40], &[12, 7, 5], ConvTransposeOptions::new().stride(3).dilation(2).padding(2)),
+        convt(&[1, 16, 3, 4, 5], &[16, 6, 3, 3, 3], ConvTransposeOptions::new().stride(2).padding(1).output_padding(1)),
+    ];
+    assert!(geometries.iter().all(|g| super::gemm::col2im::applicable(&super::simplified(g))));
+    check_against_direct::<f32>(&geometries);
+    check_against_direct::<f64>(&geometries[..2]);
+}
+
+#[test]
+fn auto_runs_the_adjoint_of_small_planes_as_gemm_col2im() {
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    let convt = |x: &[usize], w: &[usize], o: ConvTransposeOptions| {
+        ConvGeometry::conv_transpose(x.len() - 2, x, w, None, &o).unwrap()
+    };
+    let adjoint = |g: &ConvGeometry, dtype| select_algorithm_for(g, Primitive::CorrelateAdjoint, dtype);
+    // DCGAN's transposed conv: 16 images of 4×4; ResNet's 512-channel input gradient: 4 of 7×7.
+    let dcgan = convt(&[16, 512, 4, 4], &[512, 256, 4, 4], ConvTransposeOptions::new().stride(2).padding(1));
+    let deep = conv(&[4, 512, 7, 7], &[512, 512, 3, 3], ConvOptions::new().padding(1));
+    for g in [&dcgan, &deep] {
+        assert_eq!(adjoint(g, DType::F32), CpuAlgorithm::GemmCol2im, "{g:?}");
+        assert_eq!(adjoint(g, DType::F64), CpuAlgorithm::GemmCol2im, "{g:?}");
+        // Halves have no weights to read in place as accumulators.
+        assert_eq!(adjoint(g, DType::BF16), CpuAlgorithm::ImplicitGemm, "{g:?}");
+        assert_eq!(select_algorithm_for(g, Primitive::Correlate, DType::F32), CpuAlgorithm::ImplicitGemm);
+    }
+    assert_eq!(select_algorithm(&dcgan, DType::F32), CpuAlgorithm::GemmCol2im);
+    // U-Net's transposed conv (4096 positions of `y`) packs its few weights.
+    let unet = convt(&[1, 128, 64, 64], &[128, 64, 2, 2], ConvTransposeOptions::new().stride(2));
+    assert_eq!(select_algorithm(&unet, DType::F32), CpuAlgorithm::ImplicitGemm);
+    // Forced, it runs the adjoint only, and only of f32 and f64.
+    let forced = CpuBackend::new().with_algorithm(CpuAlgorithm::GemmCol2im);
+    assert_eq!(forced.algorithm_for(&unet, DType::F32), CpuAlgorithm::GemmCol2im);
+    assert_eq!(forced.algorithm_for(&unet, DType::F16), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(forced.algorithm_for(&deep, DType::F32), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(
+        forced.algorithm_for_primitive(&deep, Primitive::CorrelateWeight, DType::F32),
+        CpuAlgorithm::ImplicitGemm
+    );
+}
+
 #[test]
 fn bf16_channel_pairs_equal_direct_past_the_tile_sizes() {
     let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();

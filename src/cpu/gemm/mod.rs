@@ -42,6 +42,7 @@ use crate::backend::Activation;
 use crate::element::{Accumulator, DType, Element};
 
 mod bordered;
+pub(crate) mod col2im;
 mod plan;
 mod store;
 #[cfg(test)]

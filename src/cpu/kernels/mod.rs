@@ -33,7 +33,7 @@ mod rows;
 mod tests;
 
 use nn::nn;
-pub(crate) use nn::{AStrip, AValues, NnTile, PackedA, RowsA};
+pub(crate) use nn::{AStrip, AValues, NnTile, PackedA, RowsA, StridedA};
 pub(crate) use nt::NtTile;
 use nt::nt;
 pub(crate) use rows::{DotsRow, IN_PLACE_COLUMNS, IN_PLACE_PLANES, RowTaps, RowTapsInPlace, TapGrid, TapsBlock};
@@ -73,7 +73,7 @@ pub(crate) fn check_indirect<A, B>(
     ldc: usize,
 ) -> (usize, AStrip<B>) {
     let k = rows.rows();
-    let a = a.strip(k, mr, kernel);
+    let a = a.strip(k, (mr, mr), kernel);
     assert!(offset + nr <= rows.row_len(), "{kernel}: rows hold {} < {offset} + {nr}", rows.row_len());
     assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "{kernel}: c too short");
     (k, a)
@@ -117,12 +117,21 @@ pub(crate) enum AOperand<'a, A> {
     Packed(&'a [A]),
     /// In place: `MR` rows, each read for `k` values from `offset`.
     Rows(&'a RowSet<'a, A>, usize),
+    /// In place: `k` runs of `MR` values, `lda` apart (the rows of a matrix
+    /// whose columns are the tile's rows: the weights of an adjoint GEMM).
+    /// The last run need only hold the rows the kernel computes.
+    Strided(&'a [A], usize),
 }
 
 impl<A> AOperand<'_, A> {
-    /// The operand as the kernels take it, checked to hold `k` steps of `mr` rows.
-    pub fn strip(self, k: usize, mr: usize, kernel: &str) -> AStrip<A> {
+    /// The operand as the kernels take it, checked to hold `k` steps of `mr`
+    /// rows (of `height`, the rows the kernel computes, where read in place).
+    pub fn strip(self, k: usize, (mr, height): (usize, usize), kernel: &str) -> AStrip<A> {
         match self {
+            AOperand::Strided(a, lda) => {
+                assert!(k == 0 || a.len() >= (k - 1) * lda + height, "{kernel}: a holds {} < {k}×{lda}", a.len());
+                AStrip::Strided(a.as_ptr(), lda)
+            }
             AOperand::Packed(a) => {
                 assert!(a.len() >= k * mr, "{kernel}: a holds {} < {k}×{mr}", a.len());
                 AStrip::Packed(a.as_ptr())
@@ -457,6 +466,11 @@ impl<A: Copy + 'static> Kernels<A> {
         edge_kernel(&self.nn_heights, self.lanes, rows, cols)
     }
 
+    /// The rows the `nn` kernel for a tile's first `rows` rows computes (an edge kernel's height, or `MR`).
+    pub fn nn_height(&self, rows: usize) -> usize {
+        self.nn_kernel(rows, self.nn_cols).2
+    }
+
     /// Runs one `nn` micro-tile on slices, checking every operand holds the
     /// whole `MR × NR` tile, of which it computes the first `rows` rows and
     /// `cols` columns at least (an edge kernel's height, or `MR`; one vector,
@@ -474,8 +488,8 @@ impl<A: Copy + 'static> Kernels<A> {
         accumulate: bool,
     ) {
         let (mr, nr) = (self.nn_rows, self.nn_cols);
-        let (width, height, _) = self.nn_kernel(rows, cols);
-        let a = a.strip(k, mr, "nn");
+        let (width, height, rows_computed) = self.nn_kernel(rows, cols);
+        let a = a.strip(k, (mr, rows_computed), "nn");
         assert!(k == 0 || (ldb >= nr && b.len() >= (k - 1) * ldb + nr), "nn: b too short");
         assert!(ldc >= nr && c.len() >= (mr - 1) * ldc + nr, "nn: c too short");
         let tile = NnTile { k, a, b: Strided { start: b.as_ptr(), ld: ldb }, c: c.as_mut_ptr(), ldc, accumulate };

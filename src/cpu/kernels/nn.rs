@@ -10,6 +10,8 @@ pub(crate) enum AStrip<A> {
     Packed(*const A),
     /// In place: `MR` row pointers, row `i` read for `k` values from `rows[i] + offset`.
     Rows(*const *const A, usize),
+    /// In place: `k` runs of `MR` values, the second argument apart.
+    Strided(*const A, usize),
 }
 
 /// The `a` operand of a micro-tile as the kernel body reads it.
@@ -26,6 +28,20 @@ impl<A: Copy> AValues<A> for PackedA<A> {
     unsafe fn value<const MR: usize>(&self, kk: usize, i: usize) -> A {
         // SAFETY: the caller keeps `kk` below the reduction length and `i` below `MR`.
         unsafe { *self.0.add(kk * MR + i) }
+    }
+}
+
+/// Runs of `MR` values read in place: step `kk` at `kk·lda`.
+pub(crate) struct StridedA<A> {
+    pub start: *const A,
+    pub lda: usize,
+}
+
+impl<A: Copy> AValues<A> for StridedA<A> {
+    #[inline(always)]
+    unsafe fn value<const MR: usize>(&self, kk: usize, i: usize) -> A {
+        // SAFETY: the caller keeps `kk` below the reduction length and `i` below the kernel's height.
+        unsafe { *self.start.add(kk * self.lda + i) }
     }
 }
 
@@ -78,6 +94,7 @@ pub(super) unsafe fn nn<S: Lanes<A>, A: Copy, R: BRows<A>, const MR: usize, cons
         match t.a {
             AStrip::Packed(a) => nn_body::<S, A, R, MR, ROWS, NV>(t, &PackedA(a)),
             AStrip::Rows(rows, offset) => nn_body::<S, A, R, MR, ROWS, NV>(t, &RowsA::<A, MR>::new(rows, offset)),
+            AStrip::Strided(start, lda) => nn_body::<S, A, R, MR, ROWS, NV>(t, &StridedA { start, lda }),
         }
     }
 }
