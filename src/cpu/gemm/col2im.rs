@@ -36,7 +36,7 @@ use crate::geometry::ConvGeometry;
 const COLUMNS: usize = 256;
 /// Rows of `Z` (whole `x` channels of `taps` rows each) a task aims for.
 const ROWS: usize = 128;
-/// Parallel pieces an op aims to split into, as [`super::MIN_TASKS`].
+/// Parallel pieces a column block aims to split into, as [`super::MIN_TASKS`].
 const MIN_TASKS: usize = 8;
 /// Rows of the `y` panel one packing job fills.
 const PACK_ROWS: usize = 32;
@@ -51,7 +51,8 @@ pub(crate) fn applicable(g: &ConvGeometry) -> bool {
     plane > 0 && g.in_volume() > 0 && taps.checked_mul(plane).is_some_and(|n| n <= MAX_CHANNEL_TILE)
 }
 
-/// How the op is cut: column blocks of whole images × groups × blocks of `x` channels.
+/// How the op is cut: column blocks of whole images, one after the other,
+/// each in parallel tasks of one group and block of `x` channels.
 struct Shape {
     /// `y` channels per group (the reduction), `x` channels per group, taps.
     cy: usize,
@@ -73,7 +74,7 @@ impl Shape {
             (g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_volume(), g.out_volume());
         let images = (COLUMNS / plane).clamp(1, g.batch.max(1));
         let column_blocks = g.batch.div_ceil(images);
-        let parts = MIN_TASKS.div_ceil(column_blocks * g.groups);
+        let parts = MIN_TASKS.div_ceil(g.groups);
         let channels = row_block(cx, parts, 1, (ROWS / taps).max(1));
         let channel_blocks = cx.div_ceil(channels);
         Shape {
@@ -88,9 +89,9 @@ impl Shape {
         }
     }
 
-    /// Elements of every panel: `cy` rows of `ldb` per column block and group.
+    /// Elements of a column block's panels: `cy` rows of `ldb` per group.
     fn panels_len(&self, groups: usize) -> usize {
-        self.column_blocks * groups * self.cy * self.ldb
+        groups * self.cy * self.ldb
     }
 
     /// Accumulators of one task's tile of `Z`: its rows in whole strips of `mr`.
@@ -100,7 +101,8 @@ impl Shape {
 }
 
 /// Bytes of extra memory the adjoint of `g` takes with `threads` threads:
-/// the `y` panels, and per thread a tile of `Z`, a plane and a packed strip.
+/// a column block's `y` panels, and per thread a tile of `Z`, a plane and a
+/// packed strip.
 pub(crate) fn workspace_bytes<A: Copy + 'static>(ks: &Kernels<A>, g: &ConvGeometry, threads: usize) -> usize {
     let shape = Shape::new(g, ks.nn_cols);
     let per_thread = shape.tile_len(ks.nn_rows) + g.in_volume() + shape.cy * ks.nn_rows;
@@ -137,33 +139,37 @@ pub(crate) fn correlate_adjoint<T: Element>(
 ) {
     let shape = Shape::new(g, ks.nn_cols);
     let (plane_y, plane_x, groups) = (g.out_volume(), g.in_volume(), g.groups);
-    let mut panels = keep.take(Vec::<T::Accum>::new);
-    let start = pack_panels(&shape, g, y, &mut panels);
-    let panels = &panels[start..][..shape.panels_len(groups)];
     // Every (tap, row) of the kernel's reach, computed once: (tap, first `y` position, first `x` position, length).
     let mut rows = Vec::new();
     for tap in taps(g) {
         for_each_row(g, &tap, |y, x, len| rows.push((tap.index, y, x, len)));
     }
     let buffers = || keep.take(Buffers::<T::Accum>::default);
-    split_tasks(x, &shape, g).into_par_iter().tasks().for_each_init(buffers, |held, task| {
-        let Buffers { tile, plane, strip } = &mut **held;
-        let panel = &panels[(task.block * groups + task.group) * shape.cy * shape.ldb..][..shape.cy * shape.ldb];
-        let start = multiply(ks, &shape, g, w, panel, &task, tile, strip);
-        let tile = &tile[start..];
-        plane.resize(plane_x, T::Accum::ZERO);
-        let channels = task.channels.len();
-        for (index, dst) in task.planes.into_iter().enumerate() {
-            let (image, c) = (index / channels, index % channels);
-            plane.fill(T::Accum::ZERO);
-            let z = &tile[c * shape.taps * shape.ldb + image * plane_y..];
-            for &(tap, y, x, len) in &rows {
-                add_row(&z[tap * shape.ldb + y..][..len], &mut plane[x..], g.stride[2]);
+    let mut panels = keep.take(Vec::<T::Accum>::new);
+    let mut tasks = split_tasks(x, &shape, g).into_iter();
+    for block in 0..shape.column_blocks {
+        let start = pack_panels(&shape, g, y, block, &mut panels);
+        let panels = &panels[start..][..shape.panels_len(groups)];
+        let block_tasks: Vec<Task<'_, T>> = tasks.by_ref().take(groups * shape.channel_blocks).collect();
+        block_tasks.into_par_iter().tasks().for_each_init(buffers, |held, task| {
+            let Buffers { tile, plane, strip } = &mut **held;
+            let panel = &panels[task.group * shape.cy * shape.ldb..][..shape.cy * shape.ldb];
+            let start = multiply(ks, &shape, g, w, panel, &task, tile, strip);
+            let tile = &tile[start..];
+            plane.resize(plane_x, T::Accum::ZERO);
+            let channels = task.channels.len();
+            for (index, dst) in task.planes.into_iter().enumerate() {
+                let (image, c) = (index / channels, index % channels);
+                plane.fill(T::Accum::ZERO);
+                let z = &tile[c * shape.taps * shape.ldb + image * plane_y..];
+                for &(tap, y, x, len) in &rows {
+                    add_row(&z[tap * shape.ldb + y..][..len], &mut plane[x..], g.stride[2]);
+                }
+                let b = bias.map(|b| b[task.group * shape.cx + task.channels.start + c].to_accum());
+                store_row(plane, b, activation, dst, 1);
             }
-            let b = bias.map(|b| b[task.group * shape.cx + task.channels.start + c].to_accum());
-            store_row(plane, b, activation, dst, 1);
-        }
-    });
+        });
+    }
 }
 
 /// `x[j·step] += z[j]` for every `j`.
@@ -176,7 +182,7 @@ fn add_row<A: Accumulator>(z: &[A], x: &mut [A], step: usize) {
     }
 }
 
-/// Splits `x` (`[batch, groups·cx, plane]`) into tasks of whole planes.
+/// Splits `x` (`[batch, groups·cx, plane]`) into tasks of whole planes, by column block, group and channels.
 fn split_tasks<'a, T>(x: &'a mut [T], shape: &Shape, g: &ConvGeometry) -> Vec<Task<'a, T>> {
     let (groups, cx) = (g.groups, shape.cx);
     let mut tasks: Vec<Task<'a, T>> = (0..shape.column_blocks * groups * shape.channel_blocks)
@@ -197,15 +203,20 @@ fn split_tasks<'a, T>(x: &'a mut [T], shape: &Shape, g: &ConvGeometry) -> Vec<Ta
     tasks
 }
 
-/// The `y` panels, one per column block and group: row `o` holds channel
-/// `o` of the block's images side by side, zeros past them. Returns where
-/// they start in `buffer`.
-fn pack_panels<T: Element>(shape: &Shape, g: &ConvGeometry, y: &[T], buffer: &mut Vec<T::Accum>) -> usize {
+/// The `y` panels of column block `block`, one per group: row `o` holds
+/// channel `o` of the block's images side by side, zeros past them. Returns
+/// where they start in `buffer`.
+fn pack_panels<T: Element>(
+    shape: &Shape,
+    g: &ConvGeometry,
+    y: &[T],
+    block: usize,
+    buffer: &mut Vec<T::Accum>,
+) -> usize {
     let (ldb, cy, plane, groups) = (shape.ldb, shape.cy, g.out_volume(), g.groups);
     fill_in_jobs(buffer, shape.panels_len(groups), PACK_ROWS * ldb, |job, rows| {
         for (r, row) in (job * PACK_ROWS..).zip(rows.chunks_mut(ldb)) {
-            let (panel, o) = (r / cy, r % cy);
-            let (block, group) = (panel / groups, panel % groups);
+            let (group, o) = (r / cy, r % cy);
             let images = block * shape.images..((block + 1) * shape.images).min(g.batch);
             let filled = images.len() * plane;
             for (n, dst) in images.zip(row.chunks_mut(plane)) {
