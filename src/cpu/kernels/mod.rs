@@ -2,8 +2,9 @@
 //! instruction set, and the table ([`Kernels`]) an op looks them up in.
 //!
 //! - `nn`: the GEMM micro-kernel `C[MR×NR] (+)= Σ_k a[k][MR] ⊗ b[k][NR]`
-//!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint;
-//!   `a` packed in strips, or read in place from `MR` weight rows ([`AOperand`]).
+//!   (broadcast `a`, vector loads of `b`): implicit GEMM forward and adjoint,
+//!   col2im's GEMM, Winograd's products; `a` packed in strips, or read in
+//!   place from `MR` weight rows or from runs of `MR` values ([`AOperand`]).
 //! - `nt`: `C[MR×NR] (+)= Σ_r a[i][r] · b[j][r]`, dot products along the
 //!   contiguous dim: the weight gradient, where both operands are im2col-like rows.
 //! - `taps`, `row_taps`, `dots`: rows of the direct path for thin groups (a
