@@ -269,7 +269,8 @@ fn multiply<A: Accumulator>(
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let b = &panel[k0 * ldb..];
-        for jr in (0..ldb).step_by(nr) {
+        // The last column block may hold fewer images than the panel has room for.
+        for jr in (0..columns).step_by(nr) {
             for (s, tile_strip) in tile.chunks_mut(mr * ldb).enumerate() {
                 let a = match s == last && copied {
                     true => AOperand::Packed(&strip[k0 * mr..]),
