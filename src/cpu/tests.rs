@@ -97,6 +97,10 @@ fn large_geometries() -> Vec<ConvGeometry> {
         convt(&[2, 16, 8, 16], &[16, 20, 2, 2], ConvTransposeOptions::new().stride(2)),
         convt(&[1, 96, 48, 40], &[96, 24, 2, 2], ConvTransposeOptions::new().stride(2)),
         convt(&[1, 8, 4, 8, 8], &[8, 4, 2, 2, 2], ConvTransposeOptions::new().stride(2)),
+        // Small planes packed into a panel, their last few columns as dot products
+        // (`multiply_dots`): the last weight rows padded, and a reduction of two `KC` blocks.
+        conv(&[4, 16, 7, 7], &[22, 16, 3, 3], ConvOptions::new().padding(1)),
+        conv(&[1, 48, 6, 6], &[13, 48, 3, 3], ConvOptions::new().padding(1)),
         // One output per group, in blocks of rows: 3-D, strided and dilated along
         // dim 2, two sources per group; dilated along dim 1 (one run instead).
         conv(&[1, 6, 5, 9, 21], &[6, 1, 3, 3, 3], ConvOptions::new().padding(1).groups(6)),
