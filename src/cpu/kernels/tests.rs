@@ -37,6 +37,17 @@ where
     ks.nn((mr, nr), k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, false);
     ks.nn((mr, nr), k, AOperand::Rows(&rows, 2), &b, ldb, &mut in_place, ldc, true);
     assert!(c.iter().zip(&in_place).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()), "{isa:?} nn rows");
+    // And as runs `lda` apart, the last only as long as the rows computed: the same sums, bit for bit.
+    let lda = mr + 3;
+    for rows in [mr, 1] {
+        let height = ks.nn_height(rows);
+        let runs: Vec<A> = (0..(k - 1) * lda + height).map(|at| a[at / lda * mr + (at % lda).min(mr - 1)]).collect();
+        let mut strided = vec![A::ZERO; mr * ldc];
+        ks.nn((rows, nr), k, AOperand::Strided(&runs, lda), &b, ldb, &mut strided, ldc, false);
+        ks.nn((rows, nr), k, AOperand::Strided(&runs, lda), &b, ldb, &mut strided, ldc, true);
+        let same = (0..rows * ldc).all(|at| strided[at].to_f64().to_bits() == c[at].to_f64().to_bits());
+        assert!(same, "{isa:?} nn strided, {rows} rows");
+    }
     // Edge tiles: the first `rows` rows and `cols` columns, bit for bit; past
     // the kernel's height and width, nothing written.
     let mut full = vec![A::ZERO; mr * ldc];
