@@ -188,6 +188,36 @@ impl Default for BenchConfig {
     }
 }
 
+impl BenchConfig {
+    /// Checks the settings that do not depend on the device answering: at
+    /// least one thread, direction and batch multiple, and algorithm names the
+    /// device's backend knows. [`run`] checks them first too; a caller can
+    /// check them before its own set-up (the peak probe, a header).
+    ///
+    /// ```
+    /// use ferroconv::bench::{AlgorithmSelection, BenchConfig};
+    /// assert!(BenchConfig::default().validate().is_ok());
+    /// let unknown = BenchConfig { algorithms: AlgorithmSelection::Named("fft".into()), ..BenchConfig::default() };
+    /// assert!(unknown.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_mult == 0 {
+            return Err(Error::InvalidArgument { what: "batch_mult", detail: "must be at least 1".into() });
+        }
+        if self.threads == 0 {
+            return Err(Error::InvalidArgument { what: "threads", detail: "must be at least 1".into() });
+        }
+        if self.directions.is_empty() {
+            return Err(Error::InvalidArgument { what: "direction", detail: "no direction to run".into() });
+        }
+        match self.device {
+            Device::Cpu => self.algorithms.cpu_algorithms().map(drop),
+            Device::Cuda(_) => self.algorithms.gpu_algorithms().map(drop),
+            Device::Emu => Ok(()),
+        }
+    }
+}
+
 /// Checks that the benchmark can run on `device` here, with the reason when it cannot.
 ///
 /// ```
@@ -221,15 +251,7 @@ pub fn run(
     peak_gflops: Option<f64>,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Outcome>> {
-    if config.batch_mult == 0 {
-        return Err(Error::InvalidArgument { what: "batch_mult", detail: "must be at least 1".into() });
-    }
-    if config.threads == 0 {
-        return Err(Error::InvalidArgument { what: "threads", detail: "must be at least 1".into() });
-    }
-    if config.directions.is_empty() {
-        return Err(Error::InvalidArgument { what: "direction", detail: "no direction to run".into() });
-    }
+    config.validate()?;
     match config.device {
         Device::Cpu => {
             let targets = config

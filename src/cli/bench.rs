@@ -67,6 +67,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         timing: timing(args)?,
         batch_mult: args.batch_mult as usize,
     };
+    // Bad settings are errors before the peak probe runs and the table starts.
+    config.validate()?;
     bench::check_device(config.device)?;
     // Opened now, so a path that cannot be written fails before the run, not after it.
     let json = args
