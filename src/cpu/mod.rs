@@ -113,9 +113,10 @@ pub enum CpuAlgorithm {
     /// weights as they lie by `y`, `Z = Wᵀ·Y`, whose rows (an `x` channel at
     /// one tap) are then added into `x` at the positions the tap reaches
     /// (col2im): no packed copy of the weights, for small planes, where
-    /// packing them costs as much as the product. It runs the adjoint of
-    /// f32 and f64 ops whose `taps × y plane` is at most 2^20; other problems
-    /// run [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm).
+    /// packing them costs as much as the product (f16 and bf16 weights are
+    /// widened once, in one parallel pass). It runs the adjoint of ops whose
+    /// `taps × y plane` is at most 2^20; other problems run
+    /// [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm).
     GemmCol2im,
 }
 
@@ -193,8 +194,8 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 ///   the suite ran 0.74–0.93× the time of implicit GEMM (forward; 0.90–0.94×
 ///   backward). Not for bf16, whose implicit GEMM multiplies channel pairs
 ///   at twice f32's rate on AVX-512 BF16.
-/// - [`GemmCol2im`](CpuAlgorithm::GemmCol2im) otherwise for the adjoint in
-///   f32 or f64 where `y` holds at most 1024 positions (batch × plane): each
+/// - [`GemmCol2im`](CpuAlgorithm::GemmCol2im) otherwise for the adjoint
+///   where `y` holds at most 1024 positions (batch × plane): each
 ///   weight then meets few of them, and implicit GEMM's packing of the weights
 ///   (a read and a write of each, gathered from `x channels × taps` apart)
 ///   costs about as much as the product, where this GEMM reads them as they
@@ -202,7 +203,10 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 ///   implicit GEMM's time, ResNet's 512- and 256-channel input gradients
 ///   (7×7 and 14×14 planes) 0.85-0.93×; at 3136 positions (ResNet's 28×28
 ///   layer) the two were even, and U-Net's 64×64 transposed conv ran 1.3×
-///   slower (its weights are few: packing them costs nothing).
+///   slower (its weights are few: packing them costs nothing). f16 too, its
+///   weights widened once (DCGAN's layer: 0.64× the time); not bf16, whose
+///   implicit GEMM on channel pairs ran that layer in 0.78× this GEMM's time
+///   (AVX-512 BF16).
 /// - [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm) otherwise: the reduction is
 ///   `channels per group × prod(kernel)` long and each im2col element is
 ///   reused by every output channel of the group.
@@ -229,7 +233,9 @@ pub fn select_algorithm_for(geometry: &ConvGeometry, primitive: Primitive, dtype
     let winograd = dtype != DType::BF16
         && geometry.in_channels_per_group().min(geometry.out_channels_per_group()) >= WINOGRAD_CHANNELS
         && winograd_geometry(geometry, primitive).is_some_and(|g| winograd::worthwhile(&g));
-    let col2im = col2im_applies(geometry, primitive, dtype) && geometry.batch * geometry.out_volume() <= COL2IM_COLUMNS;
+    let col2im = dtype != DType::BF16
+        && col2im_applies(geometry, primitive)
+        && geometry.batch * geometry.out_volume() <= COL2IM_COLUMNS;
     match output_channels_per_group {
         ..=THIN_GROUP => CpuAlgorithm::SimdDirect,
         _ if winograd => CpuAlgorithm::Winograd,
@@ -254,9 +260,9 @@ fn simplified(g: &ConvGeometry) -> ConvGeometry {
     g
 }
 
-/// Whether [`GemmCol2im`](CpuAlgorithm::GemmCol2im) runs `primitive` of `g` in `dtype`.
-fn col2im_applies(g: &ConvGeometry, primitive: Primitive, dtype: DType) -> bool {
-    primitive == Primitive::CorrelateAdjoint && matches!(dtype, DType::F32 | DType::F64) && gemm::col2im::applicable(g)
+/// Whether [`GemmCol2im`](CpuAlgorithm::GemmCol2im) runs `primitive` of `g`.
+fn col2im_applies(g: &ConvGeometry, primitive: Primitive) -> bool {
+    primitive == Primitive::CorrelateAdjoint && gemm::col2im::applicable(g)
 }
 
 /// The geometry of the correlation Winograd runs for `primitive`, if it can.
@@ -409,7 +415,7 @@ impl CpuBackend {
         };
         match chosen {
             CpuAlgorithm::Winograd if winograd_geometry(geometry, primitive).is_none() => CpuAlgorithm::ImplicitGemm,
-            CpuAlgorithm::GemmCol2im if !col2im_applies(geometry, primitive, dtype) => CpuAlgorithm::ImplicitGemm,
+            CpuAlgorithm::GemmCol2im if !col2im_applies(geometry, primitive) => CpuAlgorithm::ImplicitGemm,
             other => other,
         }
     }
@@ -453,7 +459,14 @@ impl CpuBackend {
                 };
                 return winograd::workspace_bytes(&ks, &correlation, threads) + flipped;
             }
-            (CpuAlgorithm::GemmCol2im, Some(ks)) => return gemm::col2im::workspace_bytes(&ks, g, threads),
+            (CpuAlgorithm::GemmCol2im, Some(ks)) => {
+                // Half weights are widened into a copy first.
+                let widened = match dtype {
+                    DType::F16 | DType::BF16 => g.weight_shape().iter().product::<usize>() * std::mem::size_of::<A>(),
+                    DType::F32 | DType::F64 => 0,
+                };
+                return gemm::col2im::workspace_bytes(&ks, g, threads) + widened;
+            }
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 return match primitive {
                     Primitive::Correlate => sliding::workspace_bytes(&ks, &[Pass::forward(g)], false, dtype, threads),
@@ -597,10 +610,11 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 sliding::correlate(&ks, &Pass::adjoint(g), y, w, bias, activation, x)
             }
-            (CpuAlgorithm::GemmCol2im, Some(ks)) => match pass::as_accumulators(w) {
-                Some(w) => gemm::col2im::correlate_adjoint(&ks, &self.keep, g, y, w, bias, activation, x),
-                None => gemm::correlate(&ks, &self.keep, &Pass::adjoint(g), y, w, bias, activation, x),
-            },
+            (CpuAlgorithm::GemmCol2im, Some(ks)) => {
+                let mut wide = self.keep.take(Vec::new);
+                let w = gemm::col2im::weights_as_accumulators(w, &mut wide);
+                gemm::col2im::correlate_adjoint(&ks, &self.keep, g, y, w, bias, activation, x)
+            }
             (CpuAlgorithm::Winograd, Some(ks)) => {
                 let done = winograd::adjoint_geometry(g).is_some_and(|adjoint| {
                     let flipped = winograd::adjoint_weights(g, w);

@@ -357,6 +357,9 @@ fn gemm_col2im_equals_direct_past_its_tile_sizes() {
     assert!(geometries.iter().all(|g| super::gemm::col2im::applicable(&super::simplified(g))));
     check_against_direct::<f32>(&geometries);
     check_against_direct::<f64>(&geometries[..2]);
+    // Halves, their weights widened first.
+    check_against_direct::<f16>(&geometries[..2]);
+    check_against_direct::<bf16>(&geometries[2..]);
 }
 
 #[test]
@@ -370,9 +373,10 @@ fn auto_runs_the_adjoint_of_small_planes_as_gemm_col2im() {
     let dcgan = convt(&[16, 512, 4, 4], &[512, 256, 4, 4], ConvTransposeOptions::new().stride(2).padding(1));
     let deep = conv(&[4, 512, 7, 7], &[512, 512, 3, 3], ConvOptions::new().padding(1));
     for g in [&dcgan, &deep] {
-        assert_eq!(adjoint(g, DType::F32), CpuAlgorithm::GemmCol2im, "{g:?}");
-        assert_eq!(adjoint(g, DType::F64), CpuAlgorithm::GemmCol2im, "{g:?}");
-        // Halves have no weights to read in place as accumulators.
+        // f16 too, its weights widened once; bf16 keeps the pair kernel's implicit GEMM.
+        for dtype in [DType::F32, DType::F64, DType::F16] {
+            assert_eq!(adjoint(g, dtype), CpuAlgorithm::GemmCol2im, "{g:?}");
+        }
         assert_eq!(adjoint(g, DType::BF16), CpuAlgorithm::ImplicitGemm, "{g:?}");
         assert_eq!(select_algorithm_for(g, Primitive::Correlate, DType::F32), CpuAlgorithm::ImplicitGemm);
     }
@@ -380,10 +384,9 @@ fn auto_runs_the_adjoint_of_small_planes_as_gemm_col2im() {
     // U-Net's transposed conv (4096 positions of `y`) packs its few weights.
     let unet = convt(&[1, 128, 64, 64], &[128, 64, 2, 2], ConvTransposeOptions::new().stride(2));
     assert_eq!(select_algorithm(&unet, DType::F32), CpuAlgorithm::ImplicitGemm);
-    // Forced, it runs the adjoint only, and only of f32 and f64.
+    // Forced, it runs the adjoint only, in any dtype.
     let forced = CpuBackend::new().with_algorithm(CpuAlgorithm::GemmCol2im);
-    assert_eq!(forced.algorithm_for(&unet, DType::F32), CpuAlgorithm::GemmCol2im);
-    assert_eq!(forced.algorithm_for(&unet, DType::F16), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(forced.algorithm_for(&unet, DType::BF16), CpuAlgorithm::GemmCol2im);
     assert_eq!(forced.algorithm_for(&deep, DType::F32), CpuAlgorithm::ImplicitGemm);
     assert_eq!(
         forced.algorithm_for_primitive(&deep, Primitive::CorrelateWeight, DType::F32),

@@ -27,7 +27,7 @@ use crate::backend::Activation;
 use crate::cpu::direct::{for_each_row, taps};
 use crate::cpu::keep::Keep;
 use crate::cpu::kernels::{AOperand, Kernels};
-use crate::cpu::pass::store_row;
+use crate::cpu::pass::{as_accumulators, store_row, widen};
 use crate::cpu::threads::Tasks;
 use crate::element::{Accumulator, Element};
 use crate::geometry::ConvGeometry;
@@ -40,6 +40,8 @@ const ROWS: usize = 128;
 const MIN_TASKS: usize = 8;
 /// Rows of the `y` panel one packing job fills.
 const PACK_ROWS: usize = 32;
+/// Weights one job widens to the accumulator type.
+const WIDEN_CHUNK: usize = 1 << 16;
 /// The most accumulators one `x` channel's rows of `Z` may hold (taps × the
 /// positions of one `y` plane): a task's tile is at least that, per thread.
 const MAX_CHANNEL_TILE: usize = 1 << 20;
@@ -49,6 +51,19 @@ const MAX_CHANNEL_TILE: usize = 1 << 20;
 pub(crate) fn applicable(g: &ConvGeometry) -> bool {
     let (plane, taps) = (g.out_volume(), g.kernel_volume());
     plane > 0 && g.in_volume() > 0 && taps.checked_mul(plane).is_some_and(|n| n <= MAX_CHANNEL_TILE)
+}
+
+/// `w` in the accumulator type: itself, or widened into `buffer` in parallel
+/// (f16 and bf16 weights: one contiguous pass, where implicit GEMM's strips
+/// gather them from `x channels × taps` apart).
+pub(crate) fn weights_as_accumulators<'a, T: Element>(w: &'a [T], buffer: &'a mut Vec<T::Accum>) -> &'a [T::Accum] {
+    if let Some(w) = as_accumulators(w) {
+        return w;
+    }
+    buffer.clear();
+    buffer.resize(w.len(), T::Accum::ZERO);
+    buffer.par_chunks_mut(WIDEN_CHUNK).zip(w.par_chunks(WIDEN_CHUNK)).tasks().for_each(|(d, s)| widen(s, d));
+    buffer
 }
 
 /// How the op is cut: column blocks of whole images, one after the other,
