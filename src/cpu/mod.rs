@@ -459,14 +459,7 @@ impl CpuBackend {
                 };
                 return winograd::workspace_bytes(&ks, &correlation, threads) + flipped;
             }
-            (CpuAlgorithm::GemmCol2im, Some(ks)) => {
-                // Half weights are widened into a copy first.
-                let widened = match dtype {
-                    DType::F16 | DType::BF16 => g.weight_shape().iter().product::<usize>() * std::mem::size_of::<A>(),
-                    DType::F32 | DType::F64 => 0,
-                };
-                return gemm::col2im::workspace_bytes(&ks, g, threads) + widened;
-            }
+            (CpuAlgorithm::GemmCol2im, Some(ks)) => return gemm::col2im::workspace_bytes(&ks, g, dtype, threads),
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
                 return match primitive {
                     Primitive::Correlate => sliding::workspace_bytes(&ks, &[Pass::forward(g)], false, dtype, threads),

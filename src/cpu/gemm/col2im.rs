@@ -29,7 +29,7 @@ use crate::cpu::keep::Keep;
 use crate::cpu::kernels::{AOperand, Kernels};
 use crate::cpu::pass::{as_accumulators, store_row, widen};
 use crate::cpu::threads::Tasks;
-use crate::element::{Accumulator, Element};
+use crate::element::{Accumulator, DType, Element};
 use crate::geometry::ConvGeometry;
 
 /// Positions (of `y`, in whole images) a column block aims for.
@@ -115,13 +115,22 @@ impl Shape {
     }
 }
 
-/// Bytes of extra memory the adjoint of `g` takes with `threads` threads:
-/// a column block's `y` panels, and per thread a tile of `Z`, a plane and a
-/// packed strip.
-pub(crate) fn workspace_bytes<A: Copy + 'static>(ks: &Kernels<A>, g: &ConvGeometry, threads: usize) -> usize {
+/// Bytes of extra memory the adjoint of `g` in `dtype` takes with `threads`
+/// threads: the weights widened where they are halves, a column block's `y`
+/// panels, and per thread a tile of `Z`, a plane and a packed strip.
+pub(crate) fn workspace_bytes<A: Copy + 'static>(
+    ks: &Kernels<A>,
+    g: &ConvGeometry,
+    dtype: DType,
+    threads: usize,
+) -> usize {
     let shape = Shape::new(g, ks.nn_cols);
+    let widened = match dtype {
+        DType::F16 | DType::BF16 => g.groups * shape.cy * shape.cx * shape.taps,
+        DType::F32 | DType::F64 => 0,
+    };
     let per_thread = shape.tile_len(ks.nn_rows) + g.in_volume() + shape.cy * ks.nn_rows;
-    (shape.panels_len(g.groups) + threads.max(1) * per_thread) * std::mem::size_of::<A>()
+    (widened + shape.panels_len(g.groups) + threads.max(1) * per_thread) * std::mem::size_of::<A>()
 }
 
 /// A task: the planes of `x` of one column block, group and block of channels, ordered (image, channel).

@@ -197,10 +197,10 @@ pub(crate) fn correlate<T: Element>(
         let mut p = 0;
         while p < passes.len() {
             let [first, second] = &mut *inputs;
-            let columns = first.prepare(&source, &passes[p], src, &task, nr);
+            let columns = first.prepare(ks, &source, &passes[p], src, &task);
             let pair = p + 1 < passes.len()
                 && interleaves(&passes[p], &passes[p + 1])
-                && second.prepare(&source, &passes[p + 1], src, &task, nr) == columns
+                && second.prepare(ks, &source, &passes[p + 1], src, &task) == columns
                 && first.segments.iter().zip(&second.segments).all(|(a, b)| a.n == b.n && a.m == b.m && a.m2 == b.m2);
             let step = if pair { 2 } else { 1 };
             if columns == 0 {
@@ -270,6 +270,10 @@ struct PassInput<A> {
     panel: Vec<A>,
     pair_panel: Vec<u32>,
     panel_start: usize,
+    /// The panel's last `dots` columns transposed, `K` values each, for
+    /// [`multiply_dots`] (see [`dot_columns`]); zeros past them to whole `nt` tiles.
+    dot_columns: Vec<A>,
+    dots: usize,
     /// Grid points, the panel's columns.
     columns: usize,
     /// Tile width: the columns rounded up to `NR` (per image in the bordered copy).
@@ -281,26 +285,39 @@ impl<A: Accumulator> PassInput<A> {
     /// has no bordered copy; returns the number of grid points (0: nothing to do).
     fn prepare<T: Element<Accum = A>>(
         &mut self,
+        ks: &Kernels<A>,
         source: &Source<'_, A>,
         pass: &Pass,
         src: &[T],
         task: &Task<'_, T>,
-        nr: usize,
     ) -> usize {
         let columns = pass.segments(task.images.clone(), task.positions.clone(), &mut self.segments);
         if columns == 0 {
             return 0;
         }
-        let group = task.group;
+        let (group, (_, nr)) = (task.group, source.tile(ks));
         self.columns = columns;
+        self.dots = 0;
         self.ldb = match source {
             Source::Bordered(bordered, _) => virtual_columns(bordered, nr, &mut self.segments, &mut self.images),
             Source::Pairs { bordered: Some(bordered), .. } => {
                 virtual_columns(bordered, nr, &mut self.segments, &mut self.images)
             }
-            Source::Panel(_) => {
-                let ldb = columns.next_multiple_of(nr);
+            Source::Panel(weights) => {
+                let (ldb, k) = (columns.next_multiple_of(nr), pass.reduction());
                 self.panel_start = pack_panel(pass, src, group, &self.segments, columns, ldb, &mut self.panel);
+                if let (Weights::Rows(_), Some(dots)) = (weights, dot_columns(ks, columns, k)) {
+                    // Once per task, for all its row blocks.
+                    let panel = &self.panel[self.panel_start..];
+                    self.dot_columns.clear();
+                    self.dot_columns.resize(dots.next_multiple_of(ks.nt_rows) * k, A::ZERO);
+                    for (kk, row) in panel.chunks(ldb).take(k).enumerate() {
+                        for (i, &v) in row[columns - dots..columns].iter().enumerate() {
+                            self.dot_columns[i * k + kk] = v;
+                        }
+                    }
+                    self.dots = dots;
+                }
                 ldb
             }
             Source::Pairs { src, bordered: None, order, .. } => {
@@ -337,7 +354,8 @@ fn multiply_pass<A: Accumulator>(
         }
         Source::Panel(weights) => {
             let panel = &input.panel[input.panel_start..];
-            multiply(ks, pass, weights, p, panel, (input.columns, ldb), group, channels, buffer)
+            let dots = (&input.dot_columns[..], input.dots);
+            multiply(ks, pass, weights, p, (panel, dots), (input.columns, ldb), group, channels, buffer)
         }
         Source::Pairs { bordered: Some(bordered), weights, kernels, .. } => {
             multiply_indirect(kernels, pass, weights, bordered, p, images, ldb, group, channels, buffer)
@@ -554,14 +572,15 @@ fn pack_pair_panel(
 
 /// `W[group][channels] · panel` (`columns` of its `ldb`), `KC` rows at a time:
 /// `channels` (rounded up to `MR`) × `ldb`, written into `buffer` (grown as
-/// needed) from the index returned.
+/// needed) from the index returned. The panel's last `dots` columns, where
+/// there are any, are computed from their transposed copy by [`multiply_dots`].
 #[allow(clippy::too_many_arguments)]
 fn multiply<A: Accumulator>(
     ks: &Kernels<A>,
     pass: &Pass,
     weights: &Weights<'_, A>,
     p: usize,
-    panel: &[A],
+    (panel, (dot_columns, dots)): (&[A], (&[A], usize)),
     (columns, ldb): (usize, usize),
     group: usize,
     channels: Range<usize>,
@@ -571,11 +590,7 @@ fn multiply<A: Accumulator>(
     let strips = channels.len().div_ceil(mr);
     let start = tile_in(buffer, strips * mr * ldb, k);
     let tile = &mut buffer[start..][..strips * mr * ldb];
-    let dots = match weights {
-        Weights::Rows(w) => dot_columns(ks, columns, k).map(|count| (w, count)),
-        Weights::Packed(_) => None,
-    };
-    let nn_columns = columns - dots.map_or(0, |(_, count)| count);
+    let nn_columns = columns - dots;
     let block = weights.block(pass, p, group, &channels, mr, k);
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
@@ -588,9 +603,9 @@ fn multiply<A: Accumulator>(
             }
         }
     }
-    if let Some((w, count)) = dots {
+    if let (Weights::Rows(w), 1..) = (weights, dots) {
         let w = &w[group * pass.dst_channels * k..];
-        multiply_dots(ks, w, (panel, ldb), k, nn_columns..nn_columns + count, channels, tile);
+        multiply_dots(ks, w, (dot_columns, ldb), k, nn_columns..columns, channels, tile);
     }
     start
 }
@@ -607,26 +622,20 @@ fn dot_columns<A: Copy + 'static>(ks: &Kernels<A>, columns: usize, k: usize) -> 
     (rest > 0 && rest <= 2 * ks.nt_rows && k > 0 && k.is_multiple_of(ks.lanes)).then_some(rest)
 }
 
-/// Columns `columns` of `tile` (rows `channels` of a group whose weight rows,
-/// `k` long, are `w`), as dot products of the rows of `w` with the panel's
-/// columns, transposed first: `tile[o][j] = Σ_kk w[o][kk] · panel[kk][j]`.
+/// Columns `columns` of `tile` (`ldb` wide; rows `channels` of a group whose
+/// weight rows, `k` long, are `w`), as dot products of the rows of `w` with
+/// those of `transposed` (row `i`: the panel's column `columns.start + i`):
+/// `tile[o][j] = Σ_kk w[o][kk] · panel[kk][j]`.
 fn multiply_dots<A: Accumulator>(
     ks: &Kernels<A>,
     w: &[A],
-    (panel, ldb): (&[A], usize),
+    (transposed, ldb): (&[A], usize),
     k: usize,
     columns: Range<usize>,
     channels: Range<usize>,
     tile: &mut [A],
 ) {
     let (tr, tc) = (ks.nt_rows, ks.nt_cols);
-    // Row `i` holds column `columns.start + i` of the panel; zeros past the last.
-    let mut transposed = vec![A::ZERO; columns.len().next_multiple_of(tr) * k];
-    for (kk, row) in panel.chunks(ldb).take(k).enumerate() {
-        for (i, &v) in row[columns.clone()].iter().enumerate() {
-            transposed[i * k + kk] = v;
-        }
-    }
     let (mut last, mut out) = (Vec::new(), vec![A::ZERO; tr * tc]);
     let tile_rows = tile.len() / ldb;
     for o0 in (0..channels.len()).step_by(tc) {

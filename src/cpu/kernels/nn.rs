@@ -31,7 +31,8 @@ impl<A: Copy> AValues<A> for PackedA<A> {
     }
 }
 
-/// Runs of `MR` values read in place: step `kk` at `kk·lda`.
+/// Runs of `MR` values read in place: step `kk` at `kk·lda` ([`PackedA`] is
+/// the case `lda = MR`, kept apart so that its stride stays a compile-time constant).
 pub(crate) struct StridedA<A> {
     pub start: *const A,
     pub lda: usize,
