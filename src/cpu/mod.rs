@@ -4,8 +4,8 @@
 //!
 //! Algorithms (see [`select_algorithm`]): implicit GEMM with SIMD micro-kernels
 //! (`gemm/`; for bf16 on AVX-512 BF16, on channel pairs: `pairs.rs`),
-//! Winograd's F(2, 3) on the same micro-kernel for wide 3×3 layers
-//! (`winograd.rs`), direct loops vectorised along rows for thin groups
+//! Winograd's F(2, 3) on the same micro-kernels for wide 3×3 layers
+//! (`winograd/`, the weight gradient in `winograd/weight.rs`), direct loops vectorised along rows for thin groups
 //! (`sliding.rs`), and the plain direct loops (`direct.rs`), the reference.
 //! The forward correlation and each stride phase of its adjoint share one
 //! description (`pass.rs`), so conv_transpose runs as stride-1 correlations
@@ -101,13 +101,13 @@ pub enum CpuAlgorithm {
     SimdDirect,
     /// Winograd's F(2, 3) for kernels with 3 taps at stride 1 (any dilation)
     /// or 1 tap along each axis: 2.25× fewer multiplies than direct for 3×3,
-    /// as one GEMM per transform point on the implicit GEMM's micro-kernel.
-    /// It runs the correlation, and the adjoint where every stride is 1 (as
-    /// the correlation with the kernel flipped). Other problems and the weight
-    /// gradient run
-    /// [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm), as does an op with an
-    /// output that is not finite (the transforms may turn ∞ − ∞ into NaN where
-    /// the direct sum gives ∞).
+    /// as one GEMM per transform point on the implicit GEMM's micro-kernels.
+    /// It runs the correlation, the adjoint where every stride is 1 (as the
+    /// correlation with the kernel flipped) and the weight gradient (the
+    /// transforms read backwards: one GEMM per point reducing over tiles).
+    /// Other problems run [`ImplicitGemm`](CpuAlgorithm::ImplicitGemm), as
+    /// does an op with an output that is not finite (the transforms may turn
+    /// ∞ − ∞ into NaN where the direct sum gives ∞).
     Winograd,
     /// The adjoint (conv_transpose, conv's input gradient) as one GEMM of the
     /// weights as they lie by `y`, `Z = Wᵀ·Y`, whose rows (an `x` channel at
@@ -184,16 +184,21 @@ pub fn select_algorithm(geometry: &ConvGeometry, dtype: DType) -> CpuAlgorithm {
 ///   each input plane out once and sums every tap of a row chunk in
 ///   registers, one load per multiply-add.
 /// - [`Winograd`](CpuAlgorithm::Winograd) for the correlation (and, at
-///   stride 1, the adjoint: conv's input gradient) when the kernel has 3
-///   taps at stride 1 along one axis or more (and 1 tap along the others),
-///   both sides have at least 32 channels per group and the primitive's
-///   output has at least 128 tiles: the GEMMs then outweigh the transforms
-///   of inputs, outputs and weights, so 2.25× (3×3), 3.4× (3×3×3) or 1.5×
-///   (3) fewer multiply-adds pay. On 2 Zen 4 cores (AVX-512), ResNet's
-///   64- and 256-channel, U-Net's, the dilated, the 3-D and the 1-D layers of
-///   the suite ran 0.74–0.93× the time of implicit GEMM (forward; 0.90–0.94×
-///   backward). Not for bf16, whose implicit GEMM multiplies channel pairs
-///   at twice f32's rate on AVX-512 BF16.
+///   stride 1, the adjoint: conv's input gradient; and the weight gradient)
+///   when the kernel has 3 taps at stride 1 along one axis or more (and 1
+///   tap along the others), both sides have at least 32 channels per group
+///   and the correlation's output has at least 128 tiles: the GEMMs then
+///   outweigh the transforms of inputs, outputs and weights, so 2.25× (3×3),
+///   3.4× (3×3×3) or 1.5× (3) fewer multiply-adds pay. On 2 Zen 4 cores
+///   (AVX-512), ResNet's 64- and 256-channel, U-Net's, the dilated, the 3-D
+///   and the 1-D layers of the suite ran 0.74–0.93× the time of implicit GEMM
+///   (forward; the input gradient 0.90–0.94×); with the weight gradient by
+///   Winograd too, their whole backward passes took 0.75–0.85× the time
+///   (the 3-D layer's 0.95–0.99×), while ResNet's 512-channel 7×7 layer (64
+///   tiles) ran 1.06× slower. Not for bf16's correlation and adjoint, whose
+///   implicit GEMM multiplies channel pairs at twice f32's rate on AVX-512
+///   BF16; its weight gradient, widened to f32 on every path, runs Winograd
+///   (backward 0.72–0.91× the time).
 /// - [`GemmCol2im`](CpuAlgorithm::GemmCol2im) otherwise for the adjoint
 ///   where `y` holds at most 1024 positions (batch × plane): each
 ///   weight then meets few of them, and implicit GEMM's packing of the weights
@@ -230,7 +235,8 @@ pub fn select_algorithm_for(geometry: &ConvGeometry, primitive: Primitive, dtype
         Primitive::CorrelateAdjoint => geometry.in_channels_per_group(),
         Primitive::Correlate | Primitive::CorrelateWeight | Primitive::ChannelSums => geometry.out_channels_per_group(),
     };
-    let winograd = dtype != DType::BF16
+    // bf16's forward and input gradient keep the implicit GEMM on channel pairs; its weight gradient widens to f32 either way.
+    let winograd = (dtype != DType::BF16 || primitive == Primitive::CorrelateWeight)
         && geometry.in_channels_per_group().min(geometry.out_channels_per_group()) >= WINOGRAD_CHANNELS
         && winograd_geometry(geometry, primitive).is_some_and(|g| winograd::worthwhile(&g));
     let col2im = dtype != DType::BF16
@@ -270,7 +276,8 @@ fn winograd_geometry(g: &ConvGeometry, primitive: Primitive) -> Option<std::borr
     let correlation = match primitive {
         Primitive::Correlate => std::borrow::Cow::Borrowed(g),
         Primitive::CorrelateAdjoint => std::borrow::Cow::Owned(winograd::adjoint_geometry(g)?),
-        Primitive::CorrelateWeight | Primitive::ChannelSums => return None,
+        Primitive::CorrelateWeight => std::borrow::Cow::Borrowed(g),
+        Primitive::ChannelSums => return None,
     };
     winograd::applicable(&correlation).then_some(correlation)
 }
@@ -452,12 +459,15 @@ impl CpuBackend {
             }
             (CpuAlgorithm::Winograd, Some(ks)) => {
                 let Some(correlation) = winograd_geometry(g, primitive) else { return 0 };
-                // The adjoint's flipped copy of the weights.
-                let flipped = match primitive {
-                    Primitive::CorrelateAdjoint => g.weight_shape().iter().product::<usize>() * dtype.size_in_bytes(),
-                    _ => 0,
+                return match primitive {
+                    Primitive::CorrelateWeight => winograd::weight_workspace_bytes(&ks, &correlation, threads),
+                    // The adjoint's flipped copy of the weights.
+                    Primitive::CorrelateAdjoint => {
+                        let flipped = g.weight_shape().iter().product::<usize>() * dtype.size_in_bytes();
+                        winograd::workspace_bytes(&ks, &correlation, threads) + flipped
+                    }
+                    _ => winograd::workspace_bytes(&ks, &correlation, threads),
                 };
-                return winograd::workspace_bytes(&ks, &correlation, threads) + flipped;
             }
             (CpuAlgorithm::GemmCol2im, Some(ks)) => return gemm::col2im::workspace_bytes(&ks, g, dtype, threads),
             (CpuAlgorithm::SimdDirect, Some(ks)) => {
@@ -631,6 +641,11 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
         self.install(g.macs(), || match self.plan::<T>(g, Primitive::CorrelateWeight) {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             (CpuAlgorithm::SimdDirect, Some(ks)) => sliding::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
+            (CpuAlgorithm::Winograd, Some(ks)) => {
+                if winograd::correlate_weight(&ks, g, x, y, dw) == winograd::Outcome::NotFinite {
+                    gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw)
+                }
+            }
             _ => direct::correlate_weight(g, x, y, dw),
         });
         Ok(())

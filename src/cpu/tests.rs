@@ -269,23 +269,49 @@ fn winograd_equals_direct_on_exact_operands() {
     check_against_direct::<f16>(&geometries[..4]);
 }
 
+/// `got` against the f64 reference `want` by the fixtures' f32 rule: rtol 1e-4, atol 1e-5 · √L.
+fn assert_within_f32_tolerance(name: &str, got: &[f32], want: &[f64], reduction_len: usize) {
+    let atol = 1e-5 * (reduction_len as f64).sqrt();
+    for (i, (&a, &e)) in got.iter().zip(want).enumerate() {
+        assert!((a as f64 - e).abs() <= atol + 1e-4 * e.abs(), "{name}[{i}] = {a}, reference {e}");
+    }
+}
+
 #[test]
 fn winograd_stays_within_the_fixture_tolerance() {
-    // The README's f32 rule against an f64 reference: rtol 1e-4, atol 1e-5 · √L.
     let g = ConvGeometry::conv(2, &[2, 64, 12, 14], &[48, 64, 3, 3], None, &ConvOptions::new().padding(1)).unwrap();
     let mut rng = Rng(11);
     let (x, w, bias) = (rng.uniform::<f64>(2 * 64 * 12 * 14), rng.uniform::<f64>(48 * 64 * 9), rng.uniform::<f64>(48));
     let mut want = vec![0f64; 2 * 48 * 12 * 14];
     let direct = CpuBackend::with_threads(2).unwrap().with_algorithm(CpuAlgorithm::Direct);
     direct.correlate(&g, &x, &w, Some(&bias), Activation::Identity, &mut want).unwrap();
+    // The reference of the f32-rounded operands differs from this one by less than an ulp.
     let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let winograd = CpuBackend::with_threads(2).unwrap().with_algorithm(CpuAlgorithm::Winograd);
     let mut got = vec![f32::NAN; want.len()];
     winograd.correlate(&g, &narrow(&x), &narrow(&w), Some(&narrow(&bias)), Activation::Identity, &mut got).unwrap();
-    let atol = 1e-5 * ((64 * 9 + 1) as f64).sqrt();
-    for (i, (&a, &e)) in got.iter().zip(&want).enumerate() {
-        let e = e as f32 as f64; // the reference of the f32-rounded operands differs from this by less than an ulp
-        assert!((a as f64 - e).abs() <= atol + 1e-4 * e.abs(), "y[{i}] = {a}, reference {e}");
+    assert_within_f32_tolerance("y", &got, &want, 64 * 9 + 1);
+}
+
+#[test]
+fn winograd_weight_gradient_stays_within_the_fixture_tolerance() {
+    // A long reduction (2 images × 30 × 34 positions), 2-D and 1-D dilated.
+    let conv = |x: &[usize], w: &[usize], o: ConvOptions| ConvGeometry::conv(x.len() - 2, x, w, None, &o).unwrap();
+    for g in [
+        conv(&[2, 40, 30, 34], &[36, 40, 3, 3], ConvOptions::new().padding(1)),
+        conv(&[4, 33, 700], &[35, 33, 3], ConvOptions::new().padding(2).dilation(2)),
+    ] {
+        let len = |shape: Vec<usize>| shape.iter().product::<usize>();
+        let mut rng = Rng(12);
+        let (x, dy) = (rng.uniform::<f64>(len(g.x_shape())), rng.uniform::<f64>(len(g.y_shape())));
+        let mut want = vec![0f64; len(g.weight_shape())];
+        let direct = CpuBackend::with_threads(2).unwrap().with_algorithm(CpuAlgorithm::Direct);
+        direct.correlate_weight(&g, &x, &dy, &mut want).unwrap();
+        let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let winograd = CpuBackend::with_threads(2).unwrap().with_algorithm(CpuAlgorithm::Winograd);
+        let mut got = vec![f32::NAN; want.len()];
+        winograd.correlate_weight(&g, &narrow(&x), &narrow(&dy), &mut got).unwrap();
+        assert_within_f32_tolerance("dw", &got, &want, g.batch * g.out_volume());
     }
 }
 
@@ -316,11 +342,15 @@ fn auto_picks_winograd_for_wide_3x3_layers_with_tiles_enough() {
     for g in [&strided, &narrow, &pointwise] {
         assert_eq!(pick(g, DType::F32), CpuAlgorithm::ImplicitGemm, "{g:?}");
     }
-    // The input gradient of a stride-1 layer is a correlation Winograd runs (with the kernel flipped);
-    // the weight gradient runs implicit GEMM, as does a forced Winograd where it does not apply.
+    // The input gradient of a stride-1 layer is a correlation Winograd runs (with the kernel flipped),
+    // and its weight gradient too, also in bf16 (which has no pair kernel for it); a forced
+    // Winograd runs implicit GEMM where it does not apply.
     let for_primitive = |g: &ConvGeometry, p| select_algorithm_for(g, p, DType::F32);
     assert_eq!(for_primitive(&r50, Primitive::CorrelateAdjoint), CpuAlgorithm::Winograd);
-    assert_eq!(for_primitive(&r50, Primitive::CorrelateWeight), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(for_primitive(&r50, Primitive::CorrelateWeight), CpuAlgorithm::Winograd);
+    assert_eq!(select_algorithm_for(&r50, Primitive::CorrelateWeight, DType::BF16), CpuAlgorithm::Winograd);
+    assert_eq!(for_primitive(&deep, Primitive::CorrelateWeight), CpuAlgorithm::ImplicitGemm);
+    assert_eq!(for_primitive(&strided, Primitive::CorrelateWeight), CpuAlgorithm::ImplicitGemm);
     assert_eq!(for_primitive(&strided, Primitive::CorrelateAdjoint), CpuAlgorithm::ImplicitGemm);
     let forced = CpuBackend::new().with_algorithm(CpuAlgorithm::Winograd);
     assert_eq!(

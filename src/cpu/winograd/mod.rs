@@ -31,6 +31,8 @@
 //! that overflowed) reports [`Outcome::NotFinite`] and the caller computes it
 //! another way.
 
+mod weight;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
@@ -135,7 +137,9 @@ pub(crate) fn adjoint_weights<T: Copy + Send + Sync>(g: &ConvGeometry, w: &[T]) 
     flipped
 }
 
-/// What [`correlate`] did.
+pub(crate) use weight::{correlate_weight, weight_workspace_bytes};
+
+/// What [`correlate`] (or [`correlate_weight`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// `y` holds the result.
@@ -347,8 +351,9 @@ pub(crate) fn correlate<T: Element>(
         if not_finite.load(Ordering::Relaxed) {
             return;
         }
+        let task = shape.task(index, &tiling);
         // SAFETY: tasks write disjoint elements of `y` (see `Dst`), and it outlives the loop.
-        if !unsafe { run_task(ws, &op, &shape.task(index, &tiling)) } {
+        if !vectorised(unsafe { ForwardTask::new(ws, &op, &task) }) {
             not_finite.store(true, Ordering::Relaxed);
         }
     });
@@ -368,63 +373,70 @@ struct Op<'a, T: Element> {
     y: &'a Dst<T>,
 }
 
-/// Runs one task; false if an output is not finite. The transforms are loops
-/// over tiles that the compiler vectorises: compiled for the widest of
-/// AVX-512 (16 lanes) and AVX2 (8) that the CPU has (the baseline x86-64
-/// build has SSE's 4). Adds, subtracts and halvings round alike at any
-/// width, so the results do not change.
-///
-/// # Safety
-/// As [`Workspace::transform_outputs`]: no other task writes this task's outputs.
-unsafe fn run_task<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
+/// A body of loops the compiler vectorises, run by [`vectorised`]: `run` is
+/// `#[inline(always)]` in every impl, so that it is compiled into each
+/// instruction set's wrapper.
+trait Vectorised {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `body` compiled for the widest of AVX-512 (16 lanes) and AVX2 (8)
+/// that the CPU has (the baseline x86-64 build has SSE's 4): the transforms
+/// are loops over tiles or channels. Adds, subtracts and halvings round alike
+/// at any width, so the results do not change.
+fn vectorised<B: Vectorised>(body: B) -> B::Output {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx2")]
+        fn avx512<B: Vectorised>(body: B) -> B::Output {
+            body.run()
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2<B: Vectorised>(body: B) -> B::Output {
+            body.run()
+        }
         if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512 F; the caller's contract covers the rest.
-            return unsafe { task_avx512(ws, op, task) };
+            // SAFETY: the CPU has AVX-512 F.
+            return unsafe { avx512(body) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2; the caller's contract covers the rest.
-            return unsafe { task_avx2(ws, op, task) };
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(body) };
         }
     }
-    // SAFETY: the caller's contract.
-    unsafe { task_body(ws, op, task) }
+    body.run()
 }
 
-/// [`task_body`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU has AVX2, and [`run_task`]'s contract holds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn task_avx2<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
-    // SAFETY: forwarded from `run_task`.
-    unsafe { task_body(ws, op, task) }
+/// One task of [`correlate`]: locate its tiles, transform its inputs,
+/// multiply, transform its outputs into `y`; false if an output is not finite.
+struct ForwardTask<'a, 'b, T: Element> {
+    ws: &'a mut Workspace<T::Accum>,
+    op: &'a Op<'b, T>,
+    task: &'a Task,
 }
 
-/// [`task_body`] compiled for AVX-512 F.
-///
-/// # Safety
-/// The CPU has AVX-512 F, and [`run_task`]'s contract holds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2")]
-unsafe fn task_avx512<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
-    // SAFETY: forwarded from `run_task`.
-    unsafe { task_body(ws, op, task) }
+impl<'a, 'b, T: Element> ForwardTask<'a, 'b, T> {
+    /// # Safety
+    /// As [`Workspace::transform_outputs`]: no other task writes this task's outputs.
+    unsafe fn new(ws: &'a mut Workspace<T::Accum>, op: &'a Op<'b, T>, task: &'a Task) -> Self {
+        ForwardTask { ws, op, task }
+    }
 }
 
-/// One task: locate its tiles, transform its inputs, multiply, transform its outputs into `y`.
-///
-/// # Safety
-/// As [`run_task`].
-#[inline(always)]
-unsafe fn task_body<T: Element>(ws: &mut Workspace<T::Accum>, op: &Op<'_, T>, task: &Task) -> bool {
-    ws.locate(op.g, op.tiling, op.shape, task);
-    ws.transform_inputs(op.g, op.tiling, op.shape, task, op.x);
-    ws.multiply(op.ks, op.tiling, op.shape, task, op.u);
-    // SAFETY: forwarded from `run_task`.
-    unsafe { ws.transform_outputs(op.g, op.tiling, op.shape, task, op.bias, op.activation, op.y) }
+impl<T: Element> Vectorised for ForwardTask<'_, '_, T> {
+    type Output = bool;
+    #[inline(always)]
+    fn run(self) -> bool {
+        let ForwardTask { ws, op, task } = self;
+        let (cs, tiles) = (op.shape.cs, op.shape.tiles);
+        ws.tables.locate(op.g, op.tiling, task.first_tile, task.columns, tiles);
+        let channels = task.group * cs..(task.group + 1) * cs;
+        ws.tables.transform_inputs(op.g, op.tiling, task.columns, channels, op.x, (&mut ws.v, cs, tiles));
+        ws.multiply(op.ks, op.tiling, op.shape, task, op.u);
+        // SAFETY: `new`'s contract.
+        unsafe { ws.transform_outputs(op.g, op.tiling, op.shape, task, op.bias, op.activation, op.y) }
+    }
 }
 
 /// `y`, written by tasks at disjoint elements: a task writes the outputs of
@@ -543,16 +555,25 @@ struct Workspace<A> {
     v: Vec<A>,
     /// `M`: per point, the block's output channels (whole strips) × its tiles.
     m: Vec<A>,
-    /// The task's tiles inside the input, in runs along the last axis.
+    tables: Tables,
+}
+
+/// Where a block of consecutive tiles lies in `x` and in `y` (channel 0 of
+/// each image), made by [`Tables::locate`] and read by the transforms.
+#[derive(Default)]
+struct Tables {
+    /// Entries per point in `src` and `dst`: tile `t`'s entry for point `ξ` is at `ξ · stride + t`.
+    stride: usize,
+    /// The block's tiles inside the input, in runs along the last axis.
     runs: Vec<Run>,
     /// The others (at the edges, or past the last tile), whose points are in `src`.
     edges: Vec<usize>,
-    /// The task's tiles whose outputs are all inside `y`, in runs along the
-    /// last axis (`first`: where in `y`, channel 0 of the group, the first
-    /// tile's first output goes), and the others, whose outputs are in `dst`.
+    /// The block's tiles whose outputs are all inside `y`, in runs along the
+    /// last axis (`first`: where in `y`, channel 0, the first tile's first
+    /// output goes), and the others, whose outputs are in `dst`.
     out_runs: Vec<Run>,
     out_edges: Vec<usize>,
-    /// Per point and edge tile: where in `x` (channel 0 of the group) the
+    /// Per point and edge tile: where in `x` (channel 0) the
     /// point's input is, or `NONE` in the padding; per output point and tile,
     /// where in `y` its output goes, or `NONE` past the edge.
     src: Vec<usize>,
@@ -565,7 +586,7 @@ struct Workspace<A> {
 struct Run {
     tile: usize,
     len: usize,
-    /// Where in `x` (or `y`), channel 0 of the group, the first tile's first
+    /// Where in `x` (or `y`), channel 0, the first tile's first
     /// point (or output) lies, as if the padding were there.
     first: isize,
     /// Bit `u0 · points1 + u1`: whether the tiles' points at `(u0, u1)` along
@@ -604,21 +625,25 @@ fn gather<T: Element>(dst: &mut [T::Accum], src: &[T], step: usize) {
 
 impl<A: Accumulator> Workspace<A> {
     /// Grows the buffers (never shrinks them) to hold a task of `shape`:
-    /// `V` and `M` are written before they are read, and the tables by `locate`.
+    /// `V` and `M` are written before they are read.
     fn fit(&mut self, shape: &Shape, tiling: &Tiling) {
-        let (points, tiles) = (tiling.points, shape.tiles);
-        let grow = |buffer: &mut Vec<usize>| buffer.resize(buffer.len().max(points * tiles), NONE);
-        let (v, m) = (points * shape.cs * tiles, points * shape.strips_per_block * shape.mr * tiles);
+        let (v, m) =
+            (tiling.points * shape.cs * shape.tiles, tiling.points * shape.strips_per_block * shape.mr * shape.tiles);
         self.v.resize(self.v.len().max(v), A::ZERO);
         self.m.resize(self.m.len().max(m), A::ZERO);
-        grow(&mut self.src);
-        grow(&mut self.dst);
     }
+}
 
-    /// Fills the tables of the task's tiles.
+impl Tables {
+    /// Fills the tables of tiles `first_tile..first_tile + columns` (those
+    /// past the op's last tile read and write nothing), `stride` entries per point.
     #[inline(always)]
-    fn locate(&mut self, g: &ConvGeometry, tiling: &Tiling, shape: &Shape, task: &Task) {
-        let tiles = shape.tiles;
+    fn locate(&mut self, g: &ConvGeometry, tiling: &Tiling, first_tile: usize, columns: usize, stride: usize) {
+        let tiles = stride;
+        self.stride = stride;
+        for table in [&mut self.src, &mut self.dst] {
+            table.resize(table.len().max(tiling.points * stride), NONE);
+        }
         let (in_volume, out_volume) = (g.in_volume(), g.out_volume());
         let [_, ih, iw] = g.in_size;
         let [_, oh, ow] = g.out_size;
@@ -628,8 +653,8 @@ impl<A: Accumulator> Workspace<A> {
         self.out_runs.clear();
         self.out_edges.clear();
         self.dst.fill(NONE);
-        for t in 0..task.columns {
-            let tile = task.first_tile + t;
+        for t in 0..columns {
+            let tile = first_tile + t;
             if tile >= tiling.tiles {
                 self.edges.push(t);
                 self.out_edges.push(t);
@@ -640,8 +665,7 @@ impl<A: Accumulator> Workspace<A> {
             }
             let (n, rest) = (tile / tiling.per_image, tile % tiling.per_image);
             let (j0, j1, j2) = (rest / (a1.tiles() * a2.tiles()), rest / a2.tiles() % a1.tiles(), rest % a2.tiles());
-            let x_image = (n * g.in_channels + task.group * shape.cs) * in_volume;
-            let y_image = (n * g.out_channels + task.group * shape.cd) * out_volume;
+            let (x_image, y_image) = (n * g.in_channels * in_volume, n * g.out_channels * out_volume);
             // Tiles inside along the last axis read their points in runs, rows of them in the padding as zeros.
             let interior = a2.inputs[j2][..a2.points].iter().all(|&i| i != NONE);
             if interior {
@@ -690,45 +714,50 @@ impl<A: Accumulator> Workspace<A> {
         }
     }
 
-    /// `V = Bᵀ d B`: gathers each channel's points of the task's tiles and
-    /// transforms them along each 4-point axis.
+    /// `V = Bᵀ d B` for `channels` of `x`: gathers each one's points of the
+    /// located tiles and transforms them along each 4-point axis. The row of
+    /// point `ξ` of the `r`-th channel is `v[(ξ · rows + r) · ld..]`, its
+    /// first `columns` entries written.
+    #[allow(clippy::too_many_arguments)] // the op's operands and where the rows go
     #[inline(always)]
-    fn transform_inputs<T: Element<Accum = A>>(
-        &mut self,
+    fn transform_inputs<T: Element>(
+        &self,
         g: &ConvGeometry,
         tiling: &Tiling,
-        shape: &Shape,
-        task: &Task,
+        columns: usize,
+        channels: std::ops::Range<usize>,
         x: &[T],
+        (v, rows, ld): (&mut [T::Accum], usize, usize),
     ) {
-        let (cs, tiles) = (shape.cs, shape.tiles);
-        for c in 0..cs {
+        for (r, c) in channels.enumerate() {
             let channel = c * g.in_volume();
             for (xi, &offset) in tiling.point_offsets.iter().enumerate() {
-                let row = &mut self.v[(xi * cs + c) * tiles..][..tiles];
+                let row = &mut v[(xi * rows + r) * ld..][..columns];
                 let lead = 1 << (xi / tiling.axes[2].points);
                 for run in &self.runs {
                     let dst = &mut row[run.tile..][..run.len];
                     match run.rows & lead {
-                        0 => dst.fill(A::ZERO),
+                        0 => dst.fill(T::Accum::ZERO),
                         // Inside `x`: the point's row is.
                         _ => gather(dst, &x[(run.first + offset as isize) as usize + channel..], tiling.run_step),
                     }
                 }
                 for &t in &self.edges {
-                    let at = self.src[xi * tiles + t];
-                    row[t] = if at == NONE { A::ZERO } else { x[at + channel].to_accum() };
+                    let at = self.src[xi * self.stride + t];
+                    row[t] = if at == NONE { T::Accum::ZERO } else { x[at + channel].to_accum() };
                 }
             }
             for (axis, starts) in &tiling.input_lines {
-                let gap = tiling.point_stride[*axis] * cs * tiles;
+                let gap = tiling.point_stride[*axis] * rows * ld;
                 for &start in starts {
-                    input_transform(rows4(&mut self.v, (start * cs + c) * tiles, gap, task.columns));
+                    input_transform(rows4(v, (start * rows + r) * ld, gap, columns));
                 }
             }
         }
     }
+}
 
+impl<A: Accumulator> Workspace<A> {
     /// `M_ξ = U_ξ · V_ξ` for every point, over the task's strips.
     #[inline(always)]
     fn multiply(&mut self, ks: &Kernels<A>, tiling: &Tiling, shape: &Shape, task: &Task, u: &[A]) {
@@ -784,13 +813,13 @@ impl<A: Accumulator> Workspace<A> {
             }
             let b = bias.map_or(A::ZERO, |b| b[task.group * shape.cd + o].to_accum());
             let out = |v: A| T::from_accum(activation.apply(v + b));
-            let channel = o * out_volume;
+            let channel = (task.group * shape.cd + o) * out_volume;
             let row = |xi: usize| &self.m[(xi * block_rows + i) * tiles..][..task.columns];
             for (&xi, &offset) in tiling.output_points.iter().zip(&tiling.output_offsets) {
                 // A count, not a short-circuit, so that the check vectorises.
                 finite &= row(xi).iter().filter(|&&v| !(v + b).is_finite()).count() == 0;
-                for &t in &self.out_edges {
-                    let at = self.dst[xi * tiles + t];
+                for &t in &self.tables.out_edges {
+                    let at = self.tables.dst[xi * tiles + t];
                     if at != NONE {
                         // SAFETY: `at + channel` is an element of `y` (the table holds only
                         // outputs inside it) that only this task writes (the caller's contract).
@@ -800,7 +829,7 @@ impl<A: Accumulator> Workspace<A> {
                 if tiling.pairs && xi % 2 == 1 {
                     continue; // the right output of a pair (the last coordinate of `xi`; its other strides are multiples of 4): written with the left one below
                 }
-                for run in &self.out_runs {
+                for run in &self.tables.out_runs {
                     let start = run.first as usize + offset + channel;
                     let values = &row(xi)[run.tile..][..run.len];
                     if tiling.pairs {
