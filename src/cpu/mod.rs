@@ -642,7 +642,7 @@ impl<T: Element> ConvPrimitives<T> for CpuBackend {
             (CpuAlgorithm::ImplicitGemm, Some(ks)) => gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             (CpuAlgorithm::SimdDirect, Some(ks)) => sliding::correlate_weight(&ks, &Pass::forward(g), x, y, dw),
             (CpuAlgorithm::Winograd, Some(ks)) => {
-                if winograd::correlate_weight(&ks, g, x, y, dw) == winograd::Outcome::NotFinite {
+                if winograd::correlate_weight(&ks, &self.keep, g, x, y, dw) == winograd::Outcome::NotFinite {
                     gemm::correlate_weight(&ks, &Pass::forward(g), x, y, dw)
                 }
             }

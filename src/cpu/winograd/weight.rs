@@ -25,6 +25,7 @@
 use rayon::prelude::*;
 
 use super::{NONE, Outcome, Tables, Tiling, Vectorised, grid, rows4, vectorised};
+use crate::cpu::keep::Keep;
 use crate::cpu::kernels::Kernels;
 use crate::cpu::threads::Tasks;
 use crate::element::{Accumulator, Element};
@@ -166,6 +167,7 @@ impl Tables {
 /// [`applicable`](super::applicable) geometry) by F(2, 3).
 pub(crate) fn correlate_weight<T: Element>(
     ks: &Kernels<T::Accum>,
+    keep: &Keep,
     g: &ConvGeometry,
     x: &[T],
     dy: &[T],
@@ -180,28 +182,38 @@ pub(crate) fn correlate_weight<T: Element>(
     }
     let (v_chunks, d_chunks) = plan.chunks();
     let region = plan.region();
-    // Per group, the chunks of `V`, then per group those of `D`; rows of
-    // padding channels stay zero. `M` per group and point: `cd_pad × cs_pad`.
-    let mut vd = vec![T::Accum::ZERO; groups * (v_chunks + d_chunks) * region];
-    let mut m = vec![T::Accum::ZERO; groups * points * plan.cd_pad * plan.cs_pad];
-    let mut tables = Tables::default();
+    // Per group, the chunks of `V`, then per group those of `D`. `M` per
+    // group and point: `cd_pad × cs_pad`, zeroed by the first block's tasks.
+    let mut buffers = keep.take(Buffers::<T::Accum>::default);
+    let Buffers { vd, m, tables } = &mut *buffers;
+    vd.resize(vd.len().max(groups * (v_chunks + d_chunks) * region), T::Accum::ZERO);
+    m.resize(groups * points * plan.cd_pad * plan.cs_pad, T::Accum::ZERO);
     for block in 0..plan.blocks {
         let first_tile = block * plan.block;
         let columns = (tiling.tiles - first_tile).min(plan.block).next_multiple_of(ks.lanes);
         tables.locate(g, &tiling, first_tile, columns, plan.block);
-        let tables = &tables;
-        vd.par_chunks_mut(region).tasks().enumerate().for_each(|(index, rows)| {
-            let inputs = index < groups * v_chunks;
-            let (index, chunks, per_group) = match inputs {
-                true => (index, v_chunks, plan.cs),
-                false => (index - groups * v_chunks, d_chunks, plan.cd),
-            };
-            let (group, k) = (index / chunks, index % chunks);
-            let channels = group * per_group + k * plan.chunk..group * per_group + per_group.min((k + 1) * plan.chunk);
-            let source = if inputs { x } else { dy };
-            let target = (rows, plan.chunk, plan.block);
-            vectorised(TransformChunk { tables, g, tiling: &tiling, columns, inputs, channels, source, target });
-        });
+        let tables = &*tables;
+        vd[..groups * (v_chunks + d_chunks) * region].par_chunks_mut(region).tasks().enumerate().for_each(
+            |(index, rows)| {
+                let inputs = index < groups * v_chunks;
+                let (index, chunks, per_group) = match inputs {
+                    true => (index, v_chunks, plan.cs),
+                    false => (index - groups * v_chunks, d_chunks, plan.cd),
+                };
+                let (group, k) = (index / chunks, index % chunks);
+                let channels =
+                    group * per_group + k * plan.chunk..group * per_group + per_group.min((k + 1) * plan.chunk);
+                let source = if inputs { x } else { dy };
+                // A last chunk's rows past its channels meet the other side's padding rows: zeros.
+                for xi in 0..points {
+                    for r in channels.len()..plan.chunk {
+                        rows[(xi * plan.chunk + r) * plan.block..][..columns].fill(T::Accum::ZERO);
+                    }
+                }
+                let target = (rows, plan.chunk, plan.block);
+                vectorised(TransformChunk { tables, g, tiling: &tiling, columns, inputs, channels, source, target });
+            },
+        );
         let (v, d) = vd.split_at(groups * v_chunks * region);
         let blocks_per_point = plan.cd_pad.div_ceil(plan.task_rows);
         m.par_chunks_mut(plan.task_rows * plan.cs_pad).tasks().enumerate().for_each(|(index, m)| {
@@ -215,6 +227,9 @@ pub(crate) fn correlate_weight<T: Element>(
                 let at = ((group * chunks + r / plan.chunk) * points + xi) * plan.chunk + r % plan.chunk;
                 at * plan.block
             };
+            if block == 0 {
+                m.fill(T::Accum::ZERO);
+            }
             let rows = m.len() / plan.cs_pad;
             for c in (0..plan.cs_pad).step_by(ks.nt_cols) {
                 let b = &v[row(v_chunks, c)..];
@@ -225,7 +240,17 @@ pub(crate) fn correlate_weight<T: Element>(
             }
         });
     }
-    weights_from_points(&plan, g, &tiling, &m, dw)
+    weights_from_points(&plan, g, &tiling, m, dw)
+}
+
+/// An op's buffers, kept by the backend from op to op (a layer run again and
+/// again allocates and zeroes them once): a block's `V` and `D`, `M`, and the
+/// block's tables.
+#[derive(Default)]
+struct Buffers<A> {
+    vd: Vec<A>,
+    m: Vec<A>,
+    tables: Tables,
 }
 
 /// One transform task of a block: a chunk of `V`'s rows (`inputs`, from `x`)
