@@ -122,6 +122,25 @@ pub(crate) unsafe trait Lanes<A: Copy>: Copy + 'static {
     /// `c + a * b`, fused where the instruction set has FMA.
     unsafe fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// The even and the odd lanes of `a` followed by `b`, each in order:
+    /// pairs of neighbouring values taken apart. Here through buffers; the
+    /// x86 sets shuffle registers.
+    #[inline(always)]
+    unsafe fn deinterleave(a: Self::V, b: Self::V) -> (Self::V, Self::V) {
+        const { assert!(Self::LANES <= MAX_LANES) };
+        // SAFETY (whole body): the buffers hold `2 · LANES` and `LANES` values.
+        unsafe {
+            let zero = Self::reduce_sum(Self::zero());
+            let (mut both, mut even, mut odd) = ([zero; 2 * MAX_LANES], [zero; MAX_LANES], [zero; MAX_LANES]);
+            Self::store(both.as_mut_ptr(), a);
+            Self::store(both.as_mut_ptr().add(Self::LANES), b);
+            for i in 0..Self::LANES {
+                (even[i], odd[i]) = (both[2 * i], both[2 * i + 1]);
+            }
+            (Self::load(even.as_ptr()), Self::load(odd.as_ptr()))
+        }
+    }
     /// The sum of the lanes, in a fixed order.
     unsafe fn reduce_sum(v: Self::V) -> A;
     /// The lane sums of a tile of registers, `sums[i][j]` of `tile[i][j]`, in
@@ -228,6 +247,10 @@ macro_rules! portable_lanes {
             unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
                 std::array::from_fn(|i| a[i] + b[i])
             }
+            #[inline(always)]
+            unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+                std::array::from_fn(|i| a[i] - b[i])
+            }
             /// Folds the upper half onto the lower until one lane is left, as
             /// the x86 reductions do (`L` is a power of two).
             #[inline(always)]
@@ -270,12 +293,12 @@ mod x86 {
     /// Implements [`Lanes`] by naming the intrinsics; `$hsum` reduces to a scalar.
     macro_rules! x86_lanes {
         ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
-         $fma:ident, $add:ident, $store_first:ident, $load_lanes:ident, |$r:ident| $hsum:expr) => {
-            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $store_first, $load_lanes, |$r| $hsum, {});
+         $fma:ident, $add:ident, $sub:ident, $store_first:ident, $load_lanes:ident, $deinterleave:ident, |$r:ident| $hsum:expr) => {
+            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $sub, $store_first, $load_lanes, $deinterleave, |$r| $hsum, {});
         };
         ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
-         $fma:ident, $add:ident, $store_first:ident, $load_lanes:ident, |$r:ident| $hsum:expr, reduce_tile: blocks of $block:literal) => {
-            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $store_first, $load_lanes, |$r| $hsum, {
+         $fma:ident, $add:ident, $sub:ident, $store_first:ident, $load_lanes:ident, $deinterleave:ident, |$r:ident| $hsum:expr, reduce_tile: blocks of $block:literal) => {
+            x86_lanes!($isa, $a, $v, $lanes, $zero, $splat, $load, $store, $fma, $add, $sub, $store_first, $load_lanes, $deinterleave, |$r| $hsum, {
                 #[inline(always)]
                 unsafe fn reduce_tile<const R: usize, const C: usize>(tile: &[[$v; C]; R]) -> [[$a; C]; R] {
                     // SAFETY: see the impl.
@@ -284,7 +307,7 @@ mod x86 {
             });
         };
         ($isa:ty, $a:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $load:ident, $store:ident,
-         $fma:ident, $add:ident, $store_first:ident, $load_lanes:ident, |$r:ident| $hsum:expr, {$($extra:item)*}) => {
+         $fma:ident, $add:ident, $sub:ident, $store_first:ident, $load_lanes:ident, $deinterleave:ident, |$r:ident| $hsum:expr, {$($extra:item)*}) => {
             // SAFETY: each method is one intrinsic of `$isa`; callers run them only
             // where the CPU supports it and pass pointers valid for `$lanes` elements.
             unsafe impl Lanes<$a> for $isa {
@@ -321,6 +344,16 @@ mod x86 {
                 unsafe fn add(a: $v, b: $v) -> $v {
                     // SAFETY: see the impl.
                     unsafe { $add(a, b) }
+                }
+                #[inline(always)]
+                unsafe fn sub(a: $v, b: $v) -> $v {
+                    // SAFETY: see the impl.
+                    unsafe { $sub(a, b) }
+                }
+                #[inline(always)]
+                unsafe fn deinterleave(a: $v, b: $v) -> ($v, $v) {
+                    // SAFETY: see the impl.
+                    unsafe { $deinterleave(a, b) }
                 }
                 #[inline(always)]
                 unsafe fn reduce_sum($r: $v) -> $a {
@@ -535,6 +568,49 @@ mod x86 {
         unsafe { _mm512_maskz_loadu_pd((((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u8, p) }
     }
 
+    /// The even and the odd lanes of `a` followed by `b` (eight f32 each):
+    /// within each 128-bit half, then its 64-bit pieces put in order.
+    #[inline(always)]
+    unsafe fn deinterleave_ps256(a: __m256, b: __m256) -> (__m256, __m256) {
+        // SAFETY: AVX2, as the caller's contract.
+        unsafe {
+            let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+            (order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)), order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)))
+        }
+    }
+
+    /// [`deinterleave_ps256`] for four f64 lanes.
+    #[inline(always)]
+    unsafe fn deinterleave_pd256(a: __m256d, b: __m256d) -> (__m256d, __m256d) {
+        // SAFETY: AVX2, as the caller's contract.
+        unsafe {
+            let order = |v: __m256d| _mm256_permute4x64_pd::<0b11_01_10_00>(v);
+            (order(_mm256_unpacklo_pd(a, b)), order(_mm256_unpackhi_pd(a, b)))
+        }
+    }
+
+    /// [`deinterleave_ps256`] for sixteen f32 lanes: one two-source permute each.
+    #[inline(always)]
+    unsafe fn deinterleave_ps512(a: __m512, b: __m512) -> (__m512, __m512) {
+        // SAFETY: AVX-512 F, as the caller's contract.
+        unsafe {
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
+        }
+    }
+
+    /// [`deinterleave_ps512`] for eight f64 lanes.
+    #[inline(always)]
+    unsafe fn deinterleave_pd512(a: __m512d, b: __m512d) -> (__m512d, __m512d) {
+        // SAFETY: AVX-512 F, as the caller's contract.
+        unsafe {
+            let even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+            let odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+            (_mm512_permutex2var_pd(a, even, b), _mm512_permutex2var_pd(a, odd, b))
+        }
+    }
+
     // Horizontal sums halve the register until one lane is left: a fixed order.
     #[inline(always)]
     unsafe fn hsum_ps128(v: __m128) -> f32 {
@@ -562,8 +638,10 @@ mod x86 {
         _mm256_storeu_ps,
         _mm256_fmadd_ps,
         _mm256_add_ps,
+        _mm256_sub_ps,
         store_first_ps256,
         load_lanes_ps256,
+        deinterleave_ps256,
         |v| hsum_ps128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))),
         reduce_tile: blocks of 8
     );
@@ -578,8 +656,10 @@ mod x86 {
         _mm256_storeu_pd,
         _mm256_fmadd_pd,
         _mm256_add_pd,
+        _mm256_sub_pd,
         store_first_pd256,
         load_lanes_pd256,
+        deinterleave_pd256,
         |v| hsum_pd128(_mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v)))
     );
     x86_lanes!(
@@ -593,8 +673,10 @@ mod x86 {
         _mm512_storeu_ps,
         _mm512_fmadd_ps,
         _mm512_add_ps,
+        _mm512_sub_ps,
         store_first_ps512,
         load_lanes_ps512,
+        deinterleave_ps512,
         |v| {
             let h = _mm256_add_ps(
                 _mm512_castps512_ps256(v),
@@ -615,8 +697,10 @@ mod x86 {
         _mm512_storeu_pd,
         _mm512_fmadd_pd,
         _mm512_add_pd,
+        _mm512_sub_pd,
         store_first_pd512,
         load_lanes_pd512,
+        deinterleave_pd512,
         |v| {
             let h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd::<1>(v));
             hsum_pd128(_mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd::<1>(h)))

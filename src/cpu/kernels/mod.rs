@@ -12,12 +12,13 @@
 //!   output over blocks of rows that share their source rows, from a bordered
 //!   copy or, `row_taps_in_place`, from the source planes with masked edge
 //!   loads); `sum`: bias gradients.
+//! - `input_row`: Winograd's input transform of a row of tiles, in registers.
 //!
 //! Each output element is one chain of multiply-adds in a fixed order, so a
 //! result depends on the data and the instruction set only, never on tiling
 //! or threads.
 //!
-//! The generic bodies are in `nn.rs`, `nt.rs` and `rows.rs`; here are the
+//! The generic bodies are in `nn.rs`, `nt.rs`, `rows.rs` and `winograd.rs`; here are the
 //! operands callers hand them and the table, instantiated per instruction set.
 
 use std::any::Any;
@@ -32,6 +33,7 @@ mod nt;
 mod rows;
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 use nn::nn;
 pub(crate) use nn::{AStrip, AValues, NnTile, PackedA, RowsA, StridedA};
@@ -39,6 +41,7 @@ pub(crate) use nt::NtTile;
 use nt::nt;
 pub(crate) use rows::{DotsRow, IN_PLACE_COLUMNS, IN_PLACE_PLANES, RowTaps, RowTapsInPlace, TapGrid, TapsBlock};
 use rows::{dots_row, row_taps, row_taps_in_place, square_in_place, square_taps, sum, taps_block};
+use winograd::{InputRow, input_row};
 
 /// A micro-kernel that reads the `b` rows of its tile where they are:
 /// `c[i·ldc + j] (+)= Σ_k a[k][i] · rows.row(k)[offset + j]` over its
@@ -232,6 +235,27 @@ impl<'a, A> RowSet<'a, A> {
     }
 }
 
+/// The rows of tiles of an op [`Kernels::winograd_input_row`] transforms:
+/// 1-D (`rows` = 1) or 2-D (`rows` = 4) F(2, 3) tiles at dilation 1 along
+/// the last axis, input rows `row_gap` apart and `width` long.
+pub(crate) struct TileRowShape {
+    pub rows: usize,
+    pub row_gap: usize,
+    pub width: usize,
+}
+
+/// One row of `len` neighbouring tiles: tile `j`'s point `(u1, u2)` is
+/// `src[first + u1·row_gap + 2j + u2]`, at column `column + 2j + u2` of its
+/// row; zero where that column lies outside the row, or where bit `u1` of
+/// `rows` is clear (a row in the padding).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TileRow {
+    pub first: isize,
+    pub column: isize,
+    pub rows: u32,
+    pub len: usize,
+}
+
 /// An `nn` kernel whose `b` rows are `R`.
 type NnKernel<A, R> = unsafe fn(&NnTile<A, A, R>);
 
@@ -266,6 +290,8 @@ pub(crate) struct Kernels<A: 'static> {
     /// `row_taps_in_place` for a 3×3 grid, its weights in registers.
     square_in_place: unsafe fn(&RowTapsInPlace<A>),
     dots_row: unsafe fn(&DotsRow<A>),
+    /// `input_row` for 1-D and 2-D tiles.
+    input_row: [unsafe fn(&InputRow<A>); 2],
     /// The bf16 channel-pair kernel, where this instruction set has one.
     pub pairs: Option<PairKernels<A>>,
 }
@@ -348,6 +374,12 @@ macro_rules! isa_kernels {
             }
 
             $(#[target_feature(enable = $features)])?
+            unsafe fn input_row_k<S: Lanes<A>, A: Copy, const ROWS: usize>(r: &InputRow<A>) {
+                // SAFETY: forwarded from the caller.
+                unsafe { input_row::<S, A, ROWS>(r) }
+            }
+
+            $(#[target_feature(enable = $features)])?
             unsafe fn dots_k<S: Lanes<A>, A: Copy + std::ops::Add<Output = A>, const T: usize>(r: &DotsRow<A>) {
                 // SAFETY: forwarded from the caller.
                 unsafe { dots_row::<S, A, T>(r) }
@@ -372,6 +404,7 @@ macro_rules! isa_kernels {
                     row_taps_in_place: row_taps_in_place_k::<$s, $a, $rr, $rv>,
                     square_in_place: square_in_place_k::<$s, $a, $rr, 3>,
                     dots_row: dots_k::<$s, $a, $dots>,
+                    input_row: [input_row_k::<$s, $a, 1>, input_row_k::<$s, $a, 4>],
                     pairs: None,
                 };
             )+
@@ -496,6 +529,34 @@ impl<A: Copy + 'static> Kernels<A> {
         let tile = NnTile { k, a, b: Strided { start: b.as_ptr(), ld: ldb }, c: c.as_mut_ptr(), ldc, accumulate };
         // SAFETY: the table exists only for a supported ISA, and the asserts bound every access.
         unsafe { (self.nn[width][height])(&tile) }
+    }
+
+    /// Winograd's input transform of a row of tiles from `src` (see
+    /// [`TileRow`]), the point `ξ` of its `j`-th tile to `out[ξ·point_gap + j]`.
+    pub fn winograd_input_row(&self, src: &[A], shape: &TileRowShape, row: &TileRow, out: &mut [A], point_gap: usize) {
+        let &TileRowShape { rows, row_gap, width } = shape;
+        assert!(rows == 1 || rows == 4, "winograd_input_row: {rows} rows per tile");
+        if row.len == 0 {
+            return;
+        }
+        for u1 in (0..rows).filter(|u1| row.rows & (1 << u1) != 0) {
+            let start = row.first + (u1 * row_gap) as isize - row.column;
+            let inside = start >= 0 && start as usize + width <= src.len();
+            assert!(inside, "winograd_input_row: row {u1} at {start} is not inside the source");
+        }
+        assert!(out.len() >= (4 * rows - 1) * point_gap + row.len, "winograd_input_row: out too short");
+        let call = InputRow {
+            first: src.as_ptr().wrapping_offset(row.first),
+            row_gap,
+            rows: row.rows,
+            column: row.column,
+            width,
+            len: row.len,
+            out: out.as_mut_ptr(),
+            point_gap,
+        };
+        // SAFETY: as in `nn`; the kernel loads only columns `0..width` of the rows checked above.
+        unsafe { (self.input_row[rows / 4])(&call) }
     }
 
     /// Runs one `nt` micro-tile on slices (`k` a multiple of the lane count).

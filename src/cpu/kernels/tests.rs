@@ -249,6 +249,49 @@ fn check_row_taps_in_place<A: Copy + 'static + crate::element::Accumulator>(isa:
     }
 }
 
+/// `winograd_input_row` against the transform written out in scalars (the
+/// same operations in the same order: equal to the bit): a row of tiles
+/// that hangs over both ends of its rows, rows `2·width` apart with one in
+/// the padding, a last register part full; then 1-D tiles. Nothing is
+/// written past a point's `len` tiles.
+fn check_input_row<A: Copy + 'static + crate::element::Accumulator>(isa: CpuIsa, ks: Kernels<A>) {
+    let width = 37;
+    let src: Vec<A> = values(8 * width, 5).into_iter().map(A::from_f64).collect();
+    for (rows, mask) in [(4, 0b1011), (1, 0b1)] {
+        let shape = TileRowShape { rows, row_gap: 2 * width, width };
+        let (len, point_gap) = (19, 22);
+        let row = TileRow { first: width as isize - 1, column: -1, rows: mask, len };
+        let mut out = vec![A::from_f64(f64::NAN); 4 * rows * point_gap];
+        ks.winograd_input_row(&src, &shape, &row, &mut out, point_gap);
+        let bt = |[a, b, c, d]: [A; 4]| [a - c, b + c, c - b, b - d];
+        for j in 0..len {
+            let point = |u1: usize, u2: usize| {
+                let column = 2 * j as isize - 1 + u2 as isize;
+                let inside = mask & (1 << u1) != 0 && (0..width as isize).contains(&column);
+                if inside { src[width + u1 * 2 * width + column as usize] } else { A::ZERO }
+            };
+            let mut p: Vec<[A; 4]> = (0..rows).map(|u1| std::array::from_fn(|u2| point(u1, u2))).collect();
+            if rows == 4 {
+                let columns: Vec<[A; 4]> = (0..4).map(|u2| bt(std::array::from_fn(|u1| p[u1][u2]))).collect();
+                p = (0..4).map(|u1| std::array::from_fn(|u2| columns[u2][u1])).collect();
+            }
+            for (u1, &p) in p.iter().enumerate() {
+                for (u2, want) in bt(p).into_iter().enumerate() {
+                    let got = out[(4 * u1 + u2) * point_gap + j];
+                    assert_eq!(
+                        got.to_f64().to_bits(),
+                        want.to_f64().to_bits(),
+                        "{isa:?} point ({u1}, {u2}) of tile {j}"
+                    );
+                }
+            }
+        }
+        let untouched =
+            (0..4 * rows).all(|xi| out[xi * point_gap + len..][..point_gap - len].iter().all(|v| v.to_f64().is_nan()));
+        assert!(untouched, "{isa:?}: written past the tiles");
+    }
+}
+
 #[test]
 fn every_supported_isa_computes_the_row_kernels() {
     for isa in CpuIsa::supported() {
@@ -258,6 +301,8 @@ fn every_supported_isa_computes_the_row_kernels() {
         check_row_taps::<f64>(isa, kernels(isa).unwrap());
         check_row_taps_in_place::<f32>(isa, kernels(isa).unwrap());
         check_row_taps_in_place::<f64>(isa, kernels(isa).unwrap());
+        check_input_row::<f32>(isa, kernels(isa).unwrap());
+        check_input_row::<f64>(isa, kernels(isa).unwrap());
     }
 }
 
@@ -270,6 +315,8 @@ fn every_isa_shape_computes_the_kernels_in_plain_rust() {
         check_row_taps::<f64>(isa, kernels_shaped_as(isa).unwrap());
         check_row_taps_in_place::<f32>(isa, kernels_shaped_as(isa).unwrap());
         check_row_taps_in_place::<f64>(isa, kernels_shaped_as(isa).unwrap());
+        check_input_row::<f32>(isa, kernels_shaped_as(isa).unwrap());
+        check_input_row::<f64>(isa, kernels_shaped_as(isa).unwrap());
         check_isa::<f32>(isa, kernels_shaped_as(isa).unwrap());
         check_isa::<f64>(isa, kernels_shaped_as(isa).unwrap());
     }

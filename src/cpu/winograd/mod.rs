@@ -18,6 +18,11 @@
 //!   with the bias and activation. Its tiles are read and written in runs
 //!   along the last axis (strided loads, a pair of outputs interleaved per
 //!   tile); only the tiles at that axis's edges go through per-point tables.
+//!   2-D and 1-D tiles at dilation 1 along the last axis, from f32 or f64,
+//!   are read instead as rows of tiles that a kernel loads, transforms and
+//!   stores in registers, masking the lanes outside the input
+//!   ([`Kernels::winograd_input_row`]): gathering points and transforming
+//!   in passes took as long as the products on 64-channel layers.
 //!
 //! Each output is one fixed chain of operations whatever the thread count.
 //! A tile's outputs and inputs are `dilation` apart, so a dilated axis is
@@ -39,7 +44,8 @@ use rayon::prelude::*;
 
 use super::gemm::zeroed;
 use super::keep::Keep;
-use super::kernels::{AOperand, Kernels};
+use super::kernels::{AOperand, Kernels, TileRow, TileRowShape};
+use super::pass::as_accumulators;
 use super::threads::Tasks;
 use crate::backend::Activation;
 use crate::element::{Accumulator, Element};
@@ -221,6 +227,10 @@ struct Tiling {
     /// Whether a tile's two outputs along the last axis are neighbours in `y`
     /// (3 taps, dilation 1), so that a run of tiles writes one contiguous row.
     pairs: bool,
+    /// Where the kernels transform whole rows of tiles in registers
+    /// ([`Kernels::winograd_input_row`]): 2-D and 1-D tiles (1 tap along
+    /// the first axis) at dilation 1 along the last.
+    tile_rows: Option<TileRowShape>,
 }
 
 impl Tiling {
@@ -252,6 +262,11 @@ impl Tiling {
             }),
             out_step: if points[2] == 4 { 2 * g.dilation[2] } else { 1 },
             pairs: points[2] == 4 && g.dilation[2] == 1,
+            tile_rows: (points[2] == 4 && g.dilation[2] == 1 && points[0] == 1).then(|| TileRowShape {
+                rows: points[1],
+                row_gap: g.dilation[1] * g.in_size[2],
+                width: g.in_size[2],
+            }),
             point_offsets: grid(points, {
                 let [_, ih, iw] = g.in_size;
                 let step = |d: usize| if points[d] == 4 { g.dilation[d] } else { 0 };
@@ -432,7 +447,7 @@ impl<T: Element> Vectorised for ForwardTask<'_, '_, T> {
         let (cs, tiles) = (op.shape.cs, op.shape.tiles);
         ws.tables.locate(op.g, op.tiling, task.first_tile, task.columns, tiles);
         let channels = task.group * cs..(task.group + 1) * cs;
-        ws.tables.transform_inputs(op.g, op.tiling, task.columns, channels, op.x, (&mut ws.v, cs, tiles));
+        ws.tables.transform_inputs(op.ks, op.g, op.tiling, task.columns, channels, op.x, (&mut ws.v, cs, tiles));
         ws.multiply(op.ks, op.tiling, op.shape, task, op.u);
         // SAFETY: `new`'s contract.
         unsafe { ws.transform_outputs(op.g, op.tiling, op.shape, task, op.bias, op.activation, op.y) }
@@ -566,6 +581,9 @@ struct Tables {
     stride: usize,
     /// The block's tiles inside the input, in runs along the last axis.
     runs: Vec<Run>,
+    /// Where [`Tiling::tile_rows`] is: the block's tiles as rows of tiles
+    /// (those past the op's last tile as rows in the padding), each with its first column.
+    tile_rows: Vec<(usize, TileRow)>,
     /// The others (at the edges, or past the last tile), whose points are in `src`.
     edges: Vec<usize>,
     /// The block's tiles whose outputs are all inside `y`, in runs along the
@@ -653,8 +671,12 @@ impl Tables {
         self.out_runs.clear();
         self.out_edges.clear();
         self.dst.fill(NONE);
+        self.tile_rows.clear();
         for t in 0..columns {
             let tile = first_tile + t;
+            if tiling.tile_rows.is_some() {
+                self.push_tile_row(g, tiling, t, tile);
+            }
             if tile >= tiling.tiles {
                 self.edges.push(t);
                 self.out_edges.push(t);
@@ -714,6 +736,34 @@ impl Tables {
         }
     }
 
+    /// Adds tile `tile` (column `t` of the block) to the block's rows of tiles.
+    fn push_tile_row(&mut self, g: &ConvGeometry, tiling: &Tiling, t: usize, tile: usize) {
+        let [a0, a1, a2] = &tiling.axes;
+        let row = if tile < tiling.tiles {
+            let (n, rest) = (tile / tiling.per_image, tile % tiling.per_image);
+            let (j0, j1, j2) = (rest / (a1.tiles() * a2.tiles()), rest / a2.tiles() % a1.tiles(), rest % a2.tiles());
+            let [_, ih, iw] = g.in_size.map(|s| s as isize);
+            let (s0, s1, s2) = (a0.first_inputs[j0], a1.first_inputs[j1], a2.first_inputs[j2]);
+            let first = (n * g.in_channels * g.in_volume()) as isize + (s0 * ih + s1) * iw + s2;
+            let inside = |u1: usize| a0.inputs[j0][0] != NONE && a1.inputs[j1][u1] != NONE;
+            let rows = (0..a1.points).filter(|&u1| inside(u1)).map(|u1| 1 << u1).sum();
+            TileRow { first, column: s2, rows, len: 1 }
+        } else {
+            TileRow { first: 0, column: 0, rows: 0, len: 1 }
+        };
+        match self.tile_rows.last_mut() {
+            Some((start, last))
+                if *start + last.len == t
+                    && last.rows == row.rows
+                    && last.first + 2 * last.len as isize == row.first
+                    && last.column + 2 * last.len as isize == row.column =>
+            {
+                last.len += 1
+            }
+            _ => self.tile_rows.push((t, row)),
+        }
+    }
+
     /// `V = Bᵀ d B` for `channels` of `x`: gathers each one's points of the
     /// located tiles and transforms them along each 4-point axis. The row of
     /// point `ξ` of the `r`-th channel is `v[(ξ · rows + r) · ld..]`, its
@@ -722,6 +772,7 @@ impl Tables {
     #[inline(always)]
     fn transform_inputs<T: Element>(
         &self,
+        ks: &Kernels<T::Accum>,
         g: &ConvGeometry,
         tiling: &Tiling,
         columns: usize,
@@ -729,6 +780,17 @@ impl Tables {
         x: &[T],
         (v, rows, ld): (&mut [T::Accum], usize, usize),
     ) {
+        // Rows of tiles in registers where `x` holds the accumulators themselves (f32, f64).
+        if let Some((shape, x)) = tiling.tile_rows.as_ref().zip(as_accumulators(x)) {
+            for (r, c) in channels.enumerate() {
+                let channel = (c * g.in_volume()) as isize;
+                for &(t, row) in &self.tile_rows {
+                    let row = TileRow { first: row.first + channel, ..row };
+                    ks.winograd_input_row(x, shape, &row, &mut v[r * ld + t..], rows * ld);
+                }
+            }
+            return;
+        }
         for (r, c) in channels.enumerate() {
             let channel = c * g.in_volume();
             for (xi, &offset) in tiling.point_offsets.iter().enumerate() {

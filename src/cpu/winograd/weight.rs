@@ -211,7 +211,17 @@ pub(crate) fn correlate_weight<T: Element>(
                     }
                 }
                 let target = (rows, plan.chunk, plan.block);
-                vectorised(TransformChunk { tables, g, tiling: &tiling, columns, inputs, channels, source, target });
+                vectorised(TransformChunk {
+                    ks,
+                    tables,
+                    g,
+                    tiling: &tiling,
+                    columns,
+                    inputs,
+                    channels,
+                    source,
+                    target,
+                });
             },
         );
         let (v, d) = vd.split_at(groups * v_chunks * region);
@@ -256,6 +266,7 @@ struct Buffers<A> {
 /// One transform task of a block: a chunk of `V`'s rows (`inputs`, from `x`)
 /// or of `D`'s (from `dy`).
 struct TransformChunk<'a, T: Element> {
+    ks: &'a Kernels<T::Accum>,
     tables: &'a Tables,
     g: &'a ConvGeometry,
     tiling: &'a Tiling,
@@ -270,9 +281,9 @@ impl<T: Element> Vectorised for TransformChunk<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let TransformChunk { tables, g, tiling, columns, inputs, channels, source, target } = self;
+        let TransformChunk { ks, tables, g, tiling, columns, inputs, channels, source, target } = self;
         match inputs {
-            true => tables.transform_inputs(g, tiling, columns, channels, source, target),
+            true => tables.transform_inputs(ks, g, tiling, columns, channels, source, target),
             false => tables.transform_gradients(g, tiling, columns, channels, source, target),
         }
     }
