@@ -105,19 +105,27 @@ fn dtype_batch_mult_and_named_algorithm_are_honoured() {
 
 #[test]
 fn records_name_the_algorithms_that_ran() {
-    // c2 is strided (no Winograd); r2 is a 3×3 stride-1 conv Winograd takes,
-    // forward and input gradient: its weight gradient runs implicit GEMM.
     let suite = Suite::parse(SMALL).unwrap();
-    let config = quick(Direction::ALL.to_vec(), AlgorithmSelection::Named("winograd".into()));
-    let outcomes = run(&config, &suite, None, &mut Quiet).unwrap();
-    let ran = |name: &str, direction: &str| {
-        let r = measured(&outcomes).into_iter().find(|r| r.name == name && r.direction == direction).unwrap();
-        assert_eq!(r.algorithm, "winograd");
-        r.ran.clone()
+    let forced = |algorithm: &str| {
+        let config = quick(Direction::ALL.to_vec(), AlgorithmSelection::Named(algorithm.into()));
+        let outcomes = run(&config, &suite, None, &mut Quiet).unwrap();
+        let algorithm = algorithm.to_string();
+        move |name: &str, direction: &str| {
+            let r = measured(&outcomes).into_iter().find(|r| r.name == name && r.direction == direction).unwrap();
+            assert_eq!(r.algorithm, algorithm);
+            r.ran.clone()
+        }
     };
-    assert_eq!(ran("c2", "fwd"), "implicit_gemm");
-    assert_eq!(ran("r2", "fwd"), "winograd");
-    assert_eq!(ran("r2", "bwd"), "winograd+implicit_gemm");
+    // c2 is strided (no Winograd); r2 is a 3×3 stride-1 conv Winograd takes,
+    // forward, input gradient and weight gradient.
+    let winograd = forced("winograd");
+    assert_eq!(winograd("c2", "fwd"), "implicit_gemm");
+    assert_eq!(winograd("r2", "fwd"), "winograd");
+    assert_eq!(winograd("r2", "bwd"), "winograd");
+    // GEMM and col2im runs r2's input gradient (an adjoint) only: its weight gradient runs implicit GEMM.
+    let col2im = forced("gemm_col2im");
+    assert_eq!(col2im("r2", "fwd"), "implicit_gemm");
+    assert_eq!(col2im("r2", "bwd"), "gemm_col2im+implicit_gemm");
     // Under auto, c2's two channels per group go to the direct SIMD path.
     let auto = run(&quick(vec![Direction::Fwd], AlgorithmSelection::Auto), &suite, None, &mut Quiet).unwrap();
     assert_eq!(measured(&auto)[0].ran, "simd_direct");

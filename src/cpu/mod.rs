@@ -413,7 +413,10 @@ impl CpuBackend {
     /// let cpu = CpuBackend::new().with_algorithm(CpuAlgorithm::Winograd);
     /// let g = ConvGeometry::conv(2, &[1, 8, 9, 9], &[8, 8, 3, 3], None, &ConvOptions::new()).unwrap();
     /// assert_eq!(cpu.algorithm_for_primitive(&g, Primitive::Correlate, DType::F32), CpuAlgorithm::Winograd);
-    /// assert_eq!(cpu.algorithm_for_primitive(&g, Primitive::CorrelateWeight, DType::F32), CpuAlgorithm::ImplicitGemm);
+    /// assert_eq!(cpu.algorithm_for_primitive(&g, Primitive::CorrelateWeight, DType::F32), CpuAlgorithm::Winograd);
+    /// // At stride 2 no F(2, 3) applies.
+    /// let strided = ConvGeometry::conv(2, &[1, 8, 9, 9], &[8, 8, 3, 3], None, &ConvOptions::new().stride(2)).unwrap();
+    /// assert_eq!(cpu.algorithm_for_primitive(&strided, Primitive::Correlate, DType::F32), CpuAlgorithm::ImplicitGemm);
     /// ```
     pub fn algorithm_for_primitive(&self, geometry: &ConvGeometry, primitive: Primitive, dtype: DType) -> CpuAlgorithm {
         let chosen = match self.algorithm {
