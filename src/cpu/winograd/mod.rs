@@ -672,12 +672,13 @@ impl Tables {
         self.out_edges.clear();
         self.dst.fill(NONE);
         self.tile_rows.clear();
+        let tile_rows = tiling.tile_rows.is_some();
         for t in 0..columns {
             let tile = first_tile + t;
-            if tiling.tile_rows.is_some() {
-                self.push_tile_row(g, tiling, t, tile);
-            }
             if tile >= tiling.tiles {
+                if tile_rows {
+                    self.push_tile_row(t, TileRow { first: 0, column: 0, rows: 0, len: 1 });
+                }
                 self.edges.push(t);
                 self.out_edges.push(t);
                 for xi in 0..tiling.points {
@@ -688,19 +689,23 @@ impl Tables {
             let (n, rest) = (tile / tiling.per_image, tile % tiling.per_image);
             let (j0, j1, j2) = (rest / (a1.tiles() * a2.tiles()), rest / a2.tiles() % a1.tiles(), rest % a2.tiles());
             let (x_image, y_image) = (n * g.in_channels * in_volume, n * g.out_channels * out_volume);
+            // Where the tile's first point lies (maybe in the padding), and which rows of its points are inside.
+            let (s0, s1, s2) = (a0.first_inputs[j0], a1.first_inputs[j1], a2.first_inputs[j2]);
+            let first = x_image as isize + (s0 * ih as isize + s1) * iw as isize + s2;
+            let mut rows = 0;
+            for u0 in 0..a0.points {
+                for u1 in 0..a1.points {
+                    if a0.inputs[j0][u0] != NONE && a1.inputs[j1][u1] != NONE {
+                        rows |= 1 << (u0 * a1.points + u1);
+                    }
+                }
+            }
+            if tile_rows {
+                self.push_tile_row(t, TileRow { first, column: s2, rows, len: 1 });
+            }
             // Tiles inside along the last axis read their points in runs, rows of them in the padding as zeros.
             let interior = a2.inputs[j2][..a2.points].iter().all(|&i| i != NONE);
             if interior {
-                let (s0, s1, s2) = (a0.first_inputs[j0], a1.first_inputs[j1], a2.first_inputs[j2]);
-                let first = x_image as isize + (s0 * ih as isize + s1) * iw as isize + s2;
-                let mut rows = 0;
-                for u0 in 0..a0.points {
-                    for u1 in 0..a1.points {
-                        if a0.inputs[j0][u0] != NONE && a1.inputs[j1][u1] != NONE {
-                            rows |= 1 << (u0 * a1.points + u1);
-                        }
-                    }
-                }
                 Run::push(&mut self.runs, t, first, rows, tiling.run_step);
             } else {
                 self.edges.push(t);
@@ -736,21 +741,9 @@ impl Tables {
         }
     }
 
-    /// Adds tile `tile` (column `t` of the block) to the block's rows of tiles.
-    fn push_tile_row(&mut self, g: &ConvGeometry, tiling: &Tiling, t: usize, tile: usize) {
-        let [a0, a1, a2] = &tiling.axes;
-        let row = if tile < tiling.tiles {
-            let (n, rest) = (tile / tiling.per_image, tile % tiling.per_image);
-            let (j0, j1, j2) = (rest / (a1.tiles() * a2.tiles()), rest / a2.tiles() % a1.tiles(), rest % a2.tiles());
-            let [_, ih, iw] = g.in_size.map(|s| s as isize);
-            let (s0, s1, s2) = (a0.first_inputs[j0], a1.first_inputs[j1], a2.first_inputs[j2]);
-            let first = (n * g.in_channels * g.in_volume()) as isize + (s0 * ih + s1) * iw + s2;
-            let inside = |u1: usize| a0.inputs[j0][0] != NONE && a1.inputs[j1][u1] != NONE;
-            let rows = (0..a1.points).filter(|&u1| inside(u1)).map(|u1| 1 << u1).sum();
-            TileRow { first, column: s2, rows, len: 1 }
-        } else {
-            TileRow { first: 0, column: 0, rows: 0, len: 1 }
-        };
+    /// Extends the last of the block's rows of tiles by tile `t` (`row`, one
+    /// tile) if it continues it, or starts a new row.
+    fn push_tile_row(&mut self, t: usize, row: TileRow) {
         match self.tile_rows.last_mut() {
             Some((start, last))
                 if *start + last.len == t
